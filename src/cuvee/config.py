@@ -45,10 +45,24 @@ class Settings:
         "CUVEE_MAX_RECORD_TOKENS",
         "records longer than this (in tokens, or characters / 4 without a tokenizer) are flagged",
     )
+    price_cpu_hour: float = _setting(
+        0.10,
+        "CUVEE_PRICE_CPU_HOUR",
+        "USD per hour of a CPU machine, for training cost estimates (a 2-vCPU cloud VM)",
+    )
+    price_gpu_hour: float = _setting(
+        2.50,
+        "CUVEE_PRICE_GPU_HOUR",
+        "USD per hour of one GPU, for training cost estimates (a rented H100-class GPU)",
+    )
 
     @property
     def models_dir(self) -> Path:
         return self.home / "models"
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.home / "runs"
 
     @property
     def config_file(self) -> Path:
@@ -82,6 +96,11 @@ def _coerce(name: str, raw: Any, annotation: str, source: str) -> Any:
             return Path(str(raw)).expanduser()
         if annotation.startswith("int"):
             return int(raw)
+        if annotation.startswith("float"):
+            value = float(raw)
+            if value < 0:
+                raise ValueError("must not be negative")
+            return value
         return str(raw)
     except (TypeError, ValueError) as exc:
         raise ConfigError(

@@ -108,9 +108,20 @@ def convert_gguf_to_hf(gguf_path: Path, out_dir: Path, reporter: Reporter) -> No
     model = type(gguf_model)(gguf_model.config)
     model.load_state_dict(gguf_model.state_dict())
     del gguf_model
+    # The weights are plain fp32 now; a GGUF quantization_config left in config.json would make
+    # later loads go through transformers' GGUF quantizer.
+    drop_gguf_quantization(model.config)
     reporter.step("writing safetensors")
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
+
+
+def drop_gguf_quantization(config) -> None:
+    """Remove a GGUF ``quantization_config`` from a transformers config, in place."""
+    qc = getattr(config, "quantization_config", None)
+    method = qc.get("quant_method") if isinstance(qc, dict) else getattr(qc, "quant_method", None)
+    if qc is not None and str(method).lower().endswith("gguf"):
+        del config.quantization_config
 
 
 def safetensors_parameters(directory: Path) -> int:

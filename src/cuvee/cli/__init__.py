@@ -15,6 +15,11 @@ from cuvee import __version__
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "models": ("cuvee.cli.models", "models", "Pull, add, list, show and remove models."),
     "data": ("cuvee.cli.data", "data", "Check, augment and export instruction data."),
+    "train": (
+        "cuvee.cli.train",
+        "train",
+        "Instruction-tune a base model on your data (LoRA or full).",
+    ),
     "config": (
         "cuvee.cli.config",
         "config",

@@ -175,6 +175,25 @@ def show(settings, name: str, json_output: bool) -> None:
         click.echo(f"               {lic.url}")
     if lic.notes:
         click.echo(f"               {lic.notes}")
+    lineage = man.model_dump().get("lineage")
+    if lineage:
+        run = lineage.get("run", {})
+        click.echo(
+            f"trained:       {lineage['recipe']['method']} on "
+            + ", ".join(
+                f"{d['path']} ({d['records']} records, {d['licence']['id']})"
+                for d in lineage.get("data", [])
+            )
+        )
+        if run.get("eval_loss") is not None:
+            click.echo(
+                f"               held-out loss {run['eval_loss']:.4f} "
+                f"(base {run['base_eval_loss']:.4f}); {run['steps']} steps, "
+                f"{run['wall_time_s'] / 60:.1f} min, ~${run['estimated_cost_usd']:.3f}"
+            )
+        if lineage.get("contributors"):
+            click.echo(f"contributors:  {', '.join(lineage['contributors'])}")
+        click.echo(f"model card:    {model.path / 'MODEL_CARD.md'}")
     click.echo("files:")
     for f in man.files:
         click.echo(f"  {f.path:<28} {human_size(f.size):>9}  {f.role:<10} sha256:{f.sha256[:16]}…")

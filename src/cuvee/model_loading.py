@@ -1,0 +1,76 @@
+"""Load a stored model into PyTorch, whatever its kind.
+
+A base model or a merged fine-tune is a safetensors directory. A fine-tune kept as a LoRA
+adapter names its base in the lineage: the base is loaded from the store (its weights checked
+against the sha256 recorded at training time) and the adapter applied on top."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from cuvee.errors import ModelFileError
+from cuvee.store import ModelStore, StoredModel
+
+ADAPTER_DIR = "adapter"
+
+
+def has_full_weights(model: StoredModel) -> bool:
+    return model.manifest.file("weights") is not None
+
+
+def resolve_base(store: ModelStore, model: StoredModel) -> StoredModel:
+    """The stored base an adapter-only fine-tune needs, checked to be the one it was trained on."""
+    lineage = getattr(model.manifest, "lineage", None) or {}
+    base = (lineage.get("base") or {}) if isinstance(lineage, dict) else {}
+    name = base.get("name") or model.manifest.parent
+    if not name:
+        raise ModelFileError(f"model {model.manifest.name!r} has an adapter but names no base")
+    stored = store.get(name)
+    expected = base.get("weights_sha256")
+    weights = stored.manifest.file("weights")
+    if expected and weights is not None and weights.sha256 != expected:
+        raise ModelFileError(
+            f"model {model.manifest.name!r} was trained on a different {name!r} "
+            f"(weights sha256 {expected[:12]}…, the store has {weights.sha256[:12]}…)",
+            hint=f"pull or add the original {name!r}, or retrain",
+        )
+    return stored
+
+
+def load_causal_lm(store: ModelStore, model: StoredModel, *, dtype=None, merge: bool = True):
+    """A transformers causal LM for a stored model; adapters are merged unless ``merge=False``
+    (then a peft model is returned)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    dtype = dtype or torch.float32
+    if has_full_weights(model):
+        return _from_dir(AutoModelForCausalLM, model.path, dtype)
+    adapter = model.path / ADAPTER_DIR
+    if not adapter.is_dir():
+        raise ModelFileError(
+            f"model {model.manifest.name!r} has neither weights nor an adapter",
+            hint=f"check it with `cuvee models verify {model.manifest.name}`",
+        )
+    base = resolve_base(store, model)
+    lm = load_causal_lm(store, base, dtype=dtype)
+    from peft import PeftModel
+
+    peft_model = PeftModel.from_pretrained(lm, str(adapter))
+    return peft_model.merge_and_unload() if merge else peft_model
+
+
+def _from_dir(cls, path: Path, dtype):
+    from transformers import AutoConfig
+
+    from cuvee.model_import import drop_gguf_quantization
+
+    try:
+        config = AutoConfig.from_pretrained(str(path))
+        # Stores written by cuvee 0.1.0 kept the GGUF's quantization_config in config.json.
+        drop_gguf_quantization(config)
+        return cls.from_pretrained(
+            str(path), config=config, dtype=dtype, attn_implementation="sdpa", use_safetensors=True
+        )
+    except (OSError, ValueError) as exc:
+        raise ModelFileError(f"{path}: cannot load the model: {exc}") from exc

@@ -1,0 +1,1 @@
+"""Supervised fine-tuning: recipes, encoding, packing, the loop, lineage."""

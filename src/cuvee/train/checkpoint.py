@@ -1,0 +1,112 @@
+"""Checkpoints: everything needed to continue a run exactly where it stopped.
+
+A checkpoint holds the trainable weights (the adapter for LoRA, all weights for a full
+fine-tune), the optimizer state, the run's counters and history, and every random number
+generator's state. It is written to a temporary directory and renamed, so a crash while saving
+leaves the previous checkpoint intact."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from cuvee.errors import CuveeError
+
+STATE = "state.json"
+WEIGHTS = "trainable.safetensors"
+OPTIMIZER = "optimizer.pt"
+RNG = "rng.pt"
+
+
+def rng_state() -> dict[str, Any]:
+    state = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {
+        name: p.detach().contiguous().cpu()
+        for name, p in model.named_parameters()
+        if p.requires_grad
+    }
+
+
+def save(
+    directory: Path,
+    step: int,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    state: dict[str, Any],
+    keep: int,
+) -> Path:
+    """Write ``directory/step-NNNNNN`` atomically and keep only the newest ``keep``."""
+    from safetensors.torch import save_file
+
+    directory.mkdir(parents=True, exist_ok=True)
+    final = directory / f"step-{step:06d}"
+    tmp = directory / f".tmp-step-{step:06d}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    save_file(trainable_state(model), str(tmp / WEIGHTS))
+    torch.save(optimizer.state_dict(), tmp / OPTIMIZER)
+    torch.save(rng_state(), tmp / RNG)
+    (tmp / STATE).write_text(json.dumps({**state, "step": step}, indent=1), encoding="utf-8")
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    for old in list_checkpoints(directory)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def list_checkpoints(directory: Path) -> list[Path]:
+    if not directory.is_dir():
+        return []
+    return sorted(p for p in directory.iterdir() if p.name.startswith("step-") and p.is_dir())
+
+
+def load(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """Restore weights, optimizer and RNG states from a checkpoint; return its run state."""
+    from safetensors.torch import load_file
+
+    try:
+        state = json.loads((path / STATE).read_text(encoding="utf-8"))
+        weights = load_file(str(path / WEIGHTS))
+        opt_state = torch.load(path / OPTIMIZER, weights_only=False)
+        rng = torch.load(path / RNG, weights_only=False)
+    except (OSError, ValueError) as exc:
+        raise CuveeError(f"{path}: checkpoint is unreadable: {exc}") from exc
+    params = dict(model.named_parameters())
+    missing = [n for n, p in params.items() if p.requires_grad and n not in weights]
+    if missing:
+        raise CuveeError(
+            f"{path}: checkpoint does not match the model ({len(missing)} trainable tensors "
+            f"missing, e.g. {missing[0]})"
+        )
+    with torch.no_grad():
+        for name, tensor in weights.items():
+            params[name].copy_(tensor)
+    optimizer.load_state_dict(opt_state)
+    set_rng_state(rng)
+    return state

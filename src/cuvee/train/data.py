@@ -1,0 +1,108 @@
+"""The data side of a run: read and declare the files, split off the held-out set, tokenize, pack.
+
+Records labelled ``split: heldout`` are never trained on, whatever the recipe says."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+from cuvee.data.formats import read_file
+from cuvee.data.records import Conversation
+from cuvee.data.validate import read_declaration
+from cuvee.errors import DataError
+from cuvee.licences import resolve_licence
+from cuvee.train.lineage import DataSource
+
+STARTER = "starter"
+
+
+def _starter() -> tuple[list[Conversation], DataSource]:
+    from cuvee.data.starter import LICENCE, load_starter, starter_files
+
+    digest = hashlib.sha256()
+    for path in starter_files():
+        digest.update(path.read_bytes())
+    records = load_starter("all")
+    source = DataSource(
+        path="starter (bundled with cuvee)",
+        sha256=digest.hexdigest(),
+        records=len(records),
+        licence=resolve_licence(LICENCE),
+        authors=("cuvee contributors",),
+        declared_by="cuvee",
+    )
+    return records, source
+
+
+def load_data(specs: list[str]) -> tuple[list[Conversation], list[DataSource]]:
+    """Every record of every file, or a DataError naming the first bad records; nothing is
+    trained on a file with invalid records."""
+    if not specs:
+        raise DataError("no training data given", hint="pass --data FILE (or --data starter)")
+    records: list[Conversation] = []
+    sources: list[DataSource] = []
+    for spec in specs:
+        if spec == STARTER and not Path(spec).exists():
+            recs, source = _starter()
+        else:
+            path = Path(spec)
+            if not path.is_file():
+                raise DataError(f"{spec}: no such data file")
+            result = read_file(path)
+            if result.problems:
+                shown = "\n  ".join(str(p) for p in result.problems[:5])
+                more = len(result.problems) - 5
+                raise DataError(
+                    f"{spec}: {len(result.problems)} invalid record(s):\n  {shown}"
+                    + (f"\n  ... and {more} more" if more > 0 else ""),
+                    hint=f"see them all with `cuvee data check {spec}`",
+                )
+            if not result.records:
+                raise DataError(f"{spec}: no records")
+            declaration = read_declaration(path)
+            recs = result.records
+            source = DataSource(
+                path=str(path),
+                sha256=hashlib.sha256(path.read_bytes()).hexdigest(),
+                records=len(recs),
+                licence=declaration.licence,
+                authors=declaration.authors,
+                declared_by=declaration.declared_by,
+            )
+        records += recs
+        sources.append(source)
+    return records, sources
+
+
+@dataclass(frozen=True)
+class Split:
+    train: list[Conversation]
+    eval: list[Conversation]
+    how: str
+
+
+def split_records(
+    records: list[Conversation], eval_split: float | str, seed: int, max_eval: int
+) -> Split:
+    heldout = [r for r in records if r.split == "heldout"]
+    rest = [r for r in records if r.split != "heldout"]
+    if eval_split == "none":
+        return Split(rest, [], f"no evaluation; {len(heldout)} held-out records left out")
+    if eval_split == "auto" and heldout:
+        return Split(rest, heldout[:max_eval], "records labelled split: heldout")
+    fraction = 0.05 if eval_split == "auto" else float(eval_split)
+    order = list(range(len(rest)))
+    random.Random(seed).shuffle(order)
+    n_eval = min(max_eval, round(len(rest) * fraction))
+    if fraction > 0 and len(rest) >= 20:
+        n_eval = max(n_eval, 1)
+    chosen = set(order[:n_eval])
+    train = [r for i, r in enumerate(rest) if i not in chosen]
+    evals = [r for i, r in enumerate(rest) if i in chosen]
+    how = f"{fraction:.0%} random held-out slice (seed {seed})"
+    if heldout:
+        how += f"; {len(heldout)} records labelled heldout also left out"
+    return Split(train, evals, how)

@@ -1,0 +1,607 @@
+"""Supervised fine-tuning: an explicit loop, nothing hidden in a trainer framework.
+
+Per optimizer step: the step's micro-batches are known in advance (the data order is a pure
+function of seed, epoch and step), so the loss of each micro-batch is its summed cross-entropy
+divided by the supervised tokens of the whole step, across all processes: gradient accumulation
+and data parallelism give the same update as one big batch. Logits exist only at supervised
+positions (see loss.py). A run stops at its step count or its time budget, or on Ctrl-C after
+the current step, with a checkpoint it can resume from exactly."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import signal
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from cuvee.chat_template import get_template
+from cuvee.config import Settings
+from cuvee.errors import ConfigError, CuveeError
+from cuvee.model_loading import load_causal_lm
+from cuvee.store import ModelStore, StoredModel, check_name
+from cuvee.train import checkpoint as ckpt
+from cuvee.train.data import load_data, split_records
+from cuvee.train.display import Display, SilentDisplay
+from cuvee.train.encode import IGNORE, Encoder, load_tokenizer, special_tokens
+from cuvee.train.lineage import DataSource
+from cuvee.train.loss import linear_cross_entropy
+from cuvee.train.packing import Row, pack
+from cuvee.train.recipe import Recipe
+from cuvee.train.throughput import Meter, bf16_supported, hardware, price_per_hour
+from cuvee.train.tracking import check_trackers, open_trackers
+
+
+class Interrupted(CuveeError):
+    """Training stopped on request; a checkpoint was saved."""
+
+    exit_code = 130
+
+
+@dataclass(frozen=True)
+class Dist:
+    """This process's place in a data-parallel run (torchrun / accelerate launch set the env)."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @classmethod
+    def from_env(cls) -> Dist:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        return cls(int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0")))
+
+
+class SFTLoss(torch.nn.Module):
+    """Decoder forward, then cross-entropy through the output head at supervised positions only.
+    The head runs inside this module's forward so wrappers that gather sharded weights for a
+    forward (DDP, FSDP) see it."""
+
+    def __init__(self, model: torch.nn.Module, compute_dtype: torch.dtype) -> None:
+        super().__init__()
+        self.model = model
+        self.compute_dtype = compute_dtype
+        lm = _causal_lm(model)
+        self.softcap = getattr(lm.config, "final_logit_softcapping", None)
+
+    def forward(self, input_ids, position_ids, labels) -> torch.Tensor:
+        lm = _causal_lm(self.model)
+        out = lm.get_decoder()(input_ids=input_ids, position_ids=position_ids, use_cache=False)
+        mask = labels != IGNORE
+        hidden = out.last_hidden_state[mask]
+        weight = lm.get_output_embeddings().weight
+        return linear_cross_entropy(
+            hidden, weight, labels[mask], softcap=self.softcap, compute_dtype=self.compute_dtype
+        )
+
+
+def _causal_lm(model: torch.nn.Module) -> torch.nn.Module:
+    """The transformers causal LM inside peft and DDP wrappers."""
+    inner = getattr(model, "module", model)
+    if hasattr(inner, "get_base_model"):
+        inner = inner.get_base_model()
+    return inner
+
+
+def lr_at(step: int, total: int, warmup: int, peak: float) -> float:
+    """Linear warm-up over ``warmup`` steps, then cosine decay to zero at ``total``."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return peak * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+@dataclass
+class Schedule:
+    """Which rows each micro-batch of each step holds: a pure function of the seed."""
+
+    rows: int
+    batch_size: int
+    grad_accum: int
+    epochs: float
+    seed: int
+    world: int = 1
+    _perms: dict[int, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def micro_per_epoch(self) -> int:
+        return math.ceil(self.rows / self.batch_size)
+
+    @property
+    def steps_for_epochs(self) -> int:
+        micro = math.ceil(self.epochs * self.micro_per_epoch)
+        return max(1, math.ceil(micro / (self.grad_accum * self.world)))
+
+    def micro_batch(self, k: int) -> list[int]:
+        epoch, j = divmod(k, self.micro_per_epoch)
+        if epoch not in self._perms:
+            self._perms = {epoch: np.random.default_rng(self.seed + epoch).permutation(self.rows)}
+        return self._perms[epoch][j * self.batch_size : (j + 1) * self.batch_size].tolist()
+
+    def step(self, step: int) -> list[list[list[int]]]:
+        """For each micro-batch slot, the rows of every process: [slot][rank] -> rows."""
+        per = self.grad_accum * self.world
+        base = step * per
+        return [
+            [self.micro_batch(base + a * self.world + r) for r in range(self.world)]
+            for a in range(self.grad_accum)
+        ]
+
+
+def _tensors(rows: list[Row], device: torch.device) -> dict[str, torch.Tensor]:
+    width = max(r.real_tokens for r in rows)
+    return {
+        "input_ids": torch.tensor([r.input_ids[:width] for r in rows], device=device),
+        "position_ids": torch.tensor([r.position_ids[:width] for r in rows], device=device),
+        "labels": torch.tensor([r.labels[:width] for r in rows], device=device),
+    }
+
+
+@dataclass
+class Prepared:
+    """Everything decided before the first step."""
+
+    recipe: Recipe
+    base: StoredModel
+    sources: list[DataSource]
+    train_rows: list[Row]
+    eval_rows: list[Row]
+    split_how: str
+    encode_stats: dict[str, Any]
+    train_records: int
+    eval_records: int
+    template: str
+
+
+def prepare(store: ModelStore, recipe: Recipe) -> Prepared:
+    base = store.get(recipe.base)
+    template = get_template(base.manifest.chat_template)
+    records, sources = load_data(recipe.data)
+    split = split_records(records, recipe.eval_split, recipe.seed, recipe.max_eval_records)
+    if not split.train:
+        raise ConfigError("no training records left after holding out the evaluation set")
+    tokenizer = load_tokenizer(base.path)
+    bos, eos = special_tokens(base.path)
+    encoder = Encoder(
+        tokenizer, template, bos_token=bos, eos_token=eos, train_on_prompt=recipe.train_on_prompt
+    )
+    train_ex, stats = encoder.encode_all(split.train, recipe.seq_len)
+    eval_ex, _ = encoder.encode_all(split.eval, recipe.seq_len)
+    if not train_ex:
+        raise ConfigError("no training record has anything left to learn after truncation")
+    pad_id = tokenizer.token_to_id("<pad>")
+    pad_id = 0 if pad_id is None else pad_id
+    return Prepared(
+        recipe=recipe,
+        base=base,
+        sources=sources,
+        train_rows=pack(train_ex, recipe.seq_len, pad_id, packing=recipe.packing, seed=recipe.seed),
+        eval_rows=pack(eval_ex, recipe.seq_len, pad_id, packing=recipe.packing, seed=recipe.seed),
+        split_how=split.how,
+        encode_stats=stats.__dict__,
+        train_records=len(split.train),
+        eval_records=len(split.eval),
+        template=template.family,
+    )
+
+
+def _precision(recipe: Recipe, device_type: str) -> str:
+    if recipe.precision == "auto":
+        return "bf16" if bf16_supported(device_type) else "fp32"
+    return recipe.precision
+
+
+def build_model(store: ModelStore, prepared: Prepared, precision: str, device: torch.device):
+    """The base with LoRA adapters (base frozen, stored in bf16 when training in bf16), or the
+    whole model in fp32 for full fine-tuning (master weights stay fp32; autocast runs bf16)."""
+    recipe = prepared.recipe
+    lora = recipe.method == "lora"
+    dtype = torch.bfloat16 if (lora and precision == "bf16") else torch.float32
+    model = load_causal_lm(store, prepared.base, dtype=dtype)
+    model.config.use_cache = False
+    if lora:
+        from peft import LoraConfig, get_peft_model
+
+        present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+        missing = [t for t in recipe.lora_targets if t not in present]
+        if missing:
+            raise ConfigError(
+                f"lora_targets {missing} are not modules of {recipe.base}",
+                hint="linear layers here: "
+                + ", ".join(sorted(n for n in present if n.endswith("proj"))),
+            )
+        config = LoraConfig(
+            r=recipe.lora_r,
+            lora_alpha=recipe.lora_alpha,
+            lora_dropout=recipe.lora_dropout,
+            target_modules=list(recipe.lora_targets),
+            task_type="CAUSAL_LM",
+        )
+        model = get_peft_model(model, config)
+    return model.to(device)
+
+
+def evaluate(loss_fn: SFTLoss, rows: list[Row], batch_size: int, device, autocast) -> float | None:
+    if not rows:
+        return None
+    loss_fn.eval()
+    total, count = 0.0, 0
+    with torch.no_grad(), autocast():
+        for i in range(0, len(rows), batch_size):
+            chunk = rows[i : i + batch_size]
+            total += float(loss_fn(**_tensors(chunk, device)))
+            count += sum(r.supervised for r in chunk)
+    loss_fn.train()
+    return total / max(count, 1)
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    model: StoredModel | None
+    summary: dict[str, Any]
+    losses: list[float]
+
+
+def new_run_dir(settings: Settings, name: str) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    run_dir = settings.runs_dir / f"{name}-{stamp}"
+    n = 1
+    while run_dir.exists():
+        n += 1
+        run_dir = settings.runs_dir / f"{name}-{stamp}-{n}"
+    return run_dir
+
+
+def find_run(settings: Settings, spec: str) -> Path:
+    """A run directory by path, directory name, or model name (its newest run)."""
+    path = Path(spec)
+    if (path / "recipe.yaml").is_file():
+        return path
+    candidates = []
+    if settings.runs_dir.is_dir():
+        candidates = sorted(
+            p
+            for p in settings.runs_dir.iterdir()
+            if (p / "recipe.yaml").is_file() and (p.name == spec or p.name.startswith(spec + "-"))
+        )
+    if not candidates:
+        raise ConfigError(
+            f"no training run {spec!r}",
+            hint=f"runs live in {settings.runs_dir}; pass a run directory or the model name",
+        )
+    return candidates[-1]
+
+
+def train(
+    settings: Settings,
+    recipe: Recipe,
+    *,
+    display: Display | None = None,
+    resume_dir: Path | None = None,
+    replace: bool = False,
+    stop_after_step: int | None = None,
+    on_step: Callable[[int, dict[str, Any]], None] | None = None,
+) -> RunResult:
+    """Run (or resume) a training run and register the model when it completes.
+
+    ``stop_after_step`` stops as a Ctrl-C would, after that step (used to test resume)."""
+    display = display or SilentDisplay()
+    dist = Dist.from_env()
+    store = ModelStore(settings.models_dir)
+    if not recipe.name:
+        raise ConfigError("the fine-tuned model needs a name", hint="pass --name NAME")
+    check_name(recipe.name)
+    if store.exists(recipe.name) and not replace:
+        raise ConfigError(
+            f"a model named {recipe.name!r} is already in the store",
+            hint="choose another --name, or pass --force to replace it when training completes",
+        )
+    check_trackers(recipe.report_to)
+
+    torch.manual_seed(recipe.seed)
+    device = _device(dist)
+    precision = _precision(recipe, device.type)
+    prepared = prepare(store, recipe)
+    run_dir = resume_dir or new_run_dir(settings, recipe.name)
+    if dist.main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        _write_recipe(run_dir, recipe)
+
+    model = build_model(store, prepared, precision, device)
+    compute_dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    loss_fn = SFTLoss(model, compute_dtype)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    n_trainable = sum(p.numel() for p in trainable)
+    optimizer = torch.optim.AdamW(
+        trainable, lr=recipe.lr, weight_decay=recipe.weight_decay, betas=(0.9, 0.999)
+    )
+    step_module: torch.nn.Module = loss_fn
+    if dist.world > 1:
+        step_module = torch.nn.parallel.DistributedDataParallel(
+            loss_fn, device_ids=[device.index] if device.type == "cuda" else None
+        )
+
+    def autocast():
+        if precision == "bf16":
+            return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+        return nullcontext()
+
+    schedule = Schedule(
+        len(prepared.train_rows),
+        recipe.batch_size,
+        recipe.grad_accum,
+        recipe.epochs,
+        recipe.seed,
+        dist.world,
+    )
+    total_steps = schedule.steps_for_epochs
+    if recipe.max_steps:
+        total_steps = min(total_steps, recipe.max_steps)
+    state: dict[str, Any] = {
+        "step": 0,
+        "total_steps": total_steps,
+        "elapsed_s": 0.0,
+        "tokens_seen": 0,
+        "supervised_seen": 0,
+        "losses": [],
+        "evals": [],
+        "base_eval_loss": None,
+        "calibrated": recipe.time_budget_s is None,
+    }
+    latest = ckpt.list_checkpoints(run_dir / "checkpoints")
+    if resume_dir is not None:
+        if not latest:
+            raise ConfigError(f"{run_dir}: the run has no checkpoint to resume from")
+        state = ckpt.load(latest[-1], model, optimizer)
+        display.message(f"resumed {run_dir.name} at step {state['step']}")
+
+    meter = Meter(
+        price_per_hour(device.type, dist.world, settings), elapsed_before=state["elapsed_s"]
+    )
+    trackers = open_trackers(run_dir, recipe.report_to, recipe.resolved()) if dist.main else []
+    hw = hardware(device.type, dist.world)
+    display.message(
+        f"{recipe.method} on {recipe.base}: {n_trainable:,} trainable parameters, "
+        f"{prepared.train_records} train / {prepared.eval_records} eval records "
+        f"({prepared.split_how}), {len(prepared.train_rows)} packed rows of {recipe.seq_len}, "
+        f"{precision} on {device.type}; run {run_dir}"
+    )
+    budget = recipe.time_budget_s
+    eval_seconds = 0.0
+    if state["base_eval_loss"] is None and prepared.eval_rows:
+        t0 = time.perf_counter()
+        state["base_eval_loss"] = evaluate(
+            loss_fn, prepared.eval_rows, recipe.batch_size, device, autocast
+        )
+        eval_seconds = time.perf_counter() - t0
+        state["evals"].append({"step": 0, "eval_loss": state["base_eval_loss"]})
+        display.message(f"held-out loss before training: {state['base_eval_loss']:.4f}")
+        for t in trackers:
+            t.log(0, {"eval_loss": state["base_eval_loss"]})
+
+    stop = {"requested": False}
+
+    def _on_sigint(signum, frame):
+        if stop["requested"]:
+            raise KeyboardInterrupt
+        stop["requested"] = True
+        display.message("stopping after this step to save a checkpoint (Ctrl-C again to abort)")
+
+    previous = signal.signal(signal.SIGINT, _on_sigint) if _main_thread() else None
+    warmup = max(1, math.ceil(recipe.warmup_ratio * state["total_steps"]))
+    session_start_step = state["step"]
+    step_times: list[float] = []
+    interrupted = False
+    display.start(state["total_steps"], state["step"])
+    try:
+        while state["step"] < state["total_steps"]:
+            step = state["step"]
+            t_step = time.perf_counter()
+            slots = schedule.step(step)
+            global_sup = sum(
+                prepared.train_rows[i].supervised for slot in slots for rows in slot for i in rows
+            )
+            lr = lr_at(step, state["total_steps"], warmup, recipe.lr)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            loss_sum, tokens, sup = 0.0, 0, 0
+            for a, slot in enumerate(slots):
+                rows = [prepared.train_rows[i] for i in slot[dist.rank]]
+                if not rows:
+                    continue
+                batch = _tensors(rows, device)
+                sync = (
+                    step_module.no_sync()
+                    if dist.world > 1 and a < len(slots) - 1
+                    else nullcontext()
+                )
+                with sync, autocast():
+                    loss = step_module(**batch)
+                (loss * (dist.world / max(global_sup, 1))).backward()
+                loss_sum += float(loss.detach())
+                tokens += sum(r.real_tokens for r in rows)
+                sup += sum(r.supervised for r in rows)
+            if dist.world > 1:
+                totals = torch.tensor([loss_sum, tokens, sup], dtype=torch.float64, device=device)
+                torch.distributed.all_reduce(totals)
+                loss_sum, tokens, sup = totals[0].item(), int(totals[1]), int(totals[2])
+            if recipe.max_grad_norm:
+                torch.nn.utils.clip_grad_norm_(trainable, recipe.max_grad_norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step_loss = loss_sum / max(global_sup, 1)
+            state["step"] = step + 1
+            state["losses"].append(step_loss)
+            state["tokens_seen"] += tokens
+            state["supervised_seen"] += sup
+            meter.add(tokens, sup)
+            step_times.append(time.perf_counter() - t_step)
+
+            if not state["calibrated"] and len(step_times) >= 2:
+                # Fit the schedule to the time budget once a step's cost is known, keeping
+                # time for the final evaluation and saving.
+                per_step = sum(step_times[-2:]) / 2
+                left = budget - meter.elapsed - 2 * eval_seconds - 30
+                fit = state["step"] + max(0, int(left / per_step))
+                state["total_steps"] = max(state["step"], min(state["total_steps"], fit))
+                state["calibrated"] = True
+                warmup = max(1, math.ceil(recipe.warmup_ratio * state["total_steps"]))
+                display.message(
+                    f"time budget {recipe.time_budget}: {per_step:.1f} s/step, "
+                    f"planning {state['total_steps']} steps"
+                )
+
+            metrics: dict[str, Any] = {
+                "loss": step_loss,
+                "lr": lr,
+                "tokens": tokens,
+                "tokens_per_s": meter.tokens_per_s() or tokens / max(step_times[-1], 1e-9),
+                "elapsed_s": meter.elapsed,
+                "eta_s": Meter.eta(state["step"], state["total_steps"], _mean(step_times)),
+                "cost_usd": meter.cost(),
+            }
+            if prepared.eval_rows and (
+                state["step"] % recipe.eval_every == 0 or state["step"] == state["total_steps"]
+            ):
+                t0 = time.perf_counter()
+                metrics["eval_loss"] = evaluate(
+                    loss_fn, prepared.eval_rows, recipe.batch_size, device, autocast
+                )
+                eval_seconds = time.perf_counter() - t0
+                state["evals"].append({"step": state["step"], "eval_loss": metrics["eval_loss"]})
+            for t in trackers:
+                t.log(state["step"], metrics)
+            if on_step:
+                on_step(state["step"], metrics)
+            display.update(state["step"], state["total_steps"], metrics)
+
+            if budget is not None and meter.elapsed + _mean(step_times) > budget:
+                state["total_steps"] = state["step"]
+            asked = stop["requested"] or (
+                stop_after_step is not None and state["step"] >= stop_after_step
+            )
+            finished = state["step"] >= state["total_steps"]
+            if dist.main and (asked or state["step"] % recipe.save_every == 0) and not finished:
+                state["elapsed_s"] = meter.elapsed
+                ckpt.save(
+                    run_dir / "checkpoints",
+                    state["step"],
+                    model,
+                    optimizer,
+                    state,
+                    recipe.keep_checkpoints,
+                )
+            if asked and not finished:
+                interrupted = True
+                break
+    finally:
+        display.close()
+        for t in trackers:
+            t.close()
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+
+    state["elapsed_s"] = meter.elapsed
+    if interrupted:
+        raise Interrupted(
+            f"training stopped at step {state['step']} of {state['total_steps']}; "
+            f"checkpoint saved in {run_dir / 'checkpoints'}",
+            hint=f"continue with: cuvee train --resume {run_dir}",
+        )
+    summary = _summary(
+        prepared, state, meter, hw, precision, run_dir, n_trainable, session_start_step
+    )
+    stored = None
+    if dist.main:
+        from cuvee.train.register import register_model
+
+        stored = register_model(
+            store, prepared, model, summary, replace=replace, merge=recipe.merge
+        )
+        summary["model"] = stored.manifest.name
+        summary["commercial_use"] = stored.manifest.model_dump().get("commercial_use")
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
+        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+    return RunResult(run_dir, stored, summary, state["losses"])
+
+
+def _mean(values: list[float]) -> float:
+    recent = values[-10:]
+    return sum(recent) / len(recent) if recent else 0.0
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def _device(dist: Dist) -> torch.device:
+    if torch.cuda.is_available():
+        device = torch.device("cuda", dist.local_rank)
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    if dist.world > 1 and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return device
+
+
+def _write_recipe(run_dir: Path, recipe: Recipe) -> None:
+    import yaml
+
+    path = run_dir / "recipe.yaml"
+    if not path.exists():
+        path.write_text(yaml.safe_dump(recipe.resolved(), sort_keys=False), encoding="utf-8")
+
+
+def _summary(
+    prepared: Prepared,
+    state: dict[str, Any],
+    meter: Meter,
+    hw: dict[str, Any],
+    precision: str,
+    run_dir: Path,
+    n_trainable: int,
+    session_start_step: int,
+) -> dict[str, Any]:
+    losses = state["losses"]
+    tail = losses[-10:]
+    evals = [e for e in state["evals"] if e["step"] > 0]
+    wall = state["elapsed_s"]
+    return {
+        "run_dir": str(run_dir),
+        "steps": state["step"],
+        "train_records": prepared.train_records,
+        "eval_records": prepared.eval_records,
+        "eval_split": prepared.split_how,
+        "encode": prepared.encode_stats,
+        "train_rows": len(prepared.train_rows),
+        "trainable_parameters": n_trainable,
+        "precision": precision,
+        "hardware": hw,
+        "wall_time_s": wall,
+        "tokens_seen": state["tokens_seen"],
+        "supervised_tokens_seen": state["supervised_seen"],
+        "tokens_per_s": state["tokens_seen"] / wall if wall > 0 else 0.0,
+        "price_per_hour": meter.price_per_hour,
+        "estimated_cost_usd": meter.cost(wall),
+        "train_loss": sum(tail) / len(tail) if tail else None,
+        "eval_loss": evals[-1]["eval_loss"] if evals else None,
+        "base_eval_loss": state["base_eval_loss"],
+        "resumed_at_step": session_start_step or None,
+    }

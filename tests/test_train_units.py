@@ -1,0 +1,256 @@
+"""The parts of training that must be right by construction: recipes, masking, packing
+isolation, the chunked loss, the schedule."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import pytest
+import torch
+
+from cuvee.chat_template import get_template
+from cuvee.data.records import Conversation, Origin, Turn
+from cuvee.errors import ConfigError
+from cuvee.train.encode import IGNORE, Encoder, load_tokenizer
+from cuvee.train.loss import linear_cross_entropy
+from cuvee.train.packing import assign_bins, pack
+from cuvee.train.recipe import Recipe, build_recipe, parse_duration, shipped_recipes
+from cuvee.train.sft import Schedule, lr_at
+
+# ---------------------------------------------------------------------------- recipes
+
+
+def test_shipped_recipes_load_and_open_with_their_command() -> None:
+    recipes = shipped_recipes()
+    assert {"starter-lora-cpu", "dolly-full-gpu"} <= set(recipes)
+    for name, path in recipes.items():
+        text = path.read_text(encoding="utf-8")
+        assert text.startswith("# Run:  cuvee train " + name), name
+        recipe = build_recipe(name)
+        assert isinstance(recipe, Recipe)
+    assert build_recipe("starter-lora-cpu").method == "lora"
+    assert build_recipe("starter-lora-cpu").time_budget_s == 600
+    assert build_recipe("dolly-full-gpu").method == "full"
+
+
+def test_flags_override_the_recipe_and_none_means_unset(tmp_path: Path) -> None:
+    path = tmp_path / "r.yaml"
+    path.write_text("base: tiny\nlr: 0.001\nseq_len: 64\n")
+    recipe = build_recipe(path, {"lr": 0.5, "seq_len": None, "lora_targets": ["all-linear"]})
+    assert recipe.lr == 0.5 and recipe.seq_len == 64 and recipe.base == "tiny"
+    assert "down_proj" in recipe.lora_targets
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("lerning_rate: 0.1\n", "lerning_rate: unknown key"),
+        ("method: qlora\n", "method"),
+        ("time_budget: soon\n", "time_budget"),
+        ("eval_split: 0.9\n", "eval_split"),
+        ("- a list\n", "mapping"),
+    ],
+)
+def test_bad_recipes_name_the_key(tmp_path: Path, text: str, needle: str) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        build_recipe(path)
+    assert needle in str(err.value) and str(path) in str(err.value)
+
+
+def test_unknown_recipe_name_lists_the_shipped_ones() -> None:
+    with pytest.raises(ConfigError) as err:
+        build_recipe("no-such-recipe")
+    assert "starter-lora-cpu" in (err.value.hint or "")
+
+
+def test_durations() -> None:
+    assert parse_duration("90") == 90 and parse_duration("10m") == 600
+    assert parse_duration("1.5h") == 5400 and parse_duration(None) is None
+    with pytest.raises(ValueError):
+        parse_duration("0s")
+
+
+# ---------------------------------------------------------------------------- masking
+
+
+def _conv(*turns: tuple[str, str], system: str | None = None) -> Conversation:
+    return Conversation(
+        turns=tuple(Turn(role, text) for role, text in turns),
+        origin=Origin("t.jsonl", 1),
+        format="openai",
+        system=system,
+    )
+
+
+@pytest.fixture
+def encoder(tiny_gemma_dir: Path) -> Encoder:
+    return Encoder(
+        load_tokenizer(tiny_gemma_dir),
+        get_template("gemma"),
+        bos_token="<bos>",
+        eos_token="<eos>",
+    )
+
+
+def _targets(example) -> list[int]:
+    return [t for t in example.labels if t != IGNORE]
+
+
+def test_only_assistant_tokens_and_their_end_of_turn_are_learned(encoder: Encoder) -> None:
+    tok = encoder.tokenizer
+    record = _conv(("user", "hello world"), ("assistant", "the answer"), system="you model")
+    example = encoder.encode(record, 64)
+    answer = tok.encode("the answer", add_special_tokens=False).ids
+    assert _targets(example) == [*answer, encoder.end_of_turn_id]
+    # The labels are the next tokens: each target sits one position before its token.
+    for i, label in enumerate(example.labels):
+        if label != IGNORE:
+            assert example.input_ids[i + 1] == label
+
+
+def test_every_assistant_turn_is_learned_in_multi_turn(encoder: Encoder) -> None:
+    record = _conv(
+        ("user", "hello"),
+        ("assistant", "world"),
+        ("user", "the question"),
+        ("assistant", "a answer"),
+    )
+    example = encoder.encode(record, 64)
+    eot = encoder.end_of_turn_id
+    ids = encoder.tokenizer.encode("world a answer", add_special_tokens=False).ids
+    assert _targets(example) == [ids[0], eot, ids[1], ids[2], eot]
+
+
+def test_train_on_prompt_learns_more(encoder: Encoder) -> None:
+    record = _conv(("user", "hello world"), ("assistant", "the answer"))
+    masked = encoder.encode(record, 64)
+    encoder.train_on_prompt = True
+    full = encoder.encode(record, 64)
+    assert full.supervised > masked.supervised
+    assert full.supervised == len(full) - 1  # every token after <bos>
+
+
+def test_truncation_and_records_with_nothing_to_learn(encoder: Encoder) -> None:
+    record = _conv(("user", " ".join(["hello"] * 30)), ("assistant", "world"))
+    assert encoder.encode(record, 16) is None  # the answer was cut off entirely
+    kept = encoder.encode(record, 64)
+    assert kept is not None and not kept.truncated
+    long_answer = _conv(("user", "hello"), ("assistant", " ".join(["world"] * 30)))
+    cut = encoder.encode(long_answer, 16)
+    assert cut.truncated and len(cut) == 16
+
+
+# ---------------------------------------------------------------------------- packing
+
+
+def test_bins_respect_capacity_and_keep_every_example() -> None:
+    lengths = [5, 9, 3, 7, 2, 8, 1, 6]
+    bins = assign_bins(lengths, 10)
+    assert sorted(i for b in bins for i in b) == list(range(len(lengths)))
+    assert all(sum(lengths[i] for i in b) <= 10 for b in bins)
+    assert len(bins) == 5  # sum 41 needs at least 5 bins of 10
+    with pytest.raises(ValueError):
+        assign_bins([11], 10)
+
+
+def test_packed_examples_do_not_see_each_other(tiny_gemma_dir: Path, encoder: Encoder) -> None:
+    """The logits of an example packed after another equal its logits alone."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_gemma_dir, attn_implementation="sdpa")
+    model.eval()
+    a = encoder.encode(_conv(("user", "hello world the"), ("assistant", "it is")), 64)
+    b = encoder.encode(_conv(("user", "a of to"), ("assistant", "you that and")), 64)
+    rows = pack([a, b], 40, 0)
+    assert len(rows) == 1
+    row = rows[0]
+    ids = torch.tensor([row.input_ids])
+    pos = torch.tensor([row.position_ids])
+    with torch.no_grad():
+        packed = model(input_ids=ids, position_ids=pos, use_cache=False).logits[0]
+        # Where does each example sit in the row? Find b's start by its position restart.
+        starts = [i for i, p in enumerate(row.position_ids) if p == 0]
+        for example in (a, b):
+            alone = model(input_ids=torch.tensor([example.input_ids]), use_cache=False).logits[0]
+            start = next(
+                s for s in starts if row.input_ids[s : s + len(example)] == example.input_ids
+            )
+            torch.testing.assert_close(
+                packed[start : start + len(example)], alone, atol=1e-5, rtol=1e-4
+            )
+        # And the check can fail: without position restarts the second example sees the first.
+        leaky = model(input_ids=ids, use_cache=False).logits[0]
+        second = max(s for s in starts if s < row.real_tokens)
+        assert not torch.allclose(leaky[second : second + 3], packed[second : second + 3])
+
+
+def test_padding_is_never_supervised() -> None:
+    from cuvee.train.encode import Example
+
+    rows = pack([Example([2, 5, 6], [5, 6, IGNORE])], 8, 0)
+    assert rows[0].labels[3:] == [IGNORE] * 5 and rows[0].real_tokens == 3
+    assert rows[0].position_ids == [0, 1, 2, 0, 1, 2, 3, 4]
+
+
+# ---------------------------------------------------------------------------- loss
+
+
+@pytest.mark.parametrize("softcap", [None, 5.0])
+def test_chunked_loss_matches_plain_cross_entropy(softcap: float | None) -> None:
+    torch.manual_seed(0)
+    hidden = torch.randn(37, 8, requires_grad=True)
+    weight = torch.randn(5000, 8, requires_grad=True)  # several chunks of rows
+    targets = torch.randint(0, 5000, (37,))
+    loss = linear_cross_entropy(hidden, weight, targets, softcap=softcap)
+    loss.backward()
+    h2 = hidden.detach().clone().requires_grad_()
+    w2 = weight.detach().clone().requires_grad_()
+    logits = h2 @ w2.t()
+    if softcap:
+        logits = softcap * torch.tanh(logits / softcap)
+    ref = torch.nn.functional.cross_entropy(logits, targets, reduction="sum")
+    ref.backward()
+    torch.testing.assert_close(loss, ref, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(hidden.grad, h2.grad, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(weight.grad, w2.grad, rtol=1e-4, atol=1e-5)
+
+
+def test_loss_with_frozen_head_gives_no_weight_gradient() -> None:
+    hidden = torch.randn(4, 8, requires_grad=True)
+    weight = torch.randn(50, 8)
+    loss = linear_cross_entropy(hidden, weight, torch.tensor([1, 2, 3, 4]))
+    (loss * 2).backward()
+    assert hidden.grad is not None and weight.grad is None
+
+
+# ---------------------------------------------------------------------------- schedule
+
+
+def test_schedule_is_deterministic_and_covers_each_epoch() -> None:
+    s = Schedule(rows=10, batch_size=3, grad_accum=2, epochs=1, seed=7)
+    assert s.micro_per_epoch == 4 and s.steps_for_epochs == 2
+    seen = [r for step in range(2) for slot in s.step(step) for rows in slot for r in rows]
+    assert sorted(seen) == list(range(10))
+    again = Schedule(rows=10, batch_size=3, grad_accum=2, epochs=1, seed=7)
+    assert again.step(1) == s.step(1)
+
+
+def test_data_parallel_schedule_splits_the_single_process_order() -> None:
+    """Two processes with accumulation 1 see, per step, the micro-batches one process with
+    accumulation 2 sees: the same updates, only spread out."""
+    one = Schedule(rows=20, batch_size=2, grad_accum=2, epochs=1, seed=3)
+    two = Schedule(rows=20, batch_size=2, grad_accum=1, epochs=1, seed=3, world=2)
+    for step in range(one.steps_for_epochs):
+        flat_one = [slot[0] for slot in one.step(step)]
+        flat_two = two.step(step)[0]
+        assert flat_one == flat_two
+
+
+def test_learning_rate_warms_up_then_decays_to_zero() -> None:
+    lrs = [lr_at(s, 10, 2, 1.0) for s in range(10)]
+    assert lrs[0] == 0.5 and lrs[1] == 1.0
+    assert all(a >= b for a, b in itertools.pairwise(lrs[1:]))
+    assert lr_at(10, 10, 2, 1.0) == pytest.approx(0.0)

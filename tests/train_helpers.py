@@ -1,0 +1,44 @@
+"""Helpers for the training tests: a tiny model in the store and data written from its words."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+from cuvee.config import load_settings
+from cuvee.model_import import add
+from cuvee.progress import SilentReporter
+from cuvee.store import ModelStore
+
+WORDS = ["the", "a", "of", "to", "and", "is", "in", "it", "you", "that", "hello", "world"]
+
+
+def store_tiny(tiny_dir: Path, name: str = "tiny", licence: str = "MIT"):
+    settings = load_settings()
+    store = ModelStore(settings.models_dir)
+    add(store, tiny_dir, name, SilentReporter(), licence=licence)
+    return settings, store
+
+
+def write_data(
+    path: Path,
+    n: int = 40,
+    seed: int = 0,
+    licence: str | None = None,
+    authors: list[str] | None = None,
+) -> Path:
+    rng = random.Random(seed)
+    with path.open("w", encoding="utf-8") as fh:
+        for _ in range(n):
+            q = " ".join(rng.choice(WORDS) for _ in range(rng.randint(2, 9)))
+            a = " ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 6)))
+            fh.write(json.dumps({"instruction": q, "output": f"hello {a}"}) + "\n")
+    if licence or authors:
+        lines = []
+        if licence:
+            lines.append(f"licence: {licence}")
+        if authors:
+            lines.append("authors: [" + ", ".join(authors) + "]")
+        path.with_name(path.name + ".cuvee.yaml").write_text("\n".join(lines) + "\n")
+    return path
