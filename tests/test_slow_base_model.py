@@ -64,3 +64,33 @@ def test_data_check_counts_tokens_with_the_model(
     # <bos><start_of_turn>user\nSay hi<end_of_turn>\n<start_of_turn>model\nHi!<end_of_turn>\n
     assert report["lengths"]["unit"] == "tokens"
     assert 10 <= report["lengths"]["max"] <= 20
+
+
+def test_converted_config_has_no_gguf_quantization(pulled_home: Path) -> None:
+    config = json.loads((pulled_home / "models" / "gemma3-270m" / "config.json").read_text())
+    assert "quantization_config" not in config
+
+
+def test_a_short_lora_run_on_the_starter_lowers_the_heldout_loss(pulled_home: Path) -> None:
+    from cuvee.config import load_settings
+    from cuvee.train.recipe import Recipe
+    from cuvee.train.sft import train
+
+    settings = load_settings({"home": pulled_home})
+    recipe = Recipe(
+        base="gemma3-270m",
+        data=["starter"],
+        name="slow-demo",
+        max_steps=6,
+        seq_len=384,
+        batch_size=4,
+        lr=3e-4,
+        max_eval_records=24,
+    )
+    result = train(settings, recipe)
+    summary = result.summary
+    assert summary["precision"] in ("bf16", "fp32") and summary["tokens_per_s"] > 0
+    assert summary["eval_records"] == 24
+    assert summary["eval_loss"] < summary["base_eval_loss"]
+    card = (result.model.path / "MODEL_CARD.md").read_text()
+    assert "Gemma" in card and "Apache-2.0" in card

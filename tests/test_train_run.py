@@ -54,8 +54,15 @@ def setup(tiny_gemma_dir: Path, tmp_path: Path):
 def test_a_run_registers_a_fine_tuned_model_with_its_lineage(setup) -> None:
     settings, store, data = setup
     result = train(settings, _recipe(data, authors=["Linus"]))
+    from cuvee.model_loading import has_full_weights
+
     man = store.get("tuned").manifest
     assert man.kind == "fine-tuned" and man.parent == "tiny"
+    assert not has_full_weights(store.get("tuned"))
+    assert {f.path for f in man.files if f.role == "adapter"} >= {
+        "adapter/adapter_model.safetensors",
+        "adapter/adapter_config.json",
+    }
     assert len(result.losses) == 6 and result.summary["steps"] == 6
     lineage = man.model_dump()["lineage"]
     base_weights = store.get("tiny").manifest.file("weights").sha256
@@ -351,3 +358,63 @@ def test_ddp_on_two_processes_matches_accumulation_on_one(setup, tmp_path: Path)
     log = find_run(settings, "ddp") / "log.jsonl"
     losses = [json.loads(x)["loss"] for x in log.read_text().splitlines() if '"loss"' in x]
     assert losses == pytest.approx(single, rel=1e-4, abs=1e-5)
+
+
+@pytest.mark.parametrize("var", ["ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED"])
+def test_sharded_engines_are_refused_not_silently_replaced(setup, monkeypatch, var) -> None:
+    settings, store, data = setup
+    monkeypatch.setenv(var, "true")
+    with pytest.raises(ConfigError, match="does not drive"):
+        train(settings, _recipe(data))
+    assert store.names() == ["tiny"]
+
+
+def test_the_base_defaults_to_the_setting(setup, monkeypatch) -> None:
+    from cuvee.config import load_settings
+
+    _, store, data = setup
+    monkeypatch.setenv("CUVEE_DEFAULT_BASE", "tiny")
+    result = train(load_settings(), _recipe(data, base=None, max_steps=1))
+    assert result.model.manifest.parent == "tiny"
+    assert result.model.manifest.model_dump()["lineage"]["recipe"]["base"] == "tiny"
+
+
+def test_ctrl_c_finishes_the_step_saves_and_resumes(setup) -> None:
+    import signal
+
+    settings, store, data = setup
+    recipe = _recipe(data, max_steps=5, lora_dropout=0.0)
+
+    def interrupt(step: int, metrics: dict) -> None:
+        if step == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(Interrupted):
+        train(settings, recipe, on_step=interrupt)
+    run_dir = find_run(settings, "tuned")
+    assert [p.name for p in (run_dir / "checkpoints").iterdir()] == ["step-000002"]
+    assert not store.exists("tuned")
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+    resumed = train(settings, recipe, resume_dir=run_dir)
+    assert resumed.summary["steps"] == 5 and store.exists("tuned")
+    assert not (run_dir / "checkpoints").exists()  # a finished run keeps no checkpoints
+
+
+def test_mlflow_receives_the_metrics_when_asked(setup, monkeypatch) -> None:
+    import importlib.machinery
+    import types
+
+    calls: dict[str, list] = {"params": [], "metrics": [], "runs": []}
+    fake = types.ModuleType("mlflow")
+    fake.__spec__ = importlib.machinery.ModuleSpec("mlflow", None)
+    fake.start_run = lambda run_name: calls["runs"].append(run_name)
+    fake.log_params = lambda params: calls["params"].append(params)
+    fake.log_metrics = lambda metrics, step: calls["metrics"].append((step, metrics))
+    fake.end_run = lambda: calls["runs"].append("end")
+    monkeypatch.setitem(sys.modules, "mlflow", fake)
+    monkeypatch.setattr("importlib.util.find_spec", lambda name, *a: fake.__spec__)
+    settings, store, data = setup
+    train(settings, _recipe(data, max_steps=2, report_to=["mlflow"]))
+    assert calls["params"][0]["lr"] == "0.01" and calls["runs"][-1] == "end"
+    steps = [s for s, m in calls["metrics"] if "loss" in m]
+    assert steps == [1, 2]

@@ -254,3 +254,56 @@ def test_learning_rate_warms_up_then_decays_to_zero() -> None:
     assert lrs[0] == 0.5 and lrs[1] == 1.0
     assert all(a >= b for a, b in itertools.pairwise(lrs[1:]))
     assert lr_at(10, 10, 2, 1.0) == pytest.approx(0.0)
+
+
+def test_loss_module_matches_the_full_forward_with_trainable_turn_tokens(
+    tiny_gemma_dir: Path, encoder: Encoder
+) -> None:
+    """SFTLoss (head only at supervised rows, trainable token rows spliced in) gives the loss
+    and gradients of the plain forward over full logits."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from cuvee.train.sft import SFTLoss
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(tiny_gemma_dir, attn_implementation="sdpa")
+    config = LoraConfig(
+        r=4,
+        target_modules=["q_proj", "down_proj"],
+        trainable_token_indices=[4, 5],
+        lora_dropout=0.0,
+    )
+    model = get_peft_model(model, config)
+    delta = next(p for n, p in model.named_parameters() if "trainable_tokens_delta" in n)
+    with torch.no_grad():
+        delta.add_(torch.randn_like(delta))  # make the spliced rows differ from the base's
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_()
+    examples = [
+        encoder.encode(_conv(("user", "hello world the"), ("assistant", "it is you")), 64),
+        encoder.encode(_conv(("user", "a of"), ("assistant", "that and the world")), 64),
+    ]
+    rows = pack(examples, 24, 0)
+    batch = {
+        "input_ids": torch.tensor([r.input_ids for r in rows]),
+        "position_ids": torch.tensor([r.position_ids for r in rows]),
+        "labels": torch.tensor([r.labels for r in rows]),
+    }
+    ours = SFTLoss(model, torch.float32)(**batch)
+    ours.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+    model.zero_grad()
+    logits = model(
+        input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False
+    ).logits
+    ref = torch.nn.functional.cross_entropy(
+        logits.flatten(0, 1), batch["labels"].flatten(), ignore_index=IGNORE, reduction="sum"
+    )
+    ref.backward()
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
+    assert any("trainable_tokens_delta" in n for n in grads)
+    for n, p in model.named_parameters():
+        if p.requires_grad:
+            torch.testing.assert_close(grads[n], p.grad, rtol=1e-4, atol=1e-5, msg=n)

@@ -49,6 +49,9 @@ class ChatTemplate:
     stop: tuple[str, ...]
     end_of_turn: str
     description: str
+    # Tokens the template adds that a pretrained base has barely seen: LoRA training makes their
+    # embedding rows trainable, or the model cannot learn to write the end-of-turn that stops it.
+    turn_tokens: tuple[str, ...] = ()
 
     def render(
         self,
@@ -76,6 +79,7 @@ register(
         jinja=_GEMMA,
         stop=("<end_of_turn>",),
         end_of_turn="<end_of_turn>",
+        turn_tokens=("<start_of_turn>", "<end_of_turn>"),
         description="Gemma turns: <start_of_turn>user / model ... <end_of_turn>; system "
         "folded into "
         "the first user turn",
@@ -87,6 +91,7 @@ register(
         jinja=_CHATML,
         stop=("<|im_end|>",),
         end_of_turn="<|im_end|>",
+        turn_tokens=("<|im_start|>", "<|im_end|>"),
         description="ChatML: <|im_start|>role ... <|im_end|>",
     )
 )

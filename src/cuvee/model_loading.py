@@ -15,7 +15,8 @@ ADAPTER_DIR = "adapter"
 
 
 def has_full_weights(model: StoredModel) -> bool:
-    return model.manifest.file("weights") is not None
+    """Complete weights at the top of the model directory (an adapter lives in adapter/)."""
+    return any(f.role == "weights" and "/" not in f.path for f in model.manifest.files)
 
 
 def resolve_base(store: ModelStore, model: StoredModel) -> StoredModel:

@@ -103,6 +103,8 @@ def check_name(name: str) -> str:
 
 def _role_of(rel: str) -> str:
     name = Path(rel).name
+    if Path(rel).parts[0] == "adapter" and len(Path(rel).parts) > 1:
+        return "adapter"
     if name.endswith(".gguf"):
         return "gguf"
     if name.endswith(".safetensors"):

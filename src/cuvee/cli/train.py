@@ -50,7 +50,7 @@ def _list_recipes() -> None:
 
 @click.command("train")
 @click.argument("recipe", required=False)
-@click.option("--base", help="Stored base model [recipe; default gemma3-270m].")
+@click.option("--base", help="Stored base model [recipe; else the default_base setting].")
 @click.option(
     "--data",
     multiple=True,

@@ -163,6 +163,8 @@ def launch_plan(
     directory: Path | None = None,
 ) -> LaunchPlan:
     strategy = STRATEGIES[strategy_name]
+    if recipe.base is None:
+        recipe = recipe.model_copy(update={"base": settings.default_base})
     if launcher not in strategy.launchers:
         raise ConfigError(
             f"{strategy_name} needs --launcher {' or '.join(strategy.launchers)}",

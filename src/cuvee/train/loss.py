@@ -11,51 +11,69 @@ import torch
 
 
 def _chunk_rows(vocab: int) -> int:
-    # About 64 MB of fp32 logits per chunk.
-    return max(16, (1 << 24) // max(vocab, 1))
+    # About 256 MB of fp32 probabilities per chunk: large enough that the head's weight, read
+    # once per chunk, is amortised over many rows.
+    return max(16, (1 << 26) // max(vocab, 1))
+
+
+# The smallest probability a target may be given: caps one token's loss at about 87.
+_TINY = torch.finfo(torch.float32).tiny
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, weight, targets, softcap, compute_dtype):
+    def forward(ctx, hidden, weight, row_values, targets, row_index, softcap, compute_dtype):
         need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        need_r = row_values is not None and ctx.needs_input_grad[2]
         rows = _chunk_rows(weight.shape[0])
         w = weight.to(compute_dtype)
+        if row_values is not None:
+            w = w.index_copy(0, row_index, row_values.to(compute_dtype))
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         grad_h = torch.empty_like(hidden) if need_h else None
         grad_w = torch.zeros_like(weight, dtype=torch.float32) if need_w else None
+        grad_r = torch.zeros_like(row_values, dtype=torch.float32) if need_r else None
         for start in range(0, hidden.shape[0], rows):
             h = hidden[start : start + rows].to(compute_dtype)
             tgt = targets[start : start + rows]
-            logits = (h @ w.t()).float()
+            logits = h @ w.t()
             squash = None
             if softcap:
-                squash = torch.tanh(logits / softcap)
-                logits = squash * softcap
-            lse = torch.logsumexp(logits, dim=-1)
-            picked = logits.gather(1, tgt[:, None]).squeeze(1)
-            total += (lse - picked).sum()
-            if need_h or need_w:
-                # d loss / d logits = softmax - one_hot, computed in place over the logits.
-                grad = logits.sub_(lse[:, None]).exp_()
-                grad[torch.arange(tgt.shape[0], device=grad.device), tgt] -= 1
+                squash = torch.tanh(logits.float() / softcap)
+                logits = (squash * softcap).to(compute_dtype)
+            # One fused pass gives the probabilities (accumulated in fp32, stored in the compute
+            # dtype); the loss is -log p(target) and the gradient with respect to the logits is
+            # p - one_hot(target), made in place.
+            probs = torch.softmax(logits, dim=-1)
+            del logits
+            picked = probs.gather(1, tgt[:, None]).squeeze(1).float()
+            total += -torch.log(picked.clamp_min(_TINY)).sum()
+            if need_h or need_w or need_r:
+                probs[torch.arange(tgt.shape[0], device=probs.device), tgt] -= 1
                 if squash is not None:
-                    grad.mul_(1 - squash * squash)
-                grad = grad.to(compute_dtype)
+                    probs = probs.float().mul_(1 - squash * squash)
+                grad = probs.to(compute_dtype)
+                del probs
                 if need_h:
                     grad_h[start : start + rows] = (grad @ w).to(hidden.dtype)
                 if need_w:
                     grad_w += (grad.t() @ h).float()
-        ctx.save_for_backward(grad_h, grad_w)
+                if need_r:
+                    grad_r += (grad[:, row_index].t() @ h).float()
+        if grad_w is not None and row_values is not None:
+            grad_w[row_index] = 0  # those rows are replaced, not used
+        ctx.save_for_backward(grad_h, grad_w, grad_r)
         ctx.weight_dtype = weight.dtype
+        ctx.row_dtype = row_values.dtype if row_values is not None else None
         return total
 
     @staticmethod
     def backward(ctx, grad_out):
-        grad_h, grad_w = ctx.saved_tensors
+        grad_h, grad_w, grad_r = ctx.saved_tensors
         dh = grad_h * grad_out.to(grad_h.dtype) if grad_h is not None else None
         dw = (grad_w * grad_out).to(ctx.weight_dtype) if grad_w is not None else None
-        return dh, dw, None, None, None
+        dr = (grad_r * grad_out).to(ctx.row_dtype) if grad_r is not None else None
+        return dh, dw, dr, None, None, None, None
 
 
 def linear_cross_entropy(
@@ -65,12 +83,17 @@ def linear_cross_entropy(
     *,
     softcap: float | None = None,
     compute_dtype: torch.dtype | None = None,
+    row_index: torch.Tensor | None = None,
+    row_values: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The summed cross-entropy of ``softcap(hidden @ weight.T)`` against ``targets``.
 
     ``hidden`` is (N, H) for the supervised positions only, ``weight`` the (V, H) output head.
+    ``row_values`` (K, H), if given, replace the head's rows ``row_index`` (trainable token
+    embeddings over a frozen head); their gradient costs K rows, not the whole vocabulary.
     Returns a scalar sum (divide by the number of supervised tokens of the whole step)."""
     if hidden.shape[0] == 0:
-        return hidden.sum() * 0.0 + weight.sum() * 0.0
+        zero = hidden.sum() * 0.0 + weight.sum() * 0.0
+        return zero + row_values.sum() * 0.0 if row_values is not None else zero
     dtype = compute_dtype or hidden.dtype
-    return _LinearCrossEntropy.apply(hidden, weight, targets, softcap, dtype)
+    return _LinearCrossEntropy.apply(hidden, weight, row_values, targets, row_index, softcap, dtype)

@@ -42,12 +42,12 @@ class Recipe(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
-    base: str = "gemma3-270m"
+    base: str | None = None  # None: the default_base setting
     data: list[str] = Field(default_factory=list)
     name: str | None = None
     method: Literal["lora", "full"] = "lora"
 
-    epochs: float = Field(1.0, gt=0)
+    epochs: float = Field(3.0, gt=0)
     max_steps: int | None = Field(None, gt=0)
     time_budget: str | None = None
 
@@ -66,6 +66,9 @@ class Recipe(BaseModel):
     lora_alpha: int = Field(32, ge=1)
     lora_dropout: float = Field(0.05, ge=0, lt=1)
     lora_targets: list[str] = Field(default_factory=lambda: list(ALL_LINEAR))
+    # Train the embedding rows of the template's turn tokens too (LoRA only): a pretrained base
+    # has barely seen them, and cannot learn to end its answers with a frozen end-of-turn row.
+    train_turn_tokens: bool = True
 
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     eval_split: float | str = "auto"

@@ -40,6 +40,9 @@ from cuvee.train.recipe import Recipe
 from cuvee.train.throughput import Meter, bf16_supported, hardware, price_per_hour
 from cuvee.train.tracking import check_trackers, open_trackers
 
+# Session step counts after which a time-budgeted run re-plans its number of steps.
+_REPLAN_AT = (2, 12)
+
 
 class Interrupted(CuveeError):
     """Training stopped on request; a checkpoint was saved."""
@@ -82,10 +85,31 @@ class SFTLoss(torch.nn.Module):
         out = lm.get_decoder()(input_ids=input_ids, position_ids=position_ids, use_cache=False)
         mask = labels != IGNORE
         hidden = out.last_hidden_state[mask]
-        weight = lm.get_output_embeddings().weight
+        weight, row_index, row_values = _head_weights(lm.get_output_embeddings())
         return linear_cross_entropy(
-            hidden, weight, labels[mask], softcap=self.softcap, compute_dtype=self.compute_dtype
+            hidden,
+            weight,
+            labels[mask],
+            softcap=self.softcap,
+            compute_dtype=self.compute_dtype,
+            row_index=row_index,
+            row_values=row_values,
         )
+
+
+def _head_weights(head: torch.nn.Module):
+    """The output head's weight, and the rows peft's trainable tokens replace in it (None when
+    there are none): the loss uses them without building the merged vocabulary-sized matrix's
+    gradient."""
+    source = getattr(head, "tied_adapter", None) or head
+    deltas = getattr(source, "trainable_tokens_delta", None)
+    active = [a for a in getattr(head, "active_adapters", []) if deltas is not None and a in deltas]
+    if not active or getattr(head, "merged", False) or getattr(head, "disable_adapters", False):
+        weight = head.base_layer.weight if hasattr(head, "base_layer") else head.weight
+        return weight, None, None
+    name = active[0]
+    index = torch.tensor(source.token_indices[name], device=head.base_layer.weight.device)
+    return head.base_layer.weight, index, deltas[name]
 
 
 def _causal_lm(model: torch.nn.Module) -> torch.nn.Module:
@@ -164,6 +188,7 @@ class Prepared:
     train_records: int
     eval_records: int
     template: str
+    turn_token_ids: list[int]
 
 
 def prepare(store: ModelStore, recipe: Recipe) -> Prepared:
@@ -195,6 +220,9 @@ def prepare(store: ModelStore, recipe: Recipe) -> Prepared:
         train_records=len(split.train),
         eval_records=len(split.eval),
         template=template.family,
+        turn_token_ids=sorted(
+            {i for t in template.turn_tokens if (i := tokenizer.token_to_id(t)) is not None}
+        ),
     )
 
 
@@ -229,8 +257,24 @@ def build_model(store: ModelStore, prepared: Prepared, precision: str, device: t
             lora_dropout=recipe.lora_dropout,
             target_modules=list(recipe.lora_targets),
             task_type="CAUSAL_LM",
+            trainable_token_indices=(
+                prepared.turn_token_ids
+                if recipe.train_turn_tokens and prepared.turn_token_ids
+                else None
+            ),
         )
         model = get_peft_model(model, config)
+        if device.type == "cpu":
+            from cuvee.train.dropout import replace_dropout
+
+            replace_dropout(model)
+        if precision == "bf16":
+            # peft casts each adapter's input up to the adapters' fp32 and autocast casts it
+            # back down for the matmul: two copies of every activation, per adapted layer.
+            # Autocast alone already runs the adapter matmuls in bf16.
+            for module in model.modules():
+                if hasattr(module, "cast_input_dtype_enabled"):
+                    module.cast_input_dtype_enabled = False
     return model.to(device)
 
 
@@ -301,6 +345,9 @@ def train(
     ``stop_after_step`` stops as a Ctrl-C would, after that step (used to test resume)."""
     display = display or SilentDisplay()
     dist = Dist.from_env()
+    _refuse_sharded_engines()
+    if recipe.base is None:
+        recipe = recipe.model_copy(update={"base": settings.default_base})
     store = ModelStore(settings.models_dir)
     if not recipe.name:
         raise ConfigError("the fine-tuned model needs a name", hint="pass --name NAME")
@@ -360,7 +407,6 @@ def train(
         "losses": [],
         "evals": [],
         "base_eval_loss": None,
-        "calibrated": recipe.time_budget_s is None,
     }
     latest = ckpt.list_checkpoints(run_dir / "checkpoints")
     if resume_dir is not None:
@@ -451,14 +497,15 @@ def train(
             meter.add(tokens, sup)
             step_times.append(time.perf_counter() - t_step)
 
-            if not state["calibrated"] and len(step_times) >= 2:
-                # Fit the schedule to the time budget once a step's cost is known, keeping
-                # time for the final evaluation and saving.
-                per_step = sum(step_times[-2:]) / 2
-                left = budget - meter.elapsed - 2 * eval_seconds - 30
+            if budget is not None and len(step_times) in _REPLAN_AT:
+                # Fit the schedule to the time budget once a step's cost is known (and again
+                # once it has settled), keeping time for the final evaluation and saving. A
+                # budgeted run's step count depends on the machine's speed, by design.
+                per_step = _mean(step_times[1:] or step_times)
+                left = budget - meter.elapsed - 2 * eval_seconds - 15
                 fit = state["step"] + max(0, int(left / per_step))
-                state["total_steps"] = max(state["step"], min(state["total_steps"], fit))
-                state["calibrated"] = True
+                limit = recipe.max_steps or schedule.steps_for_epochs
+                state["total_steps"] = max(state["step"], min(limit, fit))
                 warmup = max(1, math.ceil(recipe.warmup_ratio * state["total_steps"]))
                 display.message(
                     f"time budget {recipe.time_budget}: {per_step:.1f} s/step, "
@@ -537,6 +584,17 @@ def train(
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
         shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
     return RunResult(run_dir, stored, summary, state["losses"])
+
+
+def _refuse_sharded_engines() -> None:
+    """Under `accelerate launch` with an FSDP or DeepSpeed config the loop would run plain DDP
+    and hold a full model per process, which is not what was asked for: say so instead."""
+    for var, what in (("ACCELERATE_USE_FSDP", "FSDP"), ("ACCELERATE_USE_DEEPSPEED", "DeepSpeed")):
+        if os.environ.get(var, "").lower() in ("1", "true", "yes"):
+            raise ConfigError(
+                f"this version of cuvee's training loop does not drive {what} yet",
+                hint="launch with --strategy ddp (torchrun or accelerate)",
+            )
 
 
 def _mean(values: list[float]) -> float:

@@ -1,0 +1,48 @@
+"""A cheaper dropout for LoRA adapter inputs on CPU.
+
+torch's dropout draws one Bernoulli sample per element; on a 2-core CPU that is 10% of a LoRA
+step (every adapted layer draws its own mask). This one draws 32 random bits per two elements
+and compares 15-bit halves with a threshold: the same distribution with the drop probability
+rounded to a multiple of 1/32768, from the same torch generator (so seeded runs and resumes stay
+exact)."""
+
+from __future__ import annotations
+
+import torch
+
+_SCALE = 1 << 15
+
+
+class FastDropout(torch.nn.Module):
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        if not 0 <= p < 1:
+            raise ValueError("dropout probability must be in [0, 1)")
+        self.threshold = round(p * _SCALE)
+        self.p = self.threshold / _SCALE
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.threshold == 0:
+            return x
+        n = x.numel()
+        bits = torch.empty((n + 1) // 2, dtype=torch.int32, device=x.device).random_()
+        halves = bits.view(torch.int16)[:n].view(x.shape)
+        keep = (halves & 0x7FFF) >= self.threshold
+        return x * keep * (1.0 / (1.0 - self.p))
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+def replace_dropout(model: torch.nn.Module) -> int:
+    """Swap the nn.Dropout of every LoRA adapter for FastDropout; returns how many."""
+    count = 0
+    for module in model.modules():
+        adapters = getattr(module, "lora_dropout", None)
+        if not isinstance(adapters, torch.nn.ModuleDict):
+            continue
+        for key, drop in adapters.items():
+            if isinstance(drop, torch.nn.Dropout):
+                adapters[key] = FastDropout(drop.p)
+                count += 1
+    return count
