@@ -372,7 +372,7 @@ def test_sharded_engines_are_refused_not_silently_replaced(setup, monkeypatch, v
 def test_the_base_defaults_to_the_setting(setup, monkeypatch) -> None:
     from cuvee.config import load_settings
 
-    _, store, data = setup
+    _, _, data = setup
     monkeypatch.setenv("CUVEE_DEFAULT_BASE", "tiny")
     result = train(load_settings(), _recipe(data, base=None, max_steps=1))
     assert result.model.manifest.parent == "tiny"
@@ -413,7 +413,7 @@ def test_mlflow_receives_the_metrics_when_asked(setup, monkeypatch) -> None:
     fake.end_run = lambda: calls["runs"].append("end")
     monkeypatch.setitem(sys.modules, "mlflow", fake)
     monkeypatch.setattr("importlib.util.find_spec", lambda name, *a: fake.__spec__)
-    settings, store, data = setup
+    settings, _, data = setup
     train(settings, _recipe(data, max_steps=2, report_to=["mlflow"]))
     assert calls["params"][0]["lr"] == "0.01" and calls["runs"][-1] == "end"
     steps = [s for s, m in calls["metrics"] if "loss" in m]
