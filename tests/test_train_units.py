@@ -264,7 +264,7 @@ def test_loss_module_matches_the_full_forward_with_trainable_turn_tokens(
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from cuvee.train.sft import SFTLoss
+    from cuvee.train.sft import SFTLoss, sparse_token_rows
 
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(tiny_gemma_dir, attn_implementation="sdpa")
@@ -291,10 +291,7 @@ def test_loss_module_matches_the_full_forward_with_trainable_turn_tokens(
         "position_ids": torch.tensor([r.position_ids for r in rows]),
         "labels": torch.tensor([r.labels for r in rows]),
     }
-    ours = SFTLoss(model, torch.float32)(**batch)
-    ours.backward()
-    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
-    model.zero_grad()
+    # The reference: peft's own forward over full logits.
     logits = model(
         input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False
     ).logits
@@ -302,8 +299,17 @@ def test_loss_module_matches_the_full_forward_with_trainable_turn_tokens(
         logits.flatten(0, 1), batch["labels"].flatten(), ignore_index=IGNORE, reduction="sum"
     )
     ref.backward()
+    ref_grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+    model.zero_grad()
+    assert sparse_token_rows(model)
+    from cuvee.train.sft import _causal_lm, _head_weights
+
+    weight, index, rows = _head_weights(_causal_lm(model).get_output_embeddings())
+    assert index.tolist() == [4, 5] and rows.requires_grad and not weight.requires_grad
+    ours = SFTLoss(model, torch.float32)(**batch)
+    ours.backward()
     torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
-    assert any("trainable_tokens_delta" in n for n in grads)
+    assert any("trainable_tokens_delta" in n for n in ref_grads)
     for n, p in model.named_parameters():
         if p.requires_grad:
-            torch.testing.assert_close(grads[n], p.grad, rtol=1e-4, atol=1e-5, msg=n)
+            torch.testing.assert_close(p.grad, ref_grads[n], rtol=1e-4, atol=1e-5, msg=n)

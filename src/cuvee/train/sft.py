@@ -97,19 +97,58 @@ class SFTLoss(torch.nn.Module):
         )
 
 
+def sparse_token_rows(model: torch.nn.Module) -> bool:
+    """Make peft's trainable token rows cheap on the input side.
+
+    peft looks embeddings up in a merged copy of the whole table, whose gradient is then a
+    dense vocabulary-sized matrix each step (262k x 640 here), to keep two rows. This looks up
+    the frozen table and splices the trained rows in where those tokens occur: the same values
+    and gradients, at the cost of the rows actually used. Returns whether a layer was changed."""
+    import types
+
+    embed = _token_layer(_causal_lm(model).get_input_embeddings())
+    if embed is None or not embed.trainable_tokens_delta:
+        return False
+    deltas = embed.trainable_tokens_delta
+    name = next(iter(deltas))
+    base = embed.base_layer
+    index = torch.tensor(embed.token_indices[name], device=base.weight.device)
+    slot_of = torch.full((base.weight.shape[0],), -1, dtype=torch.long, device=index.device)
+    slot_of[index] = torch.arange(len(index), device=index.device)
+
+    def forward(self, input_ids, *args, **kwargs):
+        out = base(input_ids)
+        hit = slot_of[input_ids] >= 0
+        rows = self.trainable_tokens_delta[name][slot_of[input_ids[hit]]]
+        scale = self._get_embed_scale()
+        if scale is not None:
+            rows = rows * scale.to(rows.dtype)
+        return out.index_put((hit,), rows.to(out.dtype))
+
+    embed.forward = types.MethodType(forward, embed)
+    return True
+
+
+def _token_layer(module: torch.nn.Module):
+    """peft's TrainableTokensLayer in (or behind the wrapper of) an embedding or head."""
+    layer = getattr(module, "token_adapter", module)
+    return layer if hasattr(layer, "trainable_tokens_delta") else None
+
+
 def _head_weights(head: torch.nn.Module):
-    """The output head's weight, and the rows peft's trainable tokens replace in it (None when
-    there are none): the loss uses them without building the merged vocabulary-sized matrix's
-    gradient."""
-    source = getattr(head, "tied_adapter", None) or head
-    deltas = getattr(source, "trainable_tokens_delta", None)
-    active = [a for a in getattr(head, "active_adapters", []) if deltas is not None and a in deltas]
-    if not active or getattr(head, "merged", False) or getattr(head, "disable_adapters", False):
-        weight = head.base_layer.weight if hasattr(head, "base_layer") else head.weight
-        return weight, None, None
-    name = active[0]
-    index = torch.tensor(source.token_indices[name], device=head.base_layer.weight.device)
-    return head.base_layer.weight, index, deltas[name]
+    """The output head's frozen weight, and the rows peft's trainable tokens replace in it (None
+    when there are none): the loss splices them in without a vocabulary-sized gradient."""
+    layer = _token_layer(head)
+    if layer is None:
+        return head.weight, None, None
+    base = layer.base_layer.weight
+    source = layer.tied_adapter or layer
+    deltas = source.trainable_tokens_delta
+    active = [a for a in layer.active_adapters if a in deltas]
+    if not active or layer.merged or layer.disable_adapters:
+        return base, None, None
+    index = torch.tensor(source.token_indices[active[0]], device=base.device)
+    return base, index, deltas[active[0]]
 
 
 def _causal_lm(model: torch.nn.Module) -> torch.nn.Module:
@@ -264,6 +303,7 @@ def build_model(store: ModelStore, prepared: Prepared, precision: str, device: t
             ),
         )
         model = get_peft_model(model, config)
+        sparse_token_rows(model)
         if device.type == "cpu":
             from cuvee.train.dropout import replace_dropout
 
