@@ -113,7 +113,8 @@ def model_card(name: str, lineage: dict[str, Any], verdict: CommercialUse) -> st
         "",
         f"`{name}` is an instruction-tuned version of `{base['name']}` "
         f"({base['licence']['id']}), trained with cuvee by {method} on "
-        f"{sum(d['records'] for d in data)} records from {len(data)} data file(s).",
+        f"{run['train_records']} records from {len(data)} data file(s) "
+        f"({run['eval_records']} more held out for evaluation).",
         "",
         "## Commercial use",
         "",
@@ -178,7 +179,7 @@ def model_card(name: str, lineage: dict[str, Any], verdict: CommercialUse) -> st
         "",
         "## Limitations",
         "",
-        f"- A small model tuned on {sum(d['records'] for d in data)} examples: it can state "
+        f"- A small model tuned on {run['train_records']} examples: it can state "
         "false things fluently. Do not use its answers unchecked for decisions that matter.",
         "- It knows only what its base learned and what the data shows; it has no access to "
         "current or private information unless given in the prompt.",
