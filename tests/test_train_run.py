@@ -398,6 +398,8 @@ def test_ctrl_c_finishes_the_step_saves_and_resumes(setup) -> None:
     resumed = train(settings, recipe, resume_dir=run_dir)
     assert resumed.summary["steps"] == 5 and store.exists("tuned")
     assert not (run_dir / "checkpoints").exists()  # a finished run keeps no checkpoints
+    with pytest.raises(ConfigError, match="already completed"):
+        train(settings, recipe, resume_dir=run_dir)
 
 
 def test_mlflow_receives_the_metrics_when_asked(setup, monkeypatch) -> None:

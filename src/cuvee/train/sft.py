@@ -392,6 +392,11 @@ def train(
     if not recipe.name:
         raise ConfigError("the fine-tuned model needs a name", hint="pass --name NAME")
     check_name(recipe.name)
+    if resume_dir is not None and (resume_dir / "summary.json").is_file():
+        raise ConfigError(
+            f"{resume_dir}: this run already completed and registered {recipe.name!r}",
+            hint="nothing to resume; start a new run to train further",
+        )
     if store.exists(recipe.name) and not replace:
         raise ConfigError(
             f"a model named {recipe.name!r} is already in the store",
