@@ -9,17 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from cuvee.cli import main
+from helpers import run_cli
 
-
-def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
+run = run_cli
 
 
 def test_help_is_instant_because_nothing_heavy_is_imported() -> None:

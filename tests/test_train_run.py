@@ -13,19 +13,9 @@ import pytest
 from cuvee.errors import ConfigError, DataError, ModelNotFound
 from cuvee.train.recipe import Recipe
 from cuvee.train.sft import Interrupted, find_run, train
-from train_helpers import store_tiny, write_data
+from helpers import run_cli, store_tiny, write_data
 
-
-def run(capsys, *args: str) -> tuple[int, str, str]:
-    from cuvee.cli import main
-
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
+run = run_cli
 
 
 def _recipe(data: Path, **kw) -> Recipe:

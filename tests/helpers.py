@@ -1,4 +1,4 @@
-"""Helpers for the training tests: a tiny model in the store and data written from its words."""
+"""Test helpers: the CLI driven in-process, a tiny model in the store, data from its words."""
 
 from __future__ import annotations
 
@@ -10,6 +10,20 @@ from cuvee.config import load_settings
 from cuvee.model_import import add
 from cuvee.progress import SilentReporter
 from cuvee.store import ModelStore
+
+
+def run_cli(capsys, *args: str) -> tuple[int, str, str]:
+    """Run `cuvee ARGS` in-process: (exit code, stdout, stderr)."""
+    from cuvee.cli import main
+
+    try:
+        main(list(args))
+        code = 0
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    out, err = capsys.readouterr()
+    return code, out, err
+
 
 WORDS = ["the", "a", "of", "to", "and", "is", "in", "it", "you", "that", "hello", "world"]
 
