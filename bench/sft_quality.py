@@ -59,7 +59,8 @@ def main() -> None:
     from cuvee.data.starter import load_starter
     from cuvee.model_loading import load_causal_lm
     from cuvee.store import ModelStore
-    from cuvee.train.encode import Encoder, load_tokenizer, special_tokens
+    from cuvee.tokenizer import load_tokenizer, special_tokens
+    from cuvee.train.encode import Encoder
     from cuvee.train.packing import pack
     from cuvee.train.sft import SFTLoss, evaluate
 

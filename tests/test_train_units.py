@@ -12,7 +12,8 @@ import torch
 from cuvee.chat_template import get_template
 from cuvee.data.records import Conversation, Origin, Turn
 from cuvee.errors import ConfigError
-from cuvee.train.encode import IGNORE, Encoder, load_tokenizer
+from cuvee.tokenizer import load_tokenizer
+from cuvee.train.encode import IGNORE, Encoder
 from cuvee.train.loss import linear_cross_entropy
 from cuvee.train.packing import assign_bins, pack
 from cuvee.train.recipe import Recipe, build_recipe, parse_duration, shipped_recipes

@@ -125,3 +125,8 @@ def combined_commercial_use(licences: list[Licence]) -> bool | None:
     if any(lic.commercial_use is None for lic in licences):
         return None
     return True
+
+
+def commercial_use_label(allowed: bool | None) -> str:
+    """How a commercial-use verdict reads to a person."""
+    return {True: "allowed", False: "NOT allowed", None: "unknown"}[allowed]

@@ -15,8 +15,8 @@ ADAPTER_DIR = "adapter"
 
 
 def has_full_weights(model: StoredModel) -> bool:
-    """Complete weights at the top of the model directory (an adapter lives in adapter/)."""
-    return any(f.role == "weights" and "/" not in f.path for f in model.manifest.files)
+    """Complete weights, not only an adapter (whose files have the role "adapter")."""
+    return model.manifest.file("weights") is not None
 
 
 def resolve_base(store: ModelStore, model: StoredModel) -> StoredModel:

@@ -152,7 +152,9 @@ def show(settings, name: str, json_output: bool) -> None:
         print_json(man.model_dump(mode="json"))
         return
     lic = man.licence
-    commercial = {True: "allowed", False: "NOT allowed", None: "unknown"}[lic.commercial_use]
+    from cuvee.licences import commercial_use_label
+
+    commercial = commercial_use_label(lic.commercial_use)
     click.echo(f"name:          {man.name}  ({man.kind})")
     click.echo(
         f"architecture:  {man.architecture} ({man.model_type}), {human_count(man.parameters)}"

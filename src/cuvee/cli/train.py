@@ -199,7 +199,9 @@ def train(
         print_json(summary)
         return
     out = click.get_text_stream("stderr")
-    verdict = {True: "allowed", False: "NOT allowed", None: "unknown"}[summary["commercial_use"]]
+    from cuvee.licences import commercial_use_label
+
+    verdict = commercial_use_label(summary["commercial_use"])
     lines = [
         f"model {summary['model']} registered ({summary['steps']} steps, "
         f"{summary['wall_time_s'] / 60:.1f} min, {summary['tokens_per_s']:.0f} tok/s, "

@@ -210,27 +210,17 @@ def token_counter(
 ) -> Callable[[list[Conversation]], list[int]]:
     """Count tokens as training will see them: the model's chat template rendered, then
     tokenized with the stored tokenizer (tokenizers only, no torch)."""
-    import json
-
-    from tokenizers import Tokenizer
-
     from cuvee.chat_template import get_template
+    from cuvee.tokenizer import load_tokenizer, special_tokens
 
-    tokenizer_file = model_dir / "tokenizer.json"
-    if not tokenizer_file.is_file():
-        raise DataError(f"{model_dir}: the model has no tokenizer.json to count tokens with")
-    tokenizer = Tokenizer.from_file(str(tokenizer_file))
-    bos = ""
-    config_file = model_dir / "tokenizer_config.json"
-    if config_file.is_file():
-        bos = json.loads(config_file.read_text(encoding="utf-8")).get("bos_token") or ""
-        if isinstance(bos, dict):
-            bos = bos.get("content", "")
+    tokenizer = load_tokenizer(model_dir)
+    bos, eos = special_tokens(model_dir)
     template = get_template(template_family)
 
     def count(records: list[Conversation]) -> list[int]:
         texts = [
-            r.text if r.is_text else template.render(r.messages(), bos_token=bos) for r in records
+            f"{bos}{r.text}{eos}" if r.is_text else template.render(r.messages(), bos_token=bos)
+            for r in records
         ]
         return [len(enc.ids) for enc in tokenizer.encode_batch(texts, add_special_tokens=False)]
 

@@ -7,9 +7,7 @@ every answer is what makes a fine-tuned model stop by itself."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from pathlib import Path
 
 from cuvee.chat_template import ChatTemplate
 from cuvee.data.records import Conversation
@@ -43,22 +41,6 @@ class EncodeStats:
     dropped_no_target: int = 0
     tokens: int = 0
     supervised_tokens: int = 0
-
-
-def special_tokens(model_dir: Path) -> tuple[str, str]:
-    """The BOS and EOS strings of a stored model's tokenizer."""
-    bos = eos = ""
-    config_file = model_dir / "tokenizer_config.json"
-    if config_file.is_file():
-        config = json.loads(config_file.read_text(encoding="utf-8"))
-
-        def text(value: object) -> str:
-            if isinstance(value, dict):
-                return str(value.get("content", ""))
-            return str(value or "")
-
-        bos, eos = text(config.get("bos_token")), text(config.get("eos_token"))
-    return bos, eos
 
 
 class Encoder:
@@ -152,12 +134,3 @@ class Encoder:
             stats.supervised_tokens += example.supervised
             out.append(example)
         return out, stats
-
-
-def load_tokenizer(model_dir: Path):
-    from tokenizers import Tokenizer
-
-    path = model_dir / "tokenizer.json"
-    if not path.is_file():
-        raise DataError(f"{model_dir}: the model has no tokenizer.json")
-    return Tokenizer.from_file(str(path))

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any
 
-from cuvee.licences import Licence, combined_commercial_use
+from cuvee.licences import Licence, combined_commercial_use, commercial_use_label
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,7 @@ class CommercialUse:
 
     @property
     def label(self) -> str:
-        return {True: "allowed", False: "NOT allowed", None: "unknown"}[self.allowed]
+        return commercial_use_label(self.allowed)
 
 
 def commercial_use(base_name: str, base_licence: Licence, data: list[DataSource]) -> CommercialUse:

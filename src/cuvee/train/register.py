@@ -58,7 +58,7 @@ def register_model(
     recipe = prepared.recipe
     base = prepared.base
     template = get_template(prepared.template)
-    from cuvee.train.encode import load_tokenizer
+    from cuvee.tokenizer import load_tokenizer
 
     eot_id = load_tokenizer(base.path).token_to_id(template.end_of_turn)
     verdict = commercial_use(base.manifest.name, base.manifest.licence, prepared.sources)

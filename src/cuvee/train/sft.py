@@ -29,10 +29,11 @@ from cuvee.config import Settings
 from cuvee.errors import ConfigError, CuveeError
 from cuvee.model_loading import load_causal_lm
 from cuvee.store import ModelStore, StoredModel, check_name
+from cuvee.tokenizer import load_tokenizer, special_tokens
 from cuvee.train import checkpoint as ckpt
 from cuvee.train.data import load_data, split_records
 from cuvee.train.display import Display, SilentDisplay
-from cuvee.train.encode import IGNORE, Encoder, load_tokenizer, special_tokens
+from cuvee.train.encode import IGNORE, Encoder
 from cuvee.train.lineage import DataSource
 from cuvee.train.loss import linear_cross_entropy
 from cuvee.train.packing import Row, pack
