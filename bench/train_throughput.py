@@ -9,7 +9,10 @@ padding. Each side runs in its own process so peak RSS is its own.
 
 Tokens/s counts real tokens only (padding excluded, for both), measured after warm-up steps.
 
-    python bench/train_throughput.py [--quick] [--home ~/.cuvee]
+    python bench/train_throughput.py [--quick] [--home ~/.cuvee] [--data FILE]
+
+On a machine with a CUDA GPU both sides train on it (cuvee picks the GPU by itself; the
+baseline drops ``use_cpu``), and the memory figures are peak GPU memory allocated instead.
 
 The last line printed is one JSON object with the figures."""
 
@@ -32,7 +35,18 @@ LORA = {"r": 16, "alpha": 32, "dropout": 0.05}
 LR = 2e-4
 
 
-def _peak_rss_mb() -> float:
+def _on_gpu() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _peak_mb() -> float:
+    """Peak GPU memory allocated when training ran on the GPU, else the process's peak RSS."""
+    if _on_gpu():
+        import torch
+
+        return torch.cuda.max_memory_allocated() / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
@@ -43,7 +57,7 @@ def _throughput(marks: list[tuple[float, int]], warmup: int) -> float:
     return sum(n for _, n in measured) / span
 
 
-def run_cuvee(home: str, steps: int, warmup: int, micro: int) -> dict:
+def run_cuvee(home: str, data: Path, steps: int, warmup: int, micro: int) -> dict:
     from cuvee.config import load_settings
     from cuvee.store import ModelStore
     from cuvee.train.recipe import Recipe
@@ -53,7 +67,7 @@ def run_cuvee(home: str, steps: int, warmup: int, micro: int) -> dict:
     name = f"bench-throughput-{os.getpid()}"
     recipe = Recipe(
         base="gemma3-270m",
-        data=[str(DATA)],
+        data=[str(data)],
         name=name,
         seq_len=SEQ_LEN,
         batch_size=micro,
@@ -75,7 +89,8 @@ def run_cuvee(home: str, steps: int, warmup: int, micro: int) -> dict:
     ModelStore(settings.models_dir).remove(name)
     return {
         "tokens_per_s": _throughput(marks, warmup),
-        "peak_rss_mb": _peak_rss_mb(),
+        "peak_rss_mb": _peak_mb(),
+        "memory": "GPU allocated" if _on_gpu() else "RSS",
         "steps": len(marks),
         "wall_s": total,
         "precision": result.summary["precision"],
@@ -83,7 +98,7 @@ def run_cuvee(home: str, steps: int, warmup: int, micro: int) -> dict:
     }
 
 
-def run_baseline(home: str, steps: int, warmup: int) -> dict:
+def run_baseline(home: str, data: Path, steps: int, warmup: int) -> dict:
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import (
@@ -104,7 +119,7 @@ def run_baseline(home: str, steps: int, warmup: int) -> dict:
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     template = get_template("gemma")
     features = []
-    for record in read_file(DATA).records:
+    for record in read_file(data).records:
         messages = record.messages()
         prompt = template.render(messages[:-1], add_generation_prompt=True, bos_token="<bos>")
         full = template.render(messages, bos_token="<bos>")
@@ -145,6 +160,7 @@ def run_baseline(home: str, steps: int, warmup: int) -> dict:
         def on_step_end(self, args, state, control, **kwargs):
             marks.append((time.perf_counter(), batch_tokens[len(marks)]))
 
+    on_gpu = _on_gpu()
     out_dir = tempfile.mkdtemp(prefix="bench-hf-")
     args = TrainingArguments(
         output_dir=out_dir,
@@ -152,13 +168,13 @@ def run_baseline(home: str, steps: int, warmup: int) -> dict:
         gradient_accumulation_steps=1,
         learning_rate=LR,
         max_steps=steps,
-        bf16=bf16_supported("cpu"),
+        bf16=bf16_supported("cuda" if on_gpu else "cpu"),
         train_sampling_strategy="group_by_length",
         logging_steps=1,
         save_strategy="no",
         report_to="none",
         dataloader_num_workers=0,
-        use_cpu=True,
+        use_cpu=not on_gpu,
         seed=42,
     )
     trainer = Trainer(
@@ -172,7 +188,8 @@ def run_baseline(home: str, steps: int, warmup: int) -> dict:
     out = trainer.train()
     return {
         "tokens_per_s": _throughput(marks, warmup),
-        "peak_rss_mb": _peak_rss_mb(),
+        "peak_rss_mb": _peak_mb(),
+        "memory": "GPU allocated" if _on_gpu() else "RSS",
         "steps": len(marks),
         "wall_s": time.perf_counter() - started,
         "precision": "bf16" if args.bf16 else "fp32",
@@ -194,6 +211,8 @@ def _child(which: str, args) -> dict:
         args.home,
         "--micro",
         str(args.micro),
+        "--data",
+        str(args.data),
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -209,6 +228,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--micro", type=int, default=4, help="cuvee rows per micro-batch")
     parser.add_argument("--home", default=os.environ.get("CUVEE_HOME", "~/.cuvee"))
+    parser.add_argument("--data", type=Path, default=DATA, help="alpaca_en_demo.json")
     parser.add_argument("--child", choices=["cuvee", "baseline"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.home = str(Path(args.home).expanduser())
@@ -217,27 +237,27 @@ def main() -> None:
     if args.child:
         fn = run_cuvee if args.child == "cuvee" else run_baseline
         extra = (args.micro,) if args.child == "cuvee" else ()
-        print(json.dumps(fn(args.home, args.steps, args.warmup, *extra)))
+        print(json.dumps(fn(args.home, args.data, args.steps, args.warmup, *extra)))
         return
-    if not DATA.is_file():
-        raise SystemExit(f"benchmark data not found: {DATA}")
+    if not args.data.is_file():
+        raise SystemExit(f"benchmark data not found: {args.data}")
     if not (Path(args.home) / "models" / "gemma3-270m").is_dir():
         raise SystemExit(f"gemma3-270m is not in {args.home}: run `cuvee models pull gemma3-270m`")
     print(
-        f"data {DATA.name}, seq_len {SEQ_LEN}, {ROWS_PER_STEP} rows/step, LoRA {LORA}, "
+        f"data {args.data.name}, seq_len {SEQ_LEN}, {ROWS_PER_STEP} rows/step, LoRA {LORA}, "
         f"{args.steps} steps ({args.warmup} warm-up)",
         flush=True,
     )
     base = _child("baseline", args)
     print(
         f"baseline (HF Trainer + peft, {base['precision']}): "
-        f"{base['tokens_per_s']:.1f} tok/s, peak RSS {base['peak_rss_mb']:.0f} MB",
+        f"{base['tokens_per_s']:.1f} tok/s, peak {base['memory']} {base['peak_rss_mb']:.0f} MB",
         flush=True,
     )
     ours = _child("cuvee", args)
     print(
         f"cuvee ({ours['precision']}, packed, micro-batch {args.micro}): "
-        f"{ours['tokens_per_s']:.1f} tok/s, peak RSS {ours['peak_rss_mb']:.0f} MB",
+        f"{ours['tokens_per_s']:.1f} tok/s, peak {ours['memory']} {ours['peak_rss_mb']:.0f} MB",
         flush=True,
     )
     ratio = ours["tokens_per_s"] / base["tokens_per_s"]
@@ -252,6 +272,7 @@ def main() -> None:
                 "cuvee_peak_rss_mb": round(ours["peak_rss_mb"]),
                 "baseline_peak_rss_mb": round(base["peak_rss_mb"]),
                 "memory_ratio": round(mem, 3),
+                "memory_measured": ours["memory"],
                 "steps": args.steps,
                 "warmup": args.warmup,
                 "cuvee_precision": ours["precision"],

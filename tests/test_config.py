@@ -47,6 +47,7 @@ def test_cuvee_config_names_another_file(tmp_path: Path) -> None:
         ("defualt_base: typo\n", "unknown setting"),
         ("home: /elsewhere\n", "cannot be set in the config file"),
         ("max_record_tokens: many\n", "invalid value"),
+        ("device: tpu\n", "choose one of auto, cuda, cpu"),
         ("- a list\n", "expected a mapping"),
         ("key: [unclosed\n", "not valid YAML"),
     ],

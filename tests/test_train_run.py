@@ -65,11 +65,13 @@ def test_a_run_registers_a_fine_tuned_model_with_its_lineage(setup) -> None:
     assert lineage["recipe"]["lr"] == 0.01 and lineage["seed"] == 42
     assert {"torch", "transformers", "peft", "python"} <= set(lineage["versions"])
     run = lineage["run"]
-    assert run["hardware"]["device"] == "cpu" and run["hardware"]["cpu_cores"] >= 1
+    import torch
+
+    assert run["hardware"]["device"] == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert run["hardware"]["cpu_cores"] >= 1
     assert run["tokens_seen"] > 0 and run["tokens_per_s"] > 0 and run["wall_time_s"] > 0
-    assert run["estimated_cost_usd"] == pytest.approx(
-        run["wall_time_s"] / 3600 * settings.price_cpu_hour
-    )
+    price = settings.price_gpu_hour if torch.cuda.is_available() else settings.price_cpu_hour
+    assert run["estimated_cost_usd"] == pytest.approx(run["wall_time_s"] / 3600 * price)
     assert run["train_loss"] > 0 and run["eval_loss"] > 0 and run["base_eval_loss"] > 0
     assert lineage["contributors"] == ["Ada", "Grace", "Linus"]
     assert man.model_dump()["commercial_use"] is True
@@ -271,8 +273,8 @@ def test_missing_tracker_fails_before_training(setup) -> None:
         ("torchrun", "ddp", {"recipe"}),
         ("accelerate", "ddp", {"recipe", "accelerate"}),
         ("accelerate", "fsdp", {"recipe", "accelerate"}),
-        ("accelerate", "deepspeed-zero2", {"recipe", "accelerate", "deepspeed"}),
-        ("accelerate", "deepspeed-zero3", {"recipe", "accelerate", "deepspeed"}),
+        ("accelerate", "fsdp-grad-op", {"recipe", "accelerate"}),
+        ("torchrun", "fsdp", {"recipe"}),
     ],
 )
 def test_launch_configs_are_generated_and_validated(
@@ -293,18 +295,28 @@ def test_launch_configs_are_generated_and_validated(
         config = yaml.safe_load(plan.files["accelerate"].read_text())
         assert config["num_processes"] == 8 and config["num_machines"] == 2
         assert config["mixed_precision"] == "no"
-    if "deepspeed" in files:
-        ds = json.loads(plan.files["deepspeed"].read_text())
-        assert ds["zero_optimization"]["stage"] == int(strategy[-1])
-        assert ds["train_micro_batch_size_per_gpu"] == 2
+        if strategy.startswith("fsdp"):
+            fsdp = config["fsdp_config"]
+            assert fsdp["fsdp_version"] == 2
+            assert fsdp["fsdp_reshard_after_forward"] is (strategy == "fsdp")
+    if launcher == "torchrun" and strategy == "fsdp":
+        assert plan.command[:2] == ["env", "CUVEE_PARALLEL=fsdp"]
+
+
+def test_the_cli_offers_every_strategy() -> None:
+    from cuvee.cli.train import train as train_command
+    from cuvee.train.launch import STRATEGIES
+
+    option = next(p for p in train_command.params if p.name == "strategy")
+    assert set(option.type.choices) == set(STRATEGIES)
 
 
 def test_launch_rejects_what_cannot_work(setup, tmp_path: Path) -> None:
     from cuvee.train.launch import launch_plan
 
     settings, _store, data = setup
-    with pytest.raises(ConfigError, match="accelerate"):
-        launch_plan(settings, _recipe(data), "torchrun", "fsdp", gpus=2)
+    with pytest.raises(ConfigError, match="needs --launcher"):
+        launch_plan(settings, _recipe(data), "slurm", "fsdp", gpus=2)
     with pytest.raises(ConfigError, match="not found"):
         launch_plan(settings, _recipe(tmp_path / "nope.jsonl"), "torchrun", "ddp", gpus=2)
     bad = tmp_path / "accelerate.yaml"
@@ -318,14 +330,18 @@ def test_launch_rejects_what_cannot_work(setup, tmp_path: Path) -> None:
 def test_ddp_on_two_processes_matches_accumulation_on_one(setup, tmp_path: Path) -> None:
     """torchrun with 2 CPU processes (gloo) gives the loss sequence of 1 process accumulating
     the same micro-batches."""
+    import dataclasses
+
     import yaml
 
     settings, _store, data = setup
+    # gloo on CPU on every machine (one GPU cannot hold two ranks), the reference on CPU too
+    settings = dataclasses.replace(settings, device="cpu")
     single = train(settings, _recipe(data, grad_accum=2, lora_dropout=0.0, max_steps=3)).losses
     recipe = _recipe(data, grad_accum=1, lora_dropout=0.0, max_steps=3, name="ddp")
     path = tmp_path / "ddp.yaml"
     path.write_text(yaml.safe_dump(recipe.resolved()))
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUVEE_DEVICE": "cpu"}
     proc = subprocess.run(
         [
             sys.executable,
@@ -350,13 +366,106 @@ def test_ddp_on_two_processes_matches_accumulation_on_one(setup, tmp_path: Path)
     assert losses == pytest.approx(single, rel=1e-4, abs=1e-5)
 
 
-@pytest.mark.parametrize("var", ["ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED"])
-def test_sharded_engines_are_refused_not_silently_replaced(setup, monkeypatch, var) -> None:
+def test_fsdp_under_accelerate_launch_on_two_processes(setup) -> None:
+    """The generated FSDP config, started with `accelerate launch` (2 CPU processes, gloo):
+    the loss sequence of one process accumulating the same micro-batches, and a stored model."""
+    import dataclasses
+
+    from cuvee.train.launch import launch_plan
+
     settings, store, data = setup
-    monkeypatch.setenv(var, "true")
-    with pytest.raises(ConfigError, match="does not drive"):
+    settings = dataclasses.replace(settings, device="cpu")
+    single = train(settings, _recipe(data, grad_accum=2, lora_dropout=0.0, max_steps=3)).losses
+    recipe = _recipe(data, grad_accum=1, lora_dropout=0.0, max_steps=3, name="sharded")
+    plan = launch_plan(settings, recipe, "accelerate", "fsdp", gpus=2)
+    assert plan.command[:2] == ["accelerate", "launch"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUVEE_DEVICE": "cpu"}
+    env["CUVEE_HOME"] = str(settings.home)
+    proc = subprocess.run(
+        [sys.executable, "-m", "accelerate.commands.launch", *plan.command[2:], "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(proc.stdout[proc.stdout.index("{") :])
+    assert summary["parallel"] == "fsdp" and summary["hardware"]["processes"] == 2
+    log = find_run(settings, "sharded") / "log.jsonl"
+    losses = [json.loads(x)["loss"] for x in log.read_text().splitlines() if '"loss"' in x]
+    assert losses == pytest.approx(single, rel=1e-4, abs=1e-5)
+    assert store.get("sharded").manifest.kind == "fine-tuned"
+
+
+def test_deepspeed_is_refused_and_fsdp_wants_a_launcher(setup, monkeypatch) -> None:
+    """A DeepSpeed launch is not silently run as something else; FSDP started without a
+    launcher says how to start it. Neither leaves anything in the store."""
+    settings, store, data = setup
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    with pytest.raises(ConfigError, match="does not drive DeepSpeed") as err:
+        train(settings, _recipe(data))
+    assert "fsdp" in (err.value.hint or "")
+    monkeypatch.delenv("ACCELERATE_USE_DEEPSPEED")
+    monkeypatch.delenv("MASTER_ADDR", raising=False)
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    with pytest.raises(ConfigError, match="needs a launcher"):
         train(settings, _recipe(data))
     assert store.names() == ["tiny"]
+
+
+@pytest.fixture
+def fsdp_one_process(monkeypatch):
+    """This process as a world of one under FSDP (what `torchrun --nproc-per-node=1` sets)."""
+    import socket
+
+    import torch.distributed as dist
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    for var, value in {
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(port),
+        "RANK": "0",
+        "WORLD_SIZE": "1",
+        "LOCAL_RANK": "0",
+        "CUVEE_PARALLEL": "fsdp",
+    }.items():
+        monkeypatch.setenv(var, value)
+    yield
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def test_fsdp_trains_like_one_process_and_resumes_exactly(setup, fsdp_one_process) -> None:
+    """Sharded weights, gathered checkpoints and the gathered final model: the same losses and
+    adapter as the plain loop, and an interrupted FSDP run resumes to the same losses."""
+    import dataclasses
+
+    from safetensors.torch import load_file
+
+    settings, store, data = setup
+    settings = dataclasses.replace(settings, device="cpu")
+    recipe = _recipe(data, max_steps=4, lora_dropout=0.0)
+    sharded = train(settings, recipe)
+    assert sharded.summary["parallel"] == "fsdp"
+    adapter = store.get("tuned").path / "adapter" / "adapter_model.safetensors"
+    sharded_weights = load_file(str(adapter))
+    store.remove("tuned")
+    with pytest.raises(Interrupted):
+        train(settings, recipe, stop_after_step=2)
+    resumed = train(settings, recipe, resume_dir=find_run(settings, "tuned"))
+    assert resumed.losses == pytest.approx(sharded.losses, rel=1e-5, abs=1e-6)
+    store.remove("tuned")
+
+    os.environ["CUVEE_PARALLEL"] = "single"
+    plain = train(settings, recipe)
+    assert plain.summary["parallel"] == "single"
+    assert sharded.losses == pytest.approx(plain.losses, rel=1e-5, abs=1e-6)
+    plain_weights = load_file(str(adapter))
+    assert set(plain_weights) == set(sharded_weights)
+    for name, tensor in plain_weights.items():
+        assert sharded_weights[name].allclose(tensor, rtol=1e-4, atol=1e-6), name
 
 
 def test_the_base_defaults_to_the_setting(setup, monkeypatch) -> None:

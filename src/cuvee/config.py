@@ -20,8 +20,8 @@ from typing import Any
 from cuvee.errors import ConfigError
 
 
-def _setting(default: Any, env: str, help: str) -> Any:
-    return field(default=default, metadata={"env": env, "help": help})
+def _setting(default: Any, env: str, help: str, choices: tuple[str, ...] = ()) -> Any:
+    return field(default=default, metadata={"env": env, "help": help, "choices": choices})
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,12 @@ class Settings:
         0.10,
         "CUVEE_PRICE_CPU_HOUR",
         "USD per hour of a CPU machine, for training cost estimates (a 2-vCPU cloud VM)",
+    )
+    device: str = _setting(
+        "auto",
+        "CUVEE_DEVICE",
+        "where training runs: auto (a CUDA GPU when one is visible, else the CPU), cuda or cpu",
+        choices=("auto", "cuda", "cpu"),
     )
     price_gpu_hour: float = _setting(
         2.50,
@@ -88,10 +94,14 @@ def describe_settings() -> list[dict[str, str]]:
     return rows
 
 
-def _coerce(name: str, raw: Any, annotation: str, source: str) -> Any:
+def _coerce(
+    name: str, raw: Any, annotation: str, source: str, choices: tuple[str, ...] = ()
+) -> Any:
     if raw is None:
         return None
     try:
+        if choices and str(raw) not in choices:
+            raise ValueError(f"choose one of {', '.join(choices)}")
         if annotation.startswith("Path"):
             return Path(str(raw)).expanduser()
         if annotation.startswith("int"):
@@ -145,11 +155,14 @@ def load_settings(
             continue
         annotation = str(f.type)
         if name in overrides:
-            values[name] = _coerce(name, overrides[name], annotation, f"flag for {name}")
+            raw, source = overrides[name], f"flag for {name}"
         elif f.metadata["env"] in env:
-            values[name] = _coerce(name, env[f.metadata["env"]], annotation, f.metadata["env"])
+            raw, source = env[f.metadata["env"]], f.metadata["env"]
         elif name in file_values:
-            values[name] = _coerce(name, file_values[name], annotation, str(settings.config_file))
+            raw, source = file_values[name], str(settings.config_file)
+        else:
+            continue
+        values[name] = _coerce(name, raw, annotation, source, f.metadata["choices"])
     return replace(settings, **values)
 
 

@@ -92,10 +92,11 @@ def _list_recipes() -> None:
 @click.option("--nodes", type=int, default=1, show_default=True, help="Nodes for --launcher.")
 @click.option(
     "--strategy",
-    type=click.Choice(["ddp", "fsdp", "deepspeed-zero2", "deepspeed-zero3"]),
+    type=click.Choice(["ddp", "fsdp", "fsdp-grad-op"]),
     default="ddp",
     show_default=True,
-    help="Data parallelism for --launcher.",
+    help="Data parallelism for --launcher: ddp (a model per GPU), fsdp (sharded, like "
+    "ZeRO-3) or fsdp-grad-op (gradients and optimizer sharded, like ZeRO-2).",
 )
 @click.option("--list-recipes", is_flag=True, help="List the shipped recipes and exit.")
 @click.option("--json", "json_output", is_flag=True, help="Print the run summary as JSON.")

@@ -44,19 +44,11 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {
-        name: p.detach().contiguous().cpu()
-        for name, p in model.named_parameters()
-        if p.requires_grad
-    }
-
-
 def save(
     directory: Path,
     step: int,
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
+    weights: dict[str, torch.Tensor],
+    optimizer_state: dict[str, Any],
     state: dict[str, Any],
     keep: int,
 ) -> Path:
@@ -68,8 +60,8 @@ def save(
     tmp = directory / f".tmp-step-{step:06d}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    save_file(trainable_state(model), str(tmp / WEIGHTS))
-    torch.save(optimizer.state_dict(), tmp / OPTIMIZER)
+    save_file(weights, str(tmp / WEIGHTS))
+    torch.save(optimizer_state, tmp / OPTIMIZER)
     torch.save(rng_state(), tmp / RNG)
     (tmp / STATE).write_text(json.dumps({**state, "step": step}, indent=1), encoding="utf-8")
     if final.exists():
@@ -86,8 +78,11 @@ def list_checkpoints(directory: Path) -> list[Path]:
     return sorted(p for p in directory.iterdir() if p.name.startswith("step-") and p.is_dir())
 
 
-def load(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-    """Restore weights, optimizer and RNG states from a checkpoint; return its run state."""
+def load(
+    path: Path, trainable: set[str]
+) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, Any]]:
+    """Read a checkpoint and restore the RNG states; return its run state, the trainable
+    weights (checked against the names the model trains) and the optimizer state."""
     from safetensors.torch import load_file
 
     try:
@@ -97,16 +92,11 @@ def load(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -
         rng = torch.load(path / RNG, weights_only=False)
     except (OSError, ValueError) as exc:
         raise CuveeError(f"{path}: checkpoint is unreadable: {exc}") from exc
-    params = dict(model.named_parameters())
-    missing = [n for n, p in params.items() if p.requires_grad and n not in weights]
+    missing = sorted(trainable - set(weights))
     if missing:
         raise CuveeError(
             f"{path}: checkpoint does not match the model ({len(missing)} trainable tensors "
             f"missing, e.g. {missing[0]})"
         )
-    with torch.no_grad():
-        for name, tensor in weights.items():
-            params[name].copy_(tensor)
-    optimizer.load_state_dict(opt_state)
     set_rng_state(rng)
-    return state
+    return state, weights, opt_state

@@ -1,13 +1,13 @@
 """Beyond one process: the launch command and config files for torchrun or accelerate.
 
-cuvee does not schedule clusters; it writes what the existing launchers need. The recipe is
+cuvee does not schedule clusters; it writes what the existing launchers need (the strategies
+themselves are in cuvee.train.parallel). The recipe is
 resolved and written next to the configs so every process (and every node) trains the same
 thing. The training loop reads RANK / WORLD_SIZE / LOCAL_RANK, which both launchers set, and
 shards micro-batches across processes (see sft.Schedule)."""
 
 from __future__ import annotations
 
-import json
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +26,21 @@ class Strategy:
     launchers: tuple[str, ...]
     accelerate_type: str
     extra: dict[str, Any] = field(default_factory=dict)
-    deepspeed_stage: int | None = None
+    env: dict[str, str] = field(default_factory=dict)  # for torchrun, what accelerate would set
+
+
+def _fsdp(reshard_after_forward: bool) -> dict[str, Any]:
+    return {
+        "fsdp_config": {
+            "fsdp_version": 2,
+            "fsdp_auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
+            "fsdp_reshard_after_forward": reshard_after_forward,
+            "fsdp_state_dict_type": "FULL_STATE_DICT",
+            # every process reads the checkpoint itself (cuvee broadcasts rank 0's weights too)
+            "fsdp_cpu_ram_efficient_loading": False,
+            "fsdp_sync_module_states": True,
+        }
+    }
 
 
 STRATEGIES: dict[str, Strategy] = {
@@ -40,32 +54,21 @@ STRATEGIES: dict[str, Strategy] = {
         ),
         Strategy(
             "fsdp",
-            "parameters, gradients and optimizer state sharded per decoder layer",
-            ("accelerate",),
+            "parameters, gradients and optimizer state sharded per decoder layer, weights "
+            "gathered for each layer's forward and again for its backward (like ZeRO-3)",
+            ("torchrun", "accelerate"),
             "FSDP",
-            {
-                "fsdp_config": {
-                    "fsdp_version": 2,
-                    "fsdp_auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
-                    "fsdp_reshard_after_forward": True,
-                    "fsdp_state_dict_type": "SHARDED_STATE_DICT",
-                    "fsdp_cpu_ram_efficient_loading": True,
-                }
-            },
+            _fsdp(True),
+            {"CUVEE_PARALLEL": "fsdp"},
         ),
         Strategy(
-            "deepspeed-zero2",
-            "DeepSpeed ZeRO stage 2: optimizer state and gradients sharded",
-            ("accelerate",),
-            "DEEPSPEED",
-            deepspeed_stage=2,
-        ),
-        Strategy(
-            "deepspeed-zero3",
-            "DeepSpeed ZeRO stage 3: parameters sharded too",
-            ("accelerate",),
-            "DEEPSPEED",
-            deepspeed_stage=3,
+            "fsdp-grad-op",
+            "gradients and optimizer state sharded, weights kept whole from forward to "
+            "backward: more memory than fsdp, less communication (like ZeRO-2)",
+            ("torchrun", "accelerate"),
+            "FSDP",
+            _fsdp(False),
+            {"CUVEE_PARALLEL": "fsdp", "FSDP_RESHARD_AFTER_FORWARD": "false"},
         ),
     )
 }
@@ -100,26 +103,7 @@ class LaunchPlan:
         return "\n".join(lines)
 
 
-def deepspeed_config(stage: int, recipe: Recipe) -> dict[str, Any]:
-    """A DeepSpeed config matching the recipe's batch and precision (``auto`` where accelerate
-    fills the value in)."""
-    return {
-        "train_micro_batch_size_per_gpu": recipe.batch_size,
-        "gradient_accumulation_steps": recipe.grad_accum,
-        "gradient_clipping": recipe.max_grad_norm or 0.0,
-        "bf16": {"enabled": recipe.precision in ("bf16", "auto")},
-        "zero_optimization": {
-            "stage": stage,
-            "overlap_comm": True,
-            "contiguous_gradients": True,
-            **({"stage3_gather_16bit_weights_on_model_save": True} if stage == 3 else {}),
-        },
-    }
-
-
-def accelerate_config(
-    strategy: Strategy, processes: int, nodes: int, deepspeed_file: Path | None
-) -> dict[str, Any]:
+def accelerate_config(strategy: Strategy, processes: int, nodes: int) -> dict[str, Any]:
     config: dict[str, Any] = {
         "compute_environment": "LOCAL_MACHINE",
         "distributed_type": strategy.accelerate_type,
@@ -134,11 +118,6 @@ def accelerate_config(
         "same_network": True,
         **strategy.extra,
     }
-    if deepspeed_file is not None:
-        config["deepspeed_config"] = {
-            "deepspeed_config_file": str(deepspeed_file),
-            "zero3_init_flag": strategy.deepspeed_stage == 3,
-        }
     return config
 
 
@@ -168,7 +147,7 @@ def launch_plan(
     if launcher not in strategy.launchers:
         raise ConfigError(
             f"{strategy_name} needs --launcher {' or '.join(strategy.launchers)}",
-            hint="torchrun runs plain DDP; FSDP and DeepSpeed go through accelerate",
+            hint="see cuvee train --help for the strategies",
         )
     if not recipe.name:
         raise ConfigError("the launch needs the model's name", hint="pass --name NAME")
@@ -192,22 +171,15 @@ def launch_plan(
     files = {"recipe": recipe_file}
     train_args = ["-m", "cuvee", "train", str(recipe_file)]
     if launcher == "torchrun":
-        command = ["torchrun", f"--nnodes={nodes}", f"--nproc-per-node={per_node}"]
+        command = ["env", *(f"{k}={v}" for k, v in strategy.env.items())] if strategy.env else []
+        command += ["torchrun", f"--nnodes={nodes}", f"--nproc-per-node={per_node}"]
         if nodes > 1:
             command += ["--rdzv-backend=c10d", "--rdzv-endpoint=MAIN_HOST:29500"]
         command += train_args
     else:
-        ds_file = None
-        if strategy.deepspeed_stage is not None:
-            ds_file = directory / "deepspeed.json"
-            ds_file.write_text(
-                json.dumps(deepspeed_config(strategy.deepspeed_stage, recipe), indent=1),
-                encoding="utf-8",
-            )
-            files["deepspeed"] = ds_file
         config_file = directory / "accelerate.yaml"
         config_file.write_text(
-            yaml.safe_dump(accelerate_config(strategy, processes, nodes, ds_file), sort_keys=False),
+            yaml.safe_dump(accelerate_config(strategy, processes, nodes), sort_keys=False),
             encoding="utf-8",
         )
         validate_accelerate_config(config_file)

@@ -37,8 +37,16 @@ from cuvee.train.encode import IGNORE, Encoder
 from cuvee.train.lineage import DataSource
 from cuvee.train.loss import linear_cross_entropy
 from cuvee.train.packing import Row, pack
+from cuvee.train.parallel import Single
+from cuvee.train.parallel import choose as choose_parallel
 from cuvee.train.recipe import Recipe
-from cuvee.train.throughput import Meter, bf16_supported, hardware, price_per_hour
+from cuvee.train.throughput import (
+    Meter,
+    bf16_supported,
+    hardware,
+    peak_memory_mb,
+    price_per_hour,
+)
 from cuvee.train.tracking import check_trackers, open_trackers
 
 # Session step counts after which a time-budgeted run re-plans its number of steps.
@@ -113,12 +121,21 @@ def sparse_token_rows(model: torch.nn.Module) -> bool:
     deltas = embed.trainable_tokens_delta
     name = next(iter(deltas))
     base = embed.base_layer
-    index = torch.tensor(embed.token_indices[name], device=base.weight.device)
-    slot_of = torch.full((base.weight.shape[0],), -1, dtype=torch.long, device=index.device)
-    slot_of[index] = torch.arange(len(index), device=index.device)
+    index = embed.token_indices[name]
+    tables: dict[torch.device, torch.Tensor] = {}
+
+    def slots(device: torch.device) -> torch.Tensor:
+        # token id -> its row in the delta, -1 for other tokens; made on the device the ids are
+        # on (the model is moved to the GPU after this patch).
+        if device not in tables:
+            table = torch.full((base.weight.shape[0],), -1, dtype=torch.long, device=device)
+            table[torch.tensor(index, device=device)] = torch.arange(len(index), device=device)
+            tables[device] = table
+        return tables[device]
 
     def forward(self, input_ids, *args, **kwargs):
         out = base(input_ids)
+        slot_of = slots(input_ids.device)
         hit = slot_of[input_ids] >= 0
         rows = self.trainable_tokens_delta[name][slot_of[input_ids[hit]]]
         scale = self._get_embed_scale()
@@ -386,7 +403,7 @@ def train(
     ``stop_after_step`` stops as a Ctrl-C would, after that step (used to test resume)."""
     display = display or SilentDisplay()
     dist = Dist.from_env()
-    _refuse_sharded_engines()
+    parallel = choose_parallel(dist.world)
     if recipe.base is None:
         recipe = recipe.model_copy(update={"base": settings.default_base})
     store = ModelStore(settings.models_dir)
@@ -406,7 +423,7 @@ def train(
     check_trackers(recipe.report_to)
 
     torch.manual_seed(recipe.seed)
-    device = _device(dist)
+    device = _device(dist, settings.device, group=dist.world > 1 or parallel.shards_weights)
     precision = _precision(recipe, device.type)
     prepared = prepare(store, recipe)
     run_dir = resume_dir or new_run_dir(settings, recipe.name)
@@ -417,16 +434,14 @@ def train(
     model = build_model(store, prepared, precision, device)
     compute_dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     loss_fn = SFTLoss(model, compute_dtype)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    n_trainable = sum(p.numel() for p in trainable)
+    trainable_names = {n for n, p in model.named_parameters() if p.requires_grad}
+    n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    # The optimizer is made after wrapping: FSDP replaces parameters with sharded ones.
+    step_module = parallel.wrap(loss_fn, device)
+    trainable = [p for p in loss_fn.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(
         trainable, lr=recipe.lr, weight_decay=recipe.weight_decay, betas=(0.9, 0.999)
     )
-    step_module: torch.nn.Module = loss_fn
-    if dist.world > 1:
-        step_module = torch.nn.parallel.DistributedDataParallel(
-            loss_fn, device_ids=[device.index] if device.type == "cuda" else None
-        )
 
     def autocast():
         if precision == "bf16":
@@ -453,12 +468,20 @@ def train(
         "losses": [],
         "evals": [],
         "base_eval_loss": None,
+        "parallel": parallel.name,
     }
     latest = ckpt.list_checkpoints(run_dir / "checkpoints")
     if resume_dir is not None:
         if not latest:
             raise ConfigError(f"{run_dir}: the run has no checkpoint to resume from")
-        state = ckpt.load(latest[-1], model, optimizer)
+        state, weights, opt_state = ckpt.load(latest[-1], trainable_names)
+        saved_by = state.get("parallel", "single")
+        if (saved_by == "fsdp") != parallel.shards_weights:  # their optimizer states differ
+            raise ConfigError(
+                f"{latest[-1]}: saved by a {saved_by} run; this one is {parallel.name}",
+                hint="resume with the launcher and strategy the run started with",
+            )
+        parallel.load_state(loss_fn, optimizer, weights, opt_state)
         display.message(f"resumed {run_dir.name} at step {state['step']}")
 
     meter = Meter(
@@ -516,12 +539,7 @@ def train(
                 if not rows:
                     continue
                 batch = _tensors(rows, device)
-                sync = (
-                    step_module.no_sync()
-                    if dist.world > 1 and a < len(slots) - 1
-                    else nullcontext()
-                )
-                with sync, autocast():
+                with parallel.accumulating(step_module, a == len(slots) - 1), autocast():
                     loss = step_module(**batch)
                 (loss * (dist.world / max(global_sup, 1))).backward()
                 loss_sum += float(loss.detach())
@@ -588,16 +606,20 @@ def train(
                 stop_after_step is not None and state["step"] >= stop_after_step
             )
             finished = state["step"] >= state["total_steps"]
-            if dist.main and (asked or state["step"] % recipe.save_every == 0) and not finished:
+            if (asked or state["step"] % recipe.save_every == 0) and not finished:
                 state["elapsed_s"] = meter.elapsed
-                ckpt.save(
-                    run_dir / "checkpoints",
-                    state["step"],
-                    model,
-                    optimizer,
-                    state,
-                    recipe.keep_checkpoints,
-                )
+                # gathering whole tensors is collective under FSDP: every process takes part
+                weights = parallel.trainable_state(loss_fn)
+                opt_state = parallel.optimizer_state(loss_fn, optimizer)
+                if dist.main:
+                    ckpt.save(
+                        run_dir / "checkpoints",
+                        state["step"],
+                        weights,
+                        opt_state,
+                        state,
+                        recipe.keep_checkpoints,
+                    )
             if asked and not finished:
                 interrupted = True
                 break
@@ -619,28 +641,24 @@ def train(
         prepared, state, meter, hw, precision, run_dir, n_trainable, session_start_step
     )
     stored = None
+    final = model
+    if parallel.shards_weights:
+        # the store gets a plain model: whole trained tensors put into a fresh copy on main
+        weights = parallel.trainable_state(loss_fn)
+        if dist.main:
+            final = build_model(store, prepared, precision, torch.device("cpu"))
+            Single().load_state(SFTLoss(final, compute_dtype), None, weights, None)
     if dist.main:
         from cuvee.train.register import register_model
 
         stored = register_model(
-            store, prepared, model, summary, replace=replace, merge=recipe.merge
+            store, prepared, final, summary, replace=replace, merge=recipe.merge
         )
         summary["model"] = stored.manifest.name
         summary["commercial_use"] = stored.manifest.model_dump().get("commercial_use")
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
         shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
     return RunResult(run_dir, stored, summary, state["losses"])
-
-
-def _refuse_sharded_engines() -> None:
-    """Under `accelerate launch` with an FSDP or DeepSpeed config the loop would run plain DDP
-    and hold a full model per process, which is not what was asked for: say so instead."""
-    for var, what in (("ACCELERATE_USE_FSDP", "FSDP"), ("ACCELERATE_USE_DEEPSPEED", "DeepSpeed")):
-        if os.environ.get(var, "").lower() in ("1", "true", "yes"):
-            raise ConfigError(
-                f"this version of cuvee's training loop does not drive {what} yet",
-                hint="launch with --strategy ddp (torchrun or accelerate)",
-            )
 
 
 def _mean(values: list[float]) -> float:
@@ -654,13 +672,26 @@ def _main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
-def _device(dist: Dist) -> torch.device:
-    if torch.cuda.is_available():
+def _device(dist: Dist, wanted: str = "auto", group: bool = False) -> torch.device:
+    if wanted == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device is cuda but torch sees no CUDA GPU", hint="use auto or cpu")
+    if wanted != "cpu" and torch.cuda.is_available():
+        if dist.local_rank >= torch.cuda.device_count():
+            raise ConfigError(
+                f"process {dist.local_rank} of this node has no GPU: "
+                f"{torch.cuda.device_count()} visible",
+                hint="start one process per GPU (--gpus N no more than the GPUs on a node)",
+            )
         device = torch.device("cuda", dist.local_rank)
         torch.cuda.set_device(device)
     else:
         device = torch.device("cpu")
-    if dist.world > 1 and not torch.distributed.is_initialized():
+    if group and not torch.distributed.is_initialized():
+        if "MASTER_ADDR" not in os.environ:
+            raise ConfigError(
+                "sharded training needs a launcher",
+                hint="start it with torchrun or accelerate launch (see cuvee train --launcher)",
+            )
         torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return device
 
@@ -697,11 +728,13 @@ def _summary(
         "train_rows": len(prepared.train_rows),
         "trainable_parameters": n_trainable,
         "precision": precision,
+        "parallel": state.get("parallel", "single"),
         "hardware": hw,
         "wall_time_s": wall,
         "tokens_seen": state["tokens_seen"],
         "supervised_tokens_seen": state["supervised_seen"],
         "tokens_per_s": state["tokens_seen"] / wall if wall > 0 else 0.0,
+        "peak_memory_mb": round(peak_memory_mb(hw["device"])),
         "price_per_hour": meter.price_per_hour,
         "estimated_cost_usd": meter.cost(wall),
         "train_loss": sum(tail) / len(tail) if tail else None,

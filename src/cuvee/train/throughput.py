@@ -58,6 +58,18 @@ def hardware(device_type: str, world_size: int = 1) -> dict[str, Any]:
     return info
 
 
+def peak_memory_mb(device_type: str) -> float:
+    """Peak memory of this process so far: GPU memory allocated by torch on a GPU, resident
+    set size on the CPU."""
+    import torch
+
+    if device_type == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def price_per_hour(device_type: str, world_size: int, settings) -> float:
     if device_type == "cuda":
         return settings.price_gpu_hour * world_size
