@@ -66,3 +66,97 @@ def tiny_gemma_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     Gemma3ForCausalLM(config).save_pretrained(directory)
     build_tiny_tokenizer(directory)
     return directory
+
+
+def build_tiny_spm_tokenizer(directory: Path) -> int:
+    """A small SentencePiece-style BPE tokenizer (byte fallback, "▁" for spaces, Gemma's special
+    tokens), the kind llama.cpp runs, saved as tokenizer.json. Returns the vocabulary size."""
+    from tokenizers import Tokenizer, decoders, models, normalizers
+    from transformers import PreTrainedTokenizerFast
+
+    tokens = list(SPECIAL_TOKENS) + [f"<0x{b:02X}>" for b in range(256)]
+    chars = list("▁abcdefghijklmnopqrstuvwxyz.,?!\n")
+    tokens += chars
+    merges = []
+    for word in ["▁the", "▁a", "▁hello", "▁world", "▁answer", "▁question", "model", "user"]:
+        piece = word[0]
+        for ch in word[1:]:
+            if piece + ch not in tokens:
+                tokens.append(piece + ch)
+                merges.append((piece, ch))
+            piece += ch
+    vocab = {t: i for i, t in enumerate(tokens)}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, byte_fallback=True, unk_token="<unk>"))
+    tok.normalizer = normalizers.Replace(" ", "▁")
+    tok.decoder = decoders.Sequence(
+        [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()]
+    )
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<bos>",
+        eos_token="<eos>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        additional_special_tokens=["<start_of_turn>", "<end_of_turn>"],
+    )
+    fast.save_pretrained(directory)
+    return len(tokens)
+
+
+@pytest.fixture(scope="session")
+def tiny_spm_gemma_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 6-layer random Gemma 3 (five sliding-window layers, then a global one, as llama.cpp's
+    gemma3 expects) with a tokenizer llama.cpp can run: what GGUF export is tested on."""
+    import torch
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    directory = tmp_path_factory.mktemp("tiny-spm-gemma")
+    vocab_size = build_tiny_spm_tokenizer(directory)
+    torch.manual_seed(0)
+    config = Gemma3TextConfig(
+        vocab_size=vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=6,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=32,
+        query_pre_attn_scalar=32,
+        max_position_embeddings=256,
+        sliding_window=8,
+        pad_token_id=0,
+        eos_token_id=1,
+        bos_token_id=2,
+    )
+    model = Gemma3ForCausalLM(config)
+    with torch.no_grad():  # random norms, so a wrong norm offset cannot go unnoticed
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.normal_(0.0, 0.5)
+    model.save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-layer random Llama with the same small SentencePiece-style tokenizer."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    directory = tmp_path_factory.mktemp("tiny-llama")
+    vocab_size = build_tiny_spm_tokenizer(directory)
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        pad_token_id=0,
+        eos_token_id=1,
+        bos_token_id=2,
+    )
+    LlamaForCausalLM(config).save_pretrained(directory)
+    return directory

@@ -40,6 +40,22 @@ _CHATML = (
 )
 
 
+# The same formats as Go templates, for Ollama Modelfiles (Ollama adds BOS itself). Messages'
+# content is trimmed by the Jinja templates; Ollama's clients send it trimmed already.
+_GEMMA_OLLAMA = (
+    '{{ $system := "" }}{{ range $i, $m := .Messages }}'
+    '{{ if eq $m.Role "system" }}{{ $system = printf "%s\\n\\n" $m.Content }}'
+    '{{ else if eq $m.Role "assistant" }}<start_of_turn>model\n{{ $m.Content }}<end_of_turn>\n'
+    "{{ else }}<start_of_turn>user\n{{ $system }}{{ $m.Content }}<end_of_turn>\n"
+    '{{ $system = "" }}{{ end }}{{ end }}<start_of_turn>model\n'
+)
+
+_CHATML_OLLAMA = (
+    "{{ range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n"
+    "{{ end }}<|im_start|>assistant\n"
+)
+
+
 @dataclass(frozen=True)
 class ChatTemplate:
     """A family's template, the strings that end an assistant turn, and the token that ends it."""
@@ -52,6 +68,8 @@ class ChatTemplate:
     # Tokens the template adds that a pretrained base has barely seen: LoRA training makes their
     # embedding rows trainable, or the model cannot learn to write the end-of-turn that stops it.
     turn_tokens: tuple[str, ...] = ()
+    # The template in Ollama's Go template language (Modelfile TEMPLATE).
+    ollama: str = ""
 
     def render(
         self,
@@ -80,6 +98,7 @@ register(
         stop=("<end_of_turn>",),
         end_of_turn="<end_of_turn>",
         turn_tokens=("<start_of_turn>", "<end_of_turn>"),
+        ollama=_GEMMA_OLLAMA,
         description="Gemma turns: <start_of_turn>user / model ... <end_of_turn>; system "
         "folded into "
         "the first user turn",
@@ -92,6 +111,7 @@ register(
         stop=("<|im_end|>",),
         end_of_turn="<|im_end|>",
         turn_tokens=("<|im_start|>", "<|im_end|>"),
+        ollama=_CHATML_OLLAMA,
         description="ChatML: <|im_start|>role ... <|im_end|>",
     )
 )

@@ -20,6 +20,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "train",
         "Instruction-tune a base model on your data (LoRA or full).",
     ),
+    "export": (
+        "cuvee.cli.export",
+        "export",
+        "Export a model to GGUF (quantized), HF, ONNX or an Ollama Modelfile.",
+    ),
     "config": (
         "cuvee.cli.config",
         "config",

@@ -1,0 +1,131 @@
+"""The export formats, one registry entry each, and the one way they are run and recorded.
+
+Every export is written under a temporary name beside its destination and renamed only when
+complete, then recorded in the model's manifest (format, quantization, path, sha256, size)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from cuvee.errors import ConfigError
+from cuvee.export.base import Format
+from cuvee.export.source import ExportSource
+from cuvee.progress import Reporter
+from cuvee.store import ModelStore, sha256_file, utc_now, write_manifest
+
+FORMATS: dict[str, Format] = {}
+
+
+def register(fmt: Format) -> Format:
+    FORMATS[fmt.name] = fmt
+    return fmt
+
+
+def get_format(name: str) -> Format:
+    try:
+        return FORMATS[name]
+    except KeyError:
+        raise ConfigError(
+            f"unknown export format {name!r}", hint=f"choose one of {', '.join(FORMATS)}"
+        ) from None
+
+
+def default_path(settings, source: ExportSource, fmt: Format, quant: str | None, adapter: bool):
+    stem = source.name + (f"-{quant}" if quant else "") + ("-lora" if adapter else "")
+    return settings.home / "exports" / source.name / f"{stem}{fmt.suffix}"
+
+
+def export(
+    settings,
+    store: ModelStore,
+    name: str,
+    fmt_name: str,
+    *,
+    quant: str | None = None,
+    adapter_only: bool = False,
+    out: Path | None = None,
+    force: bool = False,
+    reporter: Reporter,
+) -> dict[str, Any]:
+    fmt = get_format(fmt_name)
+    if quant is None and fmt.quants:
+        quant = fmt.quants[0]
+    if quant is not None and quant not in fmt.quants:
+        raise ConfigError(
+            f"--quant {quant} does not apply to {fmt.name}",
+            hint=f"{fmt.name} takes {', '.join(fmt.quants)}" if fmt.quants else "drop --quant",
+        )
+    source = ExportSource(store, store.get(name))
+    if adapter_only:
+        if not fmt.adapter_only:
+            raise ConfigError(f"--adapter-only is not available for {fmt.name}")
+        if not source.is_adapter:
+            raise ConfigError(f"{name!r} has no LoRA adapter: it stores complete weights")
+    out = (out or default_path(settings, source, fmt, quant, adapter_only)).expanduser()
+    if out.exists() and not force:
+        raise ConfigError(f"{out} already exists", hint="pass --force to replace it, or -o PATH")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent)) / out.name
+    try:
+        extra = fmt.write(source, tmp, quant, adapter_only, reporter) or {}
+        if out.exists():
+            shutil.rmtree(out) if out.is_dir() else out.unlink()
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp.parent, ignore_errors=True)
+    entry = {
+        "format": fmt.name,
+        "quantization": quant,
+        "adapter_only": adapter_only,
+        "path": str(out.resolve()),
+        "created_at": utc_now(),
+        **_digest(out),
+        **extra,
+    }
+    _record(store, name, entry)
+    return entry
+
+
+def _digest(path: Path) -> dict[str, Any]:
+    if path.is_file():
+        return {"sha256": sha256_file(path), "size": path.stat().st_size}
+    files = sorted(p for p in path.rglob("*") if p.is_file())
+    return {
+        "size": sum(p.stat().st_size for p in files),
+        "files": {p.relative_to(path).as_posix(): sha256_file(p) for p in files},
+    }
+
+
+def _record(store: ModelStore, name: str, entry: dict[str, Any]) -> None:
+    stored = store.get(name)
+    manifest = stored.manifest
+    kept = [e for e in manifest.exports if e.get("path") != entry["path"]]
+    manifest.exports = [*kept, entry]
+    write_manifest(stored.path, manifest)
+
+
+def find_export(stored, fmt: str, quant: str | None = None) -> Path | None:
+    """The newest recorded export of a format (and quantization) whose file still matches."""
+    for entry in reversed(stored.manifest.exports):
+        if entry.get("format") != fmt or entry.get("adapter_only"):
+            continue
+        if quant is not None and entry.get("quantization") != quant:
+            continue
+        path = Path(entry["path"])
+        if path.is_file() and path.stat().st_size == entry.get("size"):
+            return path
+    return None
+
+
+def _register_builtin() -> None:
+    from cuvee.export import gguf_format, hf, modelfile, to_onnx
+
+    for module in (gguf_format, hf, to_onnx, modelfile):
+        register(module.FORMAT)
+
+
+_register_builtin()

@@ -1,0 +1,73 @@
+"""`--format onnx`: the merged model as an ONNX graph (token ids and positions in, logits out)
+that ONNX Runtime runs, with the tokenizer files and chat template beside it."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from cuvee.export.base import Format
+from cuvee.export.source import ExportSource
+from cuvee.progress import Reporter
+
+GRAPH = "model.onnx"
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "generation_config.json")
+
+
+class _Logits:
+    """A module wrapper with plain tensor inputs and one output, as ONNX wants."""
+
+    def __new__(cls, model):
+        import torch
+
+        class Logits(torch.nn.Module):
+            def __init__(self, lm):
+                super().__init__()
+                self.lm = lm
+
+            def forward(self, input_ids, position_ids):
+                out = self.lm(input_ids=input_ids, position_ids=position_ids, use_cache=False)
+                return out.logits
+
+        return Logits(model)
+
+
+def _write(source: ExportSource, out: Path, quant, adapter_only: bool, reporter: Reporter) -> None:
+    import torch
+
+    out.mkdir(parents=True)
+    reporter.step(f"merging and loading {source.name}")
+    model = source.merged
+    model.config._attn_implementation = "eager"  # plain ops: every ONNX runtime has them
+    wrapper = _Logits(model).eval()
+    ids = torch.tensor([[2, 4, 5, 6, 7, 8]], dtype=torch.long)
+    pos = torch.arange(ids.shape[1])[None]
+    reporter.step("tracing to ONNX")
+    with torch.no_grad():
+        torch.onnx.export(
+            wrapper,
+            (ids, pos),
+            str(out / GRAPH),
+            input_names=["input_ids", "position_ids"],
+            output_names=["logits"],
+            dynamic_axes={
+                "input_ids": {0: "batch", 1: "sequence"},
+                "position_ids": {0: "batch", 1: "sequence"},
+                "logits": {0: "batch", 1: "sequence"},
+            },
+            opset_version=17,
+            dynamo=False,
+        )
+    for name in _TOKENIZER_FILES:
+        if (source.files_dir / name).is_file():
+            shutil.copy2(source.files_dir / name, out / name)
+    (out / "chat_template.jinja").write_text(source.template.jinja, encoding="utf-8")
+
+
+FORMAT = Format(
+    name="onnx",
+    description="an ONNX graph (ids in, logits out) with its tokenizer, for ONNX Runtime",
+    quants=(),
+    suffix="",
+    write=_write,
+)
