@@ -1,4 +1,4 @@
-"""`--format onnx`: the merged model as an ONNX graph (token ids and positions in, logits out)
+"""`--format onnx`: the merged model as an ONNX graph (token ids in, logits out; no KV cache)
 that ONNX Runtime runs, with the tokenizer files and chat template beside it."""
 
 from __future__ import annotations
@@ -25,9 +25,11 @@ class _Logits:
                 super().__init__()
                 self.lm = lm
 
-            def forward(self, input_ids, position_ids):
-                out = self.lm(input_ids=input_ids, position_ids=position_ids, use_cache=False)
-                return out.logits
+            def forward(self, input_ids):
+                # an explicit all-ones mask: without one, transformers looks for packed
+                # sequences in the positions with an op ONNX lacks (aten::diff)
+                mask = torch.ones_like(input_ids)
+                return self.lm(input_ids=input_ids, attention_mask=mask, use_cache=False).logits
 
         return Logits(model)
 
@@ -41,18 +43,16 @@ def _write(source: ExportSource, out: Path, quant, adapter_only: bool, reporter:
     model.config._attn_implementation = "eager"  # plain ops: every ONNX runtime has them
     wrapper = _Logits(model).eval()
     ids = torch.tensor([[2, 4, 5, 6, 7, 8]], dtype=torch.long)
-    pos = torch.arange(ids.shape[1])[None]
     reporter.step("tracing to ONNX")
     with torch.no_grad():
         torch.onnx.export(
             wrapper,
-            (ids, pos),
+            (ids,),
             str(out / GRAPH),
-            input_names=["input_ids", "position_ids"],
+            input_names=["input_ids"],
             output_names=["logits"],
             dynamic_axes={
                 "input_ids": {0: "batch", 1: "sequence"},
-                "position_ids": {0: "batch", 1: "sequence"},
                 "logits": {0: "batch", 1: "sequence"},
             },
             opset_version=17,
