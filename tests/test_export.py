@@ -286,3 +286,28 @@ def test_a_tokenizer_llama_cpp_cannot_run_is_refused_by_name(tiny_gemma_dir: Pat
     with pytest.raises(ModelFileError, match="SentencePiece-style") as err:
         read_vocab(tiny_gemma_dir, 64)
     assert "tokenizer.json" in str(err.value)
+
+
+@pytest.mark.parametrize("family", ["gemma", "chatml"])
+def test_the_ollama_template_renders_what_the_jinja_template_renders(family: str) -> None:
+    """Ollama adds BOS itself, so the Go form is the Jinja form without the BOS token."""
+    from gotemplate import render
+
+    template = get_template(family)
+    conversations = [
+        [{"role": "user", "content": "hello"}],
+        [
+            {"role": "system", "content": "Answer briefly."},
+            {"role": "user", "content": "the question?"},
+            {"role": "assistant", "content": "the answer."},
+            {"role": "user", "content": "and then?"},
+        ],
+    ]
+    for messages in conversations:
+        expected = template.render(messages, add_generation_prompt=True, bos_token="")
+        assert render(template.ollama, messages) == expected
+    # the evaluator is not lenient: a template that differs renders differently
+    broken = template.ollama.replace("\n{{", "{{", 1)
+    assert render(broken, conversations[1]) != template.render(
+        conversations[1], add_generation_prompt=True, bos_token=""
+    )
