@@ -276,6 +276,8 @@ def test_cli_export_json(gemma, capsys) -> None:
     assert code == 0, err
     entry = json.loads(out)
     assert entry["format"] == "gguf" and Path(entry["path"]).is_file()
+    code, out, _ = run_cli(capsys, "models", "show", "tg")
+    assert code == 0 and "exports:" in out and "gguf f16" in out and entry["path"] in out
     code, out, err = run_cli(capsys, "export", "nope", "--format", "gguf")
     assert code != 0 and "nope" in err
 

@@ -199,6 +199,14 @@ def show(settings, name: str, json_output: bool) -> None:
     click.echo("files:")
     for f in man.files:
         click.echo(f"  {f.path:<28} {human_size(f.size):>9}  {f.role:<10} sha256:{f.sha256[:16]}…")
+    if man.exports:
+        click.echo("exports:")
+    for e in man.exports:
+        what = e["format"] + (f" {e['quantization']}" if e.get("quantization") else "")
+        what += " adapter" if e.get("adapter_only") else ""
+        check = e.get("fidelity", {}).get("top1_agreement")
+        check_text = f"  probe agreement {check:.2f}" if check is not None else ""
+        click.echo(f"  {what:<16} {human_size(e['size']):>9}  {e['path']}{check_text}")
 
 
 @models.command("verify")
