@@ -25,6 +25,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "export",
         "Export a model to GGUF (quantized), HF, ONNX or an Ollama Modelfile.",
     ),
+    "run": ("cuvee.cli.run", "run", "Generate a reply to one prompt (streamed)."),
+    "chat": ("cuvee.cli.run", "chat", "Talk with a model interactively."),
     "config": (
         "cuvee.cli.config",
         "config",
