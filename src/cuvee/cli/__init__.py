@@ -27,6 +27,12 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     ),
     "run": ("cuvee.cli.run", "run", "Generate a reply to one prompt (streamed)."),
     "chat": ("cuvee.cli.run", "chat", "Talk with a model interactively."),
+    "serve": (
+        "cuvee.cli.serve",
+        "serve",
+        "Serve models through an OpenAI-compatible HTTP API.",
+    ),
+    "keys": ("cuvee.cli.keys", "keys", "Create, list and revoke API keys for the server."),
     "config": (
         "cuvee.cli.config",
         "config",

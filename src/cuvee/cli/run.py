@@ -36,7 +36,11 @@ def _open(settings, name: str, engine: str, threads: int | None, quiet: bool):
     from cuvee.engine.select import choose_target
 
     target = choose_target(settings, name, engine, reporter_for(quiet))
-    options = {"n_threads": threads} if threads and target.engine == "llamacpp" else {}
+    options: dict = {}
+    if target.engine == "llamacpp":
+        options["chat_template"] = target.chat_template
+        if threads:
+            options["n_threads"] = threads
     return target, open_engine(target.engine, target.path, **options)
 
 

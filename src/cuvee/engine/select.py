@@ -20,6 +20,8 @@ class Target:
     engine: str
     path: Path  # a .gguf file for llamacpp, a model directory for hf
     model: str  # the name reported to the user (and by the server)
+    # The family's template, for a GGUF that embeds none (a pretrained base as pulled).
+    chat_template: str | None = None
 
 
 def choose_target(
@@ -54,7 +56,10 @@ def choose_target(
             return Target("llamacpp", found, name)
     own = stored.manifest.file("gguf")
     if own is not None and quant is None:
-        return Target("llamacpp", stored.path / own.path, name)
+        from cuvee.chat_template import get_template
+
+        template = get_template(stored.manifest.chat_template).jinja
+        return Target("llamacpp", stored.path / own.path, name, template)
     q = quant or "q8_0"
     reporter.step(f"{name} has no GGUF yet: exporting {q} once (cuvee export {name})")
     entry = export(settings, store, name, "gguf", quant=q, reporter=reporter)

@@ -1,0 +1,126 @@
+"""`cuvee serve`: the OpenAI-compatible HTTP server over the store's models."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import click
+
+from cuvee.errors import ConfigError
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` only accepts connections from this machine. A name other than
+    localhost may resolve to any interface, so it counts as exposed."""
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_exposure(host: str, has_keys: bool, insecure_no_auth: bool) -> str | None:
+    """Refuse to serve without keys beyond loopback unless told to; a warning when told."""
+    if has_keys or is_loopback(host):
+        return None
+    if not insecure_no_auth:
+        raise ConfigError(
+            f"refusing to serve on {host} without API keys: anyone who can reach it could use "
+            "the models",
+            hint="create a key first (`cuvee keys create --name NAME`), bind to 127.0.0.1, or "
+            "pass --insecure-no-auth if the network is yours alone",
+        )
+    return f"warning: serving on {host} with no API key (--insecure-no-auth)"
+
+
+@click.command(
+    epilog="""Examples:
+
+\b
+  cuvee serve --model demo                       # http://127.0.0.1:8000/v1, no key needed
+  cuvee keys create --name team && cuvee serve --host 0.0.0.0 --model demo
+  curl localhost:8000/v1/chat/completions -H 'Content-Type: application/json' \\
+    -d '{"model": "demo", "messages": [{"role": "user", "content": "Hello"}]}'
+
+\b
+Endpoints: /v1/chat/completions, /v1/completions, /v1/models, /health, /ready, /metrics."""
+)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
+@click.option(
+    "--model",
+    "models",
+    multiple=True,
+    help="Load this model at start and list it first (repeatable); any stored model can "
+    "still be requested by name.",
+)
+@click.option(
+    "--insecure-no-auth",
+    is_flag=True,
+    help="Allow a non-loopback --host with no API key configured (keys, once created, are "
+    "always required).",
+)
+@click.option(
+    "--max-loaded",
+    type=click.IntRange(min=1),
+    default=2,
+    show_default=True,
+    help="Engines kept in memory; the least recently used idle one is unloaded beyond it.",
+)
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads per engine.")
+@click.option(
+    "--max-queue",
+    type=click.IntRange(min=1),
+    default=64,
+    show_default=True,
+    help="Sequences running or waiting across models; beyond it requests get 503.",
+)
+@click.pass_obj
+def serve(
+    settings,
+    host: str,
+    port: int,
+    models: tuple[str, ...],
+    insecure_no_auth: bool,
+    max_loaded: int,
+    threads: int | None,
+    max_queue: int,
+) -> None:
+    """Serve the store's models through an OpenAI-compatible API (chat, completions, models).
+
+    Model ids are store names. Engines load on first use (a stored model without a GGUF is
+    exported once, as `cuvee run` does) and keep batching concurrent requests.
+    """
+    import uvicorn
+
+    from cuvee.cli.keys import key_store
+    from cuvee.serve.app import create_app
+    from cuvee.serve.keys import Authenticator
+    from cuvee.serve.models import ModelRegistry
+    from cuvee.store import ModelStore
+
+    store = ModelStore(settings.models_dir)
+    for name in models:
+        store.get(name)  # fail now, with suggestions, rather than at the first request
+    keys = key_store(settings)
+    warning = check_exposure(host, keys.has_active(), insecure_no_auth)
+    if warning:
+        click.echo(warning, err=True)
+    if len(models) > max_loaded:
+        click.echo(
+            f"note: --max-loaded {max_loaded}: only the first {max_loaded} --model are loaded "
+            "at start; the others load on first use",
+            err=True,
+        )
+    registry = ModelRegistry(
+        settings,
+        max_loaded=max_loaded,
+        preload=models,
+        engine_options={"n_threads": threads} if threads else {},
+    )
+    app = create_app(settings, registry, Authenticator(keys), max_queue=max_queue)
+    auth = "API keys required" if keys.has_active() else "no API key needed"
+    shown = f"[{host}]" if ":" in host else host
+    click.echo(f"serving on http://{shown}:{port}/v1 ({auth}); Ctrl-C stops", err=True)
+    uvicorn.run(app, host=host, port=port, log_level="info")

@@ -1,0 +1,184 @@
+"""The FastAPI app: routes wired to explicit state (:class:`ServerState`), nothing global.
+
+Order of checks on a generation request, so a client learns the most useful thing first:
+API key (401), body (400, naming the parameter), model (404, also for a model the key may not
+use), parameters the server cannot honour (400), the key's rate limits (429 with Retry-After),
+the server's queue (503), then the prompt against the context (400 context_length_exceeded).
+
+/health (the process answers), /ready (preloaded models are loaded) and /metrics need no key:
+probes and Prometheus scrape them."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Annotated, Any, TypeVar
+
+import anyio
+from fastapi import Depends, FastAPI, Header
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ValidationError
+from starlette.requests import Request as HTTPRequest
+
+from cuvee import __version__
+from cuvee.serve import errors
+from cuvee.serve.generation import collect, start, stream
+from cuvee.serve.keys import ApiKey, Authenticator
+from cuvee.serve.metrics import Metrics, MetricsMiddleware
+from cuvee.serve.models import ModelRegistry
+from cuvee.serve.openai_chat import ChatFormatter, chat_plan
+from cuvee.serve.openai_completions import CompletionFormatter, completion_plan
+from cuvee.serve.schemas import ChatCompletionRequest, CompletionRequest
+from cuvee.serve.state import Capacity, ServerState
+
+log = logging.getLogger("cuvee.serve")
+
+
+async def principal(
+    request: HTTPRequest, authorization: Annotated[str | None, Header()] = None
+) -> ApiKey | None:
+    """The API key of a /v1 request (None when the server has no keys): 401 otherwise. Runs
+    before the body is read, so a client without a key learns that first."""
+    state: ServerState = request.app.state.cuvee
+    return state.auth.authenticate(authorization)
+
+
+# FastAPI resolves annotations by name from the module, so the dependency lives here.
+Key = Annotated[ApiKey | None, Depends(principal)]
+
+Body = TypeVar("Body", bound=BaseModel)
+
+
+def create_app(
+    settings: Any,
+    registry: ModelRegistry,
+    auth: Authenticator | None = None,
+    *,
+    metrics: Metrics | None = None,
+    max_queue: int = 64,
+    default_max_tokens: int = 512,
+) -> FastAPI:
+    """The server's app. ``auth`` None serves without keys; ``max_queue`` bounds the sequences
+    running or waiting across all models (beyond it: 503); ``default_max_tokens`` caps a chat
+    completion that names no limit."""
+    state = ServerState(
+        settings=settings,
+        registry=registry,
+        auth=auth or Authenticator(None),
+        metrics=metrics or Metrics(),
+        capacity=Capacity(max_queue),
+        default_max_tokens=default_max_tokens,
+    )
+    state.metrics.track_loaded(lambda: len(registry.loaded()))
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        task = None
+        if registry.preload:
+            state.preload_error = None
+            task = asyncio.create_task(_preload(state))
+        try:
+            yield
+        finally:
+            if task is not None and not task.done():
+                task.cancel()
+            await anyio.to_thread.run_sync(registry.close)
+
+    app = FastAPI(title="cuvee", version=__version__, lifespan=lifespan)
+    app.state.cuvee = state  # read by the key dependency, and by tests
+    errors.install_handlers(app)
+    app.add_middleware(MetricsMiddleware, metrics=state.metrics)
+
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/ready")
+    async def ready() -> JSONResponse:
+        loaded = registry.loaded()
+        if state.preload_error is None:
+            waiting = [m for m in registry.preload[: registry.max_loaded] if m not in loaded]
+            return JSONResponse({"status": "loading", "loading": waiting}, status_code=503)
+        if state.preload_error:
+            body = {"status": "error", "error": state.preload_error}
+            return JSONResponse(body, status_code=503)
+        return JSONResponse({"status": "ready", "loaded": loaded})
+
+    @app.get("/metrics")
+    async def metrics_route() -> Response:
+        data, content_type = state.metrics.render()
+        return Response(data, media_type=content_type)
+
+    @app.get("/v1/models")
+    async def list_models(key: Key) -> dict[str, Any]:
+        def describe() -> list[dict[str, Any]]:
+            ids = [m for m in registry.ids() if key is None or key.allows(m)]
+            return [registry.describe(m) for m in ids]
+
+        return {"object": "list", "data": await anyio.to_thread.run_sync(describe)}
+
+    @app.get("/v1/models/{model_id}")
+    async def get_model(model_id: str, key: Key) -> dict[str, Any]:
+        await _check_model(state, key, model_id)
+        return await anyio.to_thread.run_sync(registry.describe, model_id)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: HTTPRequest, key: Key) -> Response:
+        started = time.perf_counter()
+        body = await _parse(request, ChatCompletionRequest)
+        await _check_model(state, key, body.model)
+        plan = chat_plan(body)
+        if key is not None:
+            state.auth.limiter.admit(key)
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        formatter = ChatFormatter(body.model, body.n, include_usage)
+        generation = await start(state, body.model, plan, key, started)
+        if body.stream:
+            return stream(generation, request, formatter, include_usage)
+        return await collect(generation, request, formatter)
+
+    @app.post("/v1/completions")
+    async def completions(request: HTTPRequest, key: Key) -> Response:
+        started = time.perf_counter()
+        body = await _parse(request, CompletionRequest)
+        await _check_model(state, key, body.model)
+        plan, prompts = completion_plan(body)
+        if key is not None:
+            state.auth.limiter.admit(key)
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        formatter = CompletionFormatter(body.model, prompts, body.n, body.echo, include_usage)
+        generation = await start(state, body.model, plan, key, started)
+        if body.stream:
+            return stream(generation, request, formatter, include_usage)
+        return await collect(generation, request, formatter)
+
+    return app
+
+
+async def _parse(request: HTTPRequest, model: type[Body]) -> Body:
+    """The JSON body validated as ``model``; any problem is a 400 naming the parameter."""
+    raw = await request.body()
+    try:
+        return model.model_validate_json(raw or b"null")
+    except ValidationError as exc:
+        raise errors.from_validation(list(exc.errors())) from None
+
+
+async def _check_model(state: ServerState, key: ApiKey | None, model: str) -> None:
+    if key is not None and not key.allows(model):
+        raise errors.model_not_found(model)
+    if not await anyio.to_thread.run_sync(state.registry.exists, model):
+        raise errors.model_not_found(model)
+
+
+async def _preload(state: ServerState) -> None:
+    try:
+        await anyio.to_thread.run_sync(state.registry.load_preloaded)
+    except Exception as exc:
+        state.preload_error = str(exc) or type(exc).__name__
+        log.error("preloading models failed: %s", state.preload_error)
+    else:
+        state.preload_error = ""

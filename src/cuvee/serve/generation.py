@@ -1,0 +1,365 @@
+"""Running one HTTP request's generations on an engine, for both endpoints.
+
+Engines expose blocking iterators; the server runs on an event loop. Each submitted handle is
+iterated by its own daemon thread that hands events to the loop with ``call_soon_threadsafe``,
+so the loop never blocks and every stream progresses as fast as the engine's batch does.
+
+Whatever way a request ends (finished, client gone, error, task cancelled), :meth:`Generation.
+close` cancels what is still running, gives back its queue slots and the engine, and is
+idempotent: the streaming response calls it after its last byte *and* the event generator calls
+it in its ``finally``, since a stream cancelled before it starts never runs its generator."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import threading
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import anyio
+from starlette.requests import Request as HTTPRequest
+from starlette.responses import JSONResponse, Response, StreamingResponse
+
+from cuvee.engine.base import (
+    ContextLengthError,
+    Engine,
+    EngineError,
+    Event,
+    Finished,
+    Handle,
+    Request,
+    TokenEvent,
+)
+from cuvee.errors import ConfigError, CuveeError, ModelNotFound
+from cuvee.serve import errors
+from cuvee.serve.keys import ApiKey
+from cuvee.serve.state import ServerState
+
+# How often a request waiting on the engine checks that its client is still there.
+DISCONNECT_POLL_S = 0.25
+
+
+@dataclass
+class Plan:
+    """What one HTTP request asks of the engine: one engine request per choice."""
+
+    requests: list[Request]
+    prompt_of: list[int]  # per choice: which distinct prompt (usage counts each prompt once)
+    max_tokens: int | None  # as the client asked; None: ``default_max_tokens``
+    default_max_tokens: int | None  # None: the server's default
+    param: str  # the parameter holding the prompt: "messages" or "prompt"
+
+
+class Formatter(Protocol):
+    """Builds an endpoint's response objects from generated text (chat and completions differ
+    in shape only)."""
+
+    def opening(self) -> list[dict[str, Any]]: ...
+
+    def delta(self, index: int, text: str) -> dict[str, Any]: ...
+
+    def finish(self, index: int, reason: str) -> dict[str, Any]: ...
+
+    def usage_chunk(self, usage: dict[str, int]) -> dict[str, Any]: ...
+
+    def response(
+        self, texts: list[str], reasons: list[str], usage: dict[str, int]
+    ) -> dict[str, Any]: ...
+
+
+class EventPump:
+    """Events of blocking handles, delivered on the event loop as ``(choice index, event)``."""
+
+    def __init__(self, handles: list[Handle]) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._queue: asyncio.Queue[tuple[int, Event]] = asyncio.Queue()
+        for index, handle in enumerate(handles):
+            threading.Thread(
+                target=self._pump, args=(index, handle), name="cuvee-serve-pump", daemon=True
+            ).start()
+
+    def _pump(self, index: int, handle: Handle) -> None:
+        try:
+            for event in handle:
+                self._put((index, event))
+        except Exception as exc:  # the engine broke its contract: end this choice with an error
+            self._put((index, Finished("error", 0, 0, f"{type(exc).__name__}: {exc}")))
+
+    def _put(self, item: tuple[int, Event]) -> None:
+        with contextlib.suppress(RuntimeError):  # a closed loop: nobody listens any more
+            self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
+
+    async def get(self, timeout: float) -> tuple[int, Event] | None:
+        try:
+            return await asyncio.wait_for(self._queue.get(), timeout)
+        except TimeoutError:
+            return None
+
+
+class Generation:
+    """The handles of one HTTP request and what they hold: queue slots, an engine, metrics."""
+
+    def __init__(
+        self,
+        state: ServerState,
+        model: str,
+        handles: list[Handle],
+        plan: Plan,
+        key: ApiKey | None,
+        started: float,
+    ) -> None:
+        self.state = state
+        self.model = model
+        self.handles = handles
+        self.plan = plan
+        self.key = key
+        self.started = started
+        self.finished: list[Finished | None] = [None] * len(handles)
+        self.texts = ["" for _ in handles]
+        self.first_token_seen = False
+        self.client_gone = False
+        self._closed = False
+        self._pump = EventPump(handles)
+        state.metrics.active.labels(model).inc(len(handles))
+
+    @property
+    def done(self) -> bool:
+        return all(f is not None for f in self.finished)
+
+    async def events(self, http: HTTPRequest) -> AsyncIterator[tuple[int, Event]]:
+        """Every event until all choices finish; stops early (cancelling the rest) if the
+        client disconnects."""
+        try:
+            while not self.done:
+                item = await self._pump.get(DISCONNECT_POLL_S)
+                if await http.is_disconnected():
+                    self.client_gone = True
+                    return
+                if item is None:
+                    continue
+                index, event = item
+                if isinstance(event, TokenEvent):
+                    if not self.first_token_seen:
+                        self.first_token_seen = True
+                        elapsed = time.perf_counter() - self.started
+                        self.state.metrics.ttft.labels(self.model).observe(elapsed)
+                    self.texts[index] += event.text
+                else:
+                    self._record(index, event)
+                yield index, event
+        finally:
+            self.close()
+
+    def _record(self, index: int, event: Finished) -> None:
+        if self.finished[index] is not None:
+            return
+        self.finished[index] = event
+        metrics = self.state.metrics
+        metrics.active.labels(self.model).dec()
+        prompt = event.prompt_tokens if self._counts_prompt(index) else 0
+        metrics.prompt_tokens.labels(self.model).inc(prompt)
+        metrics.completion_tokens.labels(self.model).inc(event.completion_tokens)
+        self.state.capacity.give(1)
+        if self.key is not None:
+            self.state.auth.limiter.add_tokens(self.key, prompt + event.completion_tokens)
+
+    def _counts_prompt(self, index: int) -> bool:
+        return self.plan.prompt_of.index(self.plan.prompt_of[index]) == index
+
+    def usage(self) -> dict[str, int]:
+        prompt = sum(
+            f.prompt_tokens
+            for i, f in enumerate(self.finished)
+            if f is not None and self._counts_prompt(i)
+        )
+        completion = sum(f.completion_tokens for f in self.finished if f is not None)
+        return {
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion,
+        }
+
+    def error(self) -> str | None:
+        """Why a choice did not complete, if one did not (the client being gone aside)."""
+        for f in self.finished:
+            if f is not None and f.reason == "error":
+                return f.error or "unknown engine error"
+            if f is not None and f.reason == "cancelled" and not self.client_gone:
+                return "the engine cancelled it (is the server shutting down?)"
+        return None
+
+    def close(self) -> None:
+        """Cancel unfinished choices; give back queue slots and the engine (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        for index, handle in enumerate(self.handles):
+            if self.finished[index] is None:
+                handle.cancel()
+                self.finished[index] = Finished("cancelled", 0, 0)
+                self.state.metrics.active.labels(self.model).dec()
+                self.state.metrics.cancelled.labels(self.model).inc()
+                self.state.capacity.give(1)
+        self.state.registry.release(self.model)
+
+
+def finish_reason(reason: str) -> str:
+    return "length" if reason == "length" else "stop"
+
+
+async def start(
+    state: ServerState, model: str, plan: Plan, key: ApiKey | None, started: float
+) -> Generation:
+    """Admit, load the engine and submit every choice; raise the APIError for any refusal
+    (queue full, model unloadable, prompt too long, invalid request)."""
+    n = len(plan.requests)
+    state.capacity.take(n)
+    # Requests waiting for a model to load (an export can take minutes) get threads of their
+    # own, so they never starve the default pool that other requests' quick calls use.
+    limiter = state.extra.get("engine_limiter")
+    if limiter is None:
+        limiter = state.extra["engine_limiter"] = anyio.CapacityLimiter(state.capacity.limit)
+    try:
+        engine = await anyio.to_thread.run_sync(_acquire, state, model, limiter=limiter)
+    except BaseException:
+        state.capacity.give(n)
+        raise
+    try:
+        handles = await anyio.to_thread.run_sync(_submit_all, state, engine, plan, limiter=limiter)
+    except BaseException:
+        state.capacity.give(n)
+        state.registry.release(model)
+        raise
+    return Generation(state, model, handles, plan, key, started)
+
+
+def _acquire(state: ServerState, model: str) -> Engine:
+    try:
+        return state.registry.acquire(model)
+    except ModelNotFound:
+        raise errors.model_not_found(model) from None
+    except CuveeError as exc:
+        raise errors.server_error(f"model '{model}' could not be loaded: {exc}") from exc
+
+
+def _submit_all(state: ServerState, engine: Engine, plan: Plan) -> list[Handle]:
+    """Fit ``max_tokens`` to the context, then submit; on any refusal cancel what went in."""
+    handles: list[Handle] = []
+    lengths: dict[int, int] = {}
+    try:
+        for request, prompt in zip(plan.requests, plan.prompt_of, strict=True):
+            if prompt not in lengths:
+                lengths[prompt] = len(engine.prompt_tokens(request))
+            request.params.max_tokens = _fit(engine, lengths[prompt], plan, state)
+            handles.append(engine.submit(request))
+    except BaseException as exc:
+        for handle in handles:
+            handle.cancel()
+        raise _as_api_error(exc, plan) from exc
+    return handles
+
+
+def _fit(engine: Engine, n_prompt: int, plan: Plan, state: ServerState) -> int:
+    limit = engine.context_length
+    if n_prompt >= limit:
+        raise errors.context_length_exceeded(
+            f"This model's maximum context length is {limit} tokens. However, your "
+            f"{plan.param} resulted in {n_prompt} tokens. Please reduce the length of the "
+            f"{plan.param}.",
+            plan.param,
+        )
+    if plan.max_tokens is not None:
+        if n_prompt + plan.max_tokens > limit:
+            raise errors.context_length_exceeded(
+                f"This model's maximum context length is {limit} tokens. However, you "
+                f"requested {n_prompt + plan.max_tokens} tokens ({n_prompt} in the "
+                f"{plan.param}, {plan.max_tokens} in the completion). Please reduce the "
+                f"length of the {plan.param} or completion.",
+                plan.param,
+            )
+        return plan.max_tokens
+    default = plan.default_max_tokens or state.default_max_tokens
+    return max(1, min(default, limit - n_prompt))
+
+
+def _as_api_error(exc: BaseException, plan: Plan) -> BaseException:
+    if isinstance(exc, errors.APIError):
+        return exc
+    if isinstance(exc, ContextLengthError):
+        return errors.context_length_exceeded(str(exc.message), plan.param)
+    if isinstance(exc, ConfigError):
+        param = plan.param
+        if "json_schema" in exc.message or "grammar" in exc.message:
+            param = "response_format"
+        return errors.invalid_param(str(exc.message), param)
+    if isinstance(exc, EngineError):
+        return errors.server_error(f"the engine refused the request: {exc.message}")
+    return exc
+
+
+def sse(obj: dict[str, Any] | str) -> bytes:
+    data = obj if isinstance(obj, str) else json.dumps(obj, ensure_ascii=False)
+    return f"data: {data}\n\n".encode()
+
+
+class EventStreamResponse(StreamingResponse):
+    """A server-sent event stream that closes its generation however the response ends."""
+
+    def __init__(self, content: AsyncIterator[bytes], generation: Generation) -> None:
+        super().__init__(
+            content,
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+        self.generation = generation
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.generation.close()
+
+
+def stream(
+    generation: Generation, http: HTTPRequest, formatter: Formatter, include_usage: bool
+) -> Response:
+    """The SSE response: opening chunks, a chunk per piece of text, a finish chunk per
+    choice, the usage chunk when asked, then ``data: [DONE]``."""
+
+    async def body() -> AsyncIterator[bytes]:
+        for chunk in formatter.opening():
+            yield sse(chunk)
+        async for index, event in generation.events(http):
+            if isinstance(event, TokenEvent):
+                if event.text:
+                    yield sse(formatter.delta(index, event.text))
+            elif event.reason in ("error", "cancelled"):
+                failure = generation.error() or event.reason
+                yield sse(errors.server_error(f"generation failed: {failure}").body())
+                return
+            else:
+                yield sse(formatter.finish(index, finish_reason(event.reason)))
+        if generation.client_gone:
+            return
+        if include_usage:
+            yield sse(formatter.usage_chunk(generation.usage()))
+        yield sse("[DONE]")
+
+    return EventStreamResponse(body(), generation)
+
+
+async def collect(generation: Generation, http: HTTPRequest, formatter: Formatter) -> Response:
+    """The whole response as one JSON object."""
+    async for _ in generation.events(http):
+        pass
+    if generation.client_gone:  # nobody reads this, but answer something well-formed
+        return JSONResponse(errors.error_body("client disconnected"), status_code=499)
+    failure = generation.error()
+    if failure is not None:
+        raise errors.server_error(f"generation failed: {failure}")
+    reasons = [finish_reason(f.reason) for f in generation.finished if f is not None]
+    return JSONResponse(formatter.response(generation.texts, reasons, generation.usage()))

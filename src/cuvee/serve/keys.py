@@ -1,0 +1,307 @@
+"""API keys: created by `cuvee keys create`, stored hashed in ``$CUVEE_HOME/keys.sqlite``, and
+checked on every /v1 request once at least one exists.
+
+A key reads ``cv-<id>-<secret>``. The id (12 hex characters) finds the row; only the sha256 of
+the whole key is stored, compared with ``hmac.compare_digest``, so neither the file nor the
+timing of a refusal gives a key away. The secret is shown once, at creation.
+
+Each key may carry limits: requests per minute, tokens (prompt plus completion) per minute,
+and the models it may use. Limits are counted in memory over a sliding minute, per server
+process."""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import hmac
+import json
+import re
+import secrets
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from cuvee.errors import ConfigError
+from cuvee.serve import errors
+
+PREFIX = "cv-"
+_ID_LEN = 12
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
+WINDOW_S = 60.0
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS keys (
+    key_id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    sha256 TEXT NOT NULL,
+    rpm INTEGER,
+    tpm INTEGER,
+    models TEXT,
+    created_at TEXT NOT NULL,
+    revoked_at TEXT
+);
+CREATE UNIQUE INDEX IF NOT EXISTS keys_active_name ON keys (name) WHERE revoked_at IS NULL;
+"""
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    """A key's record, without its secret (which is never stored)."""
+
+    key_id: str
+    name: str
+    rpm: int | None
+    tpm: int | None
+    models: tuple[str, ...] | None  # None: every model
+    created_at: str
+    revoked_at: str | None = None
+
+    def allows(self, model: str) -> bool:
+        return self.models is None or model in self.models
+
+    def public(self) -> dict:
+        return {
+            "name": self.name,
+            "id": f"{PREFIX}{self.key_id}",
+            "rpm": self.rpm,
+            "tpm": self.tpm,
+            "models": list(self.models) if self.models is not None else None,
+            "created_at": self.created_at,
+            "revoked_at": self.revoked_at,
+        }
+
+
+def digest(secret: str) -> str:
+    return hashlib.sha256(secret.encode("utf-8")).hexdigest()
+
+
+def _now() -> str:
+    from cuvee.store import utc_now
+
+    return utc_now()
+
+
+class KeyStore:
+    """The keys file. One connection, guarded by a lock: the server checks keys from its event
+    loop and from worker threads, and sees keys created or revoked while it runs."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._conn: sqlite3.Connection | None = None
+        self._lock = threading.Lock()
+
+    def _db(self) -> sqlite3.Connection:
+        if self._conn is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            new = not self.path.exists()
+            conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            conn.executescript(_SCHEMA)
+            if new:
+                self.path.chmod(0o600)
+            self._conn = conn
+        return self._conn
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    def create(
+        self,
+        name: str,
+        *,
+        rpm: int | None = None,
+        tpm: int | None = None,
+        models: Iterable[str] | None = None,
+    ) -> tuple[ApiKey, str]:
+        """A new key and its secret (to show once)."""
+        if not _NAME.match(name):
+            raise ConfigError(
+                f"invalid key name {name!r}",
+                hint="1-64 characters: letters, digits, '.', '_', '@' or '-'",
+            )
+        for label, value in (("rpm", rpm), ("tpm", tpm)):
+            if value is not None and value < 1:
+                raise ConfigError(f"--{label} must be at least 1 (leave it out for no limit)")
+        model_list = None
+        if models is not None:
+            model_list = tuple(dict.fromkeys(m.strip() for m in models if m.strip()))
+            if not model_list:
+                raise ConfigError("--models names no model", hint="e.g. --models demo,base")
+        key_id = secrets.token_hex(_ID_LEN // 2)
+        secret = f"{PREFIX}{key_id}-{secrets.token_urlsafe(32)}"
+        record = ApiKey(key_id, name, rpm, tpm, model_list, _now())
+        with self._lock:
+            db = self._db()
+            try:
+                db.execute(
+                    "INSERT INTO keys (key_id, name, sha256, rpm, tpm, models, created_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        key_id,
+                        name,
+                        digest(secret),
+                        rpm,
+                        tpm,
+                        json.dumps(list(model_list)) if model_list is not None else None,
+                        record.created_at,
+                    ),
+                )
+            except sqlite3.IntegrityError:
+                raise ConfigError(
+                    f"a key named {name!r} already exists",
+                    hint=f"revoke it first (`cuvee keys revoke {name}`) or choose another name",
+                ) from None
+        return record, secret
+
+    def list(self, include_revoked: bool = True) -> list[ApiKey]:
+        query = "SELECT key_id, name, rpm, tpm, models, created_at, revoked_at FROM keys"
+        if not include_revoked:
+            query += " WHERE revoked_at IS NULL"
+        with self._lock:
+            rows = self._db().execute(query + " ORDER BY created_at, name").fetchall()
+        return [_record(row) for row in rows]
+
+    def revoke(self, name: str) -> ApiKey:
+        """Revoke the active key ``name``; it stops working at the next request."""
+        with self._lock:
+            db = self._db()
+            row = db.execute(
+                "SELECT key_id, name, rpm, tpm, models, created_at, revoked_at FROM keys "
+                "WHERE name = ? AND revoked_at IS NULL",
+                (name,),
+            ).fetchone()
+            if row is None:
+                names = [r[0] for r in db.execute("SELECT name FROM keys WHERE revoked_at IS NULL")]
+                hint = f"active keys: {', '.join(names)}" if names else "there are no active keys"
+                raise ConfigError(f"no active key named {name!r}", hint=hint)
+            now = _now()
+            db.execute("UPDATE keys SET revoked_at = ? WHERE key_id = ?", (now, row[0]))
+        return _record((*row[:6], now))
+
+    def has_active(self) -> bool:
+        with self._lock:
+            row = (
+                self._db()
+                .execute("SELECT EXISTS (SELECT 1 FROM keys WHERE revoked_at IS NULL)")
+                .fetchone()
+            )
+        return bool(row[0])
+
+    def verify(self, presented: str) -> ApiKey | None:
+        """The active key whose secret is ``presented``, or None."""
+        key_id = presented[len(PREFIX) : len(PREFIX) + _ID_LEN]
+        well_formed = presented.startswith(PREFIX) and presented[len(PREFIX) + _ID_LEN :][:1] == "-"
+        row = None
+        if well_formed:
+            with self._lock:
+                row = (
+                    self._db()
+                    .execute(
+                        "SELECT key_id, name, rpm, tpm, models, created_at, revoked_at, sha256 "
+                        "FROM keys WHERE key_id = ? AND revoked_at IS NULL",
+                        (key_id,),
+                    )
+                    .fetchone()
+                )
+        # compare even when there is no row, so a refusal takes as long either way
+        stored = row[7] if row is not None else "0" * 64
+        matches = hmac.compare_digest(stored, digest(presented))
+        return _record(row[:7]) if row is not None and matches else None
+
+
+def _record(row: tuple) -> ApiKey:
+    key_id, name, rpm, tpm, models, created_at, revoked_at = row
+    return ApiKey(
+        key_id=key_id,
+        name=name,
+        rpm=rpm,
+        tpm=tpm,
+        models=tuple(json.loads(models)) if models is not None else None,
+        created_at=created_at,
+        revoked_at=revoked_at,
+    )
+
+
+class RateLimiter:
+    """Requests and tokens per key over a sliding minute. Tokens are counted when a request
+    finishes, so a key is refused once the minute's tokens have reached its limit (a request
+    in flight may take it past the limit; the next one waits)."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._requests: dict[str, collections.deque[float]] = collections.defaultdict(
+            collections.deque
+        )
+        self._tokens: dict[str, collections.deque[tuple[float, int]]] = collections.defaultdict(
+            collections.deque
+        )
+        self._lock = threading.Lock()
+
+    def admit(self, key: ApiKey) -> None:
+        """Count one request for ``key``, or raise the 429 saying when to retry."""
+        with self._lock:
+            now = self._clock()
+            requests = self._requests[key.key_id]
+            tokens = self._tokens[key.key_id]
+            while requests and requests[0] <= now - WINDOW_S:
+                requests.popleft()
+            while tokens and tokens[0][0] <= now - WINDOW_S:
+                tokens.popleft()
+            if key.rpm is not None and len(requests) >= key.rpm:
+                wait = requests[len(requests) - key.rpm] + WINDOW_S - now
+                raise errors.rate_limited(
+                    f"Rate limit reached for key '{key.name}' on requests per min (RPM): "
+                    f"Limit {key.rpm}, Used {len(requests)}, Requested 1.",
+                    wait,
+                )
+            used = sum(n for _, n in tokens)
+            if key.tpm is not None and used >= key.tpm:
+                wait, left = 0.0, used
+                for at, n in tokens:  # oldest first: when does the minute fall under the limit?
+                    left -= n
+                    wait = at + WINDOW_S - now
+                    if left < key.tpm:
+                        break
+                raise errors.rate_limited(
+                    f"Rate limit reached for key '{key.name}' on tokens per min (TPM): "
+                    f"Limit {key.tpm}, Used {used}.",
+                    wait,
+                )
+            requests.append(now)
+
+    def add_tokens(self, key: ApiKey, n: int) -> None:
+        if n > 0 and key.tpm is not None:
+            with self._lock:
+                self._tokens[key.key_id].append((self._clock(), n))
+
+
+class Authenticator:
+    """Who a request is: None when no key exists (the server is open, which the CLI allows on
+    loopback only), else the key its ``Authorization: Bearer`` header carries."""
+
+    def __init__(self, store: KeyStore | None, limiter: RateLimiter | None = None) -> None:
+        self.store = store
+        self.limiter = limiter or RateLimiter()
+
+    @property
+    def enabled(self) -> bool:
+        return self.store is not None and self.store.has_active()
+
+    def authenticate(self, authorization: str | None) -> ApiKey | None:
+        if not self.enabled:
+            return None
+        assert self.store is not None
+        if not authorization or not authorization.strip():
+            raise errors.missing_key()
+        scheme, _, token = authorization.strip().partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise errors.missing_key()
+        key = self.store.verify(token.strip())
+        if key is None:
+            raise errors.wrong_key()
+        return key

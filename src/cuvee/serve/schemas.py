@@ -1,0 +1,124 @@
+"""The request bodies of the OpenAI endpoints the server implements, validated by pydantic.
+
+Unknown parameters are refused (``extra="forbid"``), as OpenAI does, so a client never believes
+a parameter took effect when the server ignored it. Parameters the server knows but cannot honour
+(tools, logprobs, logit_bias ...) are declared here and refused by name in the translation step,
+with a message saying so. Ranges follow OpenAI's (temperature 0-2, penalties -2..2 ...).
+
+Extensions beyond OpenAI's parameters, as llama.cpp's and vLLM's servers take them (the OpenAI
+SDK sends them with ``extra_body``): ``top_k``, ``min_p`` and ``repeat_penalty``."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+# Choices per request: each is a sequence in the engine's batch.
+MAX_N = 16
+MAX_STOP = 16
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class StreamOptions(_Strict):
+    include_usage: bool = False
+
+
+class ContentPart(BaseModel):
+    """One part of a message's content; only text parts can be served (others are refused)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str
+    text: str | None = None
+
+
+class ChatMessage(BaseModel):
+    # Extra keys are allowed: clients echo back assistant messages as received (with
+    # ``refusal``, ``annotations`` ... set to null). Fields that would change the meaning
+    # (tool calls, audio) are declared and refused when set.
+    model_config = ConfigDict(extra="allow")
+
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
+    content: str | list[ContentPart] | None = None
+    name: str | None = None
+    tool_calls: list[Any] | None = None
+    tool_call_id: str | None = None
+    function_call: Any | None = None
+    audio: Any | None = None
+
+
+class JsonSchemaFormat(_Strict):
+    name: str = Field(min_length=1, max_length=64)
+    description: str | None = None
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(_Strict):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+
+class SamplingFields(_Strict):
+    """Parameters shared by chat completions and completions."""
+
+    model: str = Field(min_length=1)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, ge=0, le=1)
+    n: int = Field(default=1, ge=1, le=MAX_N)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    stop: str | list[str] | None = Field(default=None)
+    max_tokens: int | None = Field(default=None, ge=1)
+    seed: int | None = None
+    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
+    logit_bias: dict[str, float] | None = None
+    user: str | None = None
+    # extensions (llama.cpp / vLLM servers)
+    top_k: int | None = Field(default=None, ge=0)
+    min_p: float | None = Field(default=None, ge=0, le=1)
+    repeat_penalty: float | None = Field(default=None, gt=0)
+
+    def stops(self) -> list[str]:
+        if self.stop is None:
+            return []
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop)
+
+
+class ChatCompletionRequest(SamplingFields):
+    """``POST /v1/chat/completions``."""
+
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    response_format: ResponseFormat | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
+    tools: list[Any] | None = None
+    tool_choice: Any | None = None
+    functions: list[Any] | None = None
+    function_call: Any | None = None
+    parallel_tool_calls: bool | None = None
+    modalities: list[str] | None = None
+    audio: Any | None = None
+    prediction: Any | None = None
+    reasoning_effort: str | None = None
+
+
+class CompletionRequest(SamplingFields):
+    """``POST /v1/completions`` (the legacy text completion endpoint). ``max_tokens`` defaults
+    to 16 here, as OpenAI's does."""
+
+    prompt: str | list[str] | list[int] | list[list[int]]
+    suffix: str | None = None
+    echo: bool = False
+    best_of: int | None = Field(default=None, ge=1)
+    logprobs: int | None = None
+
+
+# OpenAI's default for the legacy completions endpoint.
+COMPLETIONS_DEFAULT_MAX_TOKENS = 16

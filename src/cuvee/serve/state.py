@@ -1,0 +1,46 @@
+"""Everything a running server holds, in one object passed to the routes explicitly (no module
+globals), so tests can build as many independent apps as they like."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from cuvee.serve.errors import overloaded
+from cuvee.serve.keys import Authenticator
+from cuvee.serve.metrics import Metrics
+from cuvee.serve.models import ModelRegistry
+
+
+class Capacity:
+    """Sequences admitted across all models. Beyond ``limit`` a request is answered 503 at once
+    rather than queued without bound: a client (or its load balancer) can retry elsewhere."""
+
+    def __init__(self, limit: int) -> None:
+        if limit < 1:
+            raise ValueError("the queue limit must be at least 1")
+        self.limit = limit
+        self.used = 0
+
+    def take(self, n: int) -> None:
+        if self.used + n > self.limit:
+            raise overloaded(self.limit)
+        self.used += n
+
+    def give(self, n: int) -> None:
+        self.used = max(0, self.used - n)
+
+
+@dataclass
+class ServerState:
+    settings: Any
+    registry: ModelRegistry
+    auth: Authenticator
+    metrics: Metrics
+    capacity: Capacity
+    # max_tokens when a chat request gives none (clamped to what the context leaves). Bounded
+    # so one request does not reserve a whole unified KV cache and stall the batch.
+    default_max_tokens: int = 512
+    # preloading: None while it runs, "" when done, else the error that stopped it
+    preload_error: str | None = ""
+    extra: dict[str, Any] = field(default_factory=dict)
