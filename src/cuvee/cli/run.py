@@ -38,7 +38,8 @@ def _open(settings, name: str, engine: str, threads: int | None, quiet: bool):
     target = choose_target(settings, name, engine, reporter_for(quiet))
     options: dict = {}
     if target.engine == "llamacpp":
-        options["chat_template"] = target.chat_template
+        # one conversation at a time: one sequence, so the KV cache holds only what it needs
+        options.update(chat_template=target.chat_template, n_seq_max=1)
         if threads:
             options["n_threads"] = threads
     return target, open_engine(target.engine, target.path, **options)
