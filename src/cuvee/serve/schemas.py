@@ -122,3 +122,18 @@ class CompletionRequest(SamplingFields):
 
 # OpenAI's default for the legacy completions endpoint.
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16
+
+
+# OpenAI's limit on the number of inputs of one embeddings request.
+MAX_EMBEDDING_INPUTS = 2048
+
+
+class EmbeddingRequest(_Strict):
+    """``POST /v1/embeddings``. Token-id inputs validate here and are refused by name later, so
+    the client learns why rather than reading a type error."""
+
+    model: str = Field(min_length=1)
+    input: str | list[str] | list[int] | list[list[int]]
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = Field(default=None, ge=1)
+    user: str | None = None

@@ -10,6 +10,7 @@ from cuvee.serve.errors import overloaded
 from cuvee.serve.keys import Authenticator
 from cuvee.serve.metrics import Metrics
 from cuvee.serve.models import ModelRegistry
+from cuvee.serve.openai_embeddings import EmbeddingService
 
 
 class Capacity:
@@ -38,6 +39,7 @@ class ServerState:
     auth: Authenticator
     metrics: Metrics
     capacity: Capacity
+    embeddings: EmbeddingService
     # max_tokens when a chat request gives none (clamped to what the context leaves). Bounded
     # so one request does not reserve a whole unified KV cache and stall the batch.
     default_max_tokens: int = 512
