@@ -370,3 +370,38 @@ def test_llama_cpp_writes_nothing_to_the_terminal(tiny_gguf, capfd) -> None:
         run(eng, "hello", greedy(4))
     out, err = capfd.readouterr()
     assert out == "" and err == ""
+
+
+def test_a_subscriber_gets_every_event_in_order_without_a_reader_thread() -> None:
+    """Events emitted before and after subscribe reach the listener once each, in order; the
+    engine's thread is never hurt by a listener that raises."""
+    from cuvee.engine.base import Finished, Handle, TokenEvent
+
+    handle = Handle()
+    handle.emit(TokenEvent("a", 1))
+    handle.emit(TokenEvent("b", 2))
+    got = []
+    handle.subscribe(got.append)
+    handle.emit(TokenEvent("c", 3))
+    handle.emit(Finished("stop", 4, 3))
+    assert [getattr(e, "text", None) for e in got] == ["a", "b", "c", None]
+    assert handle.finished is not None and handle.finished.reason == "stop"
+
+    def broken(event):
+        raise RuntimeError("consumer bug")
+
+    other = Handle()
+    other.subscribe(broken)
+    other.emit(TokenEvent("x", 1))  # does not raise into the engine
+    other.emit(Finished("stop", 1, 1))
+    assert other.finished is not None
+
+
+def test_iterating_a_finished_handle_again_returns_at_once() -> None:
+    from cuvee.engine.base import Finished, Handle, TokenEvent
+
+    handle = Handle()
+    handle.emit(TokenEvent("a", 1))
+    handle.emit(Finished("length", 1, 1))
+    assert len(list(handle)) == 2
+    assert list(handle) == []

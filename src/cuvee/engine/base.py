@@ -145,13 +145,16 @@ class Handle:
         self._events: queue.Queue[Event] = queue.Queue()
         self._cancel = threading.Event()
         self._on_cancel = on_cancel
+        self._lock = threading.Lock()
+        self._listener: Callable[[Event], None] | None = None
+        self._consumed = False  # the iterator has handed out Finished
         self.finished: Finished | None = None
 
     def __iter__(self) -> Iterator[Event]:
-        while self.finished is None:
+        while not self._consumed:
             event = self._events.get()
             if isinstance(event, Finished):
-                self.finished = event
+                self._consumed = True
             yield event
 
     def cancel(self) -> None:
@@ -180,9 +183,32 @@ class Handle:
         assert finished is not None
         return Completion("".join(parts), ids, finished)
 
+    def subscribe(self, listener: Callable[[Event], None]) -> None:
+        """Have events delivered to ``listener`` instead of the iterator: events already queued
+        first, in order, then each as it is emitted, on the engine's thread. A server reading
+        many streams needs no thread per stream this way (those threads compete with the
+        engine's on a small CPU). The listener must be quick and must not raise."""
+        with self._lock:
+            while True:
+                try:
+                    listener(self._events.get_nowait())
+                except queue.Empty:
+                    break
+            self._listener = listener
+
     def emit(self, event: Event) -> None:
-        """Engine side: queue one event for the consumer."""
-        self._events.put(event)
+        """Engine side: hand one event to the consumer."""
+        if isinstance(event, Finished):
+            self.finished = event
+        with self._lock:
+            listener = self._listener
+            if listener is None:
+                self._events.put(event)
+                return
+        try:
+            listener(event)
+        except Exception:  # a consumer's failure must not stop the engine's other sequences
+            self._listener = None
 
 
 class StopFilter:

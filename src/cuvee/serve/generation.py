@@ -78,9 +78,13 @@ class EventPump:
         self._loop = asyncio.get_running_loop()
         self._queue: asyncio.Queue[tuple[int, Event]] = asyncio.Queue()
         for index, handle in enumerate(handles):
-            threading.Thread(
-                target=self._pump, args=(index, handle), name="cuvee-serve-pump", daemon=True
-            ).start()
+            if hasattr(handle, "subscribe"):
+                # the engine's thread hands each event straight to the loop: no thread per stream
+                handle.subscribe(lambda event, i=index: self._put((i, event)))
+            else:
+                threading.Thread(
+                    target=self._pump, args=(index, handle), name="cuvee-serve-pump", daemon=True
+                ).start()
 
     def _pump(self, index: int, handle: Handle) -> None:
         try:
