@@ -334,6 +334,12 @@ def test_hf_engine_gives_the_llamacpp_engine_tokens(engine, tiny_spm_gemma_dir) 
         ours = hf.submit(penalized).collect().token_ids
         assert ours == engine.submit(penalized).collect().token_ids
         assert ours != engine.submit(plain).collect().token_ids
+        # OpenAI's additive penalties, counted over the whole completion, the same in both
+        for kw in ({"frequency_penalty": 2.0}, {"presence_penalty": 2.0}):
+            additive = Request(prompt="<bos>the the the a", params=greedy(24, **kw))
+            ours = hf.submit(additive).collect().token_ids
+            assert ours == engine.submit(additive).collect().token_ids
+            assert ours != engine.submit(plain).collect().token_ids
         # stop strings, seeds and cancel behave the same way
         question = Request(prompt="<bos>question: what is the answer?", params=greedy(20))
         full = hf.submit(question).collect().text

@@ -229,7 +229,16 @@ def test_chat_completion_has_openai_shape_and_maps_the_request(served) -> None:
 
 def test_max_tokens_n_and_extensions(served) -> None:
     client, fakes = served
-    r = chat(client, max_completion_tokens=2, n=2, seed=7, top_k=5, repeat_penalty=1.1)
+    r = chat(
+        client,
+        max_completion_tokens=2,
+        n=2,
+        seed=7,
+        top_k=5,
+        repeat_penalty=1.1,
+        presence_penalty=0.5,
+        frequency_penalty=-1,
+    )
     assert r.status_code == 200, r.text
     body = r.json()
     assert [c["index"] for c in body["choices"]] == [0, 1]
@@ -239,6 +248,7 @@ def test_max_tokens_n_and_extensions(served) -> None:
     assert (first.params.seed, second.params.seed) == (7, 8)  # choices differ, reproducibly
     assert first.params.max_tokens == 2 and first.params.top_k == 5
     assert first.params.repeat_penalty == 1.1
+    assert first.params.presence_penalty == 0.5 and first.params.frequency_penalty == -1
     # the prompt is counted once, the completions of both choices
     n_prompt = len(fakes.opened["fake"].prompt_tokens(first))
     assert body["usage"] == {
@@ -415,8 +425,8 @@ def test_ready_reports_a_failed_preload() -> None:
         ({"n": 0}, "n"),
         ({"max_tokens": 0}, "max_tokens"),
         ({"stop": 5}, "stop"),
-        ({"presence_penalty": 0.5}, "presence_penalty"),
-        ({"frequency_penalty": -1}, "frequency_penalty"),
+        ({"presence_penalty": 2.5}, "presence_penalty"),
+        ({"frequency_penalty": -3}, "frequency_penalty"),
         ({"logit_bias": {"5": 1}}, "logit_bias"),
         ({"logprobs": True}, "logprobs"),
         ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),

@@ -167,8 +167,12 @@ def test_errors_raise_the_sdk_exceptions(server) -> None:
         client.chat.completions.create(model="tg", messages=HELLO, max_tokens=5000)
     assert long.value.code == "context_length_exceeded"
     with pytest.raises(openai.BadRequestError) as penalty:
-        client.chat.completions.create(model="tg", messages=HELLO, presence_penalty=1)
+        client.chat.completions.create(model="tg", messages=HELLO, presence_penalty=3)
     assert penalty.value.param == "presence_penalty"
+    ok = client.chat.completions.create(
+        model="tg", messages=HELLO, max_tokens=4, presence_penalty=1, frequency_penalty=0.5
+    )
+    assert ok.choices[0].finish_reason in ("stop", "length")
     limited = client_for(server, "limited")
     limited.chat.completions.create(model="tg", messages=HELLO, max_tokens=1)
     with pytest.raises(openai.RateLimitError) as limit:

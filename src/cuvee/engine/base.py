@@ -36,6 +36,10 @@ class SamplingParams:
     top_k: int = 40
     min_p: float = 0.05
     repeat_penalty: float = 1.0
+    # OpenAI's additive penalties: subtract frequency * count + presence * (count > 0) from a
+    # token's logit, counting the tokens generated so far (the whole completion)
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
     seed: int | None = None
     max_tokens: int = 256
     stop: list[str] = field(default_factory=list)
@@ -52,6 +56,10 @@ class SamplingParams:
             (self.top_k >= 0, f"top_k {self.top_k} is negative (0 disables it)"),
             (0 <= self.min_p <= 1, f"min_p {self.min_p} is not in [0, 1]"),
             (self.repeat_penalty > 0, f"repeat_penalty {self.repeat_penalty} must be > 0"),
+            (
+                -2 <= self.frequency_penalty <= 2 and -2 <= self.presence_penalty <= 2,
+                "frequency_penalty and presence_penalty must be in [-2, 2]",
+            ),
             (self.max_tokens >= 1, f"max_tokens {self.max_tokens} must be at least 1"),
             (all(isinstance(s, str) for s in self.stop), "stop must be a list of strings"),
             (
@@ -81,6 +89,18 @@ class SamplingParams:
             return json_schema_to_gbnf(json.dumps(self.json_schema))
         except Exception as exc:
             raise ConfigError(f"json_schema cannot be turned into a grammar: {exc}") from exc
+
+
+# Tokens the repeat penalty looks back over, llama.cpp's default.
+REPEAT_PENALTY_WINDOW = 64
+
+
+def penalty_window(p: SamplingParams) -> int:
+    """How many recent tokens the penalties count: llama.cpp's 64 for the repeat penalty alone,
+    the whole completion once an additive (OpenAI) penalty is asked for."""
+    if p.frequency_penalty or p.presence_penalty:
+        return max(REPEAT_PENALTY_WINDOW, p.max_tokens)
+    return REPEAT_PENALTY_WINDOW
 
 
 @dataclass

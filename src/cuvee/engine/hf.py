@@ -5,6 +5,7 @@ in the llama.cpp engine)."""
 
 from __future__ import annotations
 
+import collections
 import queue
 import random
 import threading
@@ -20,10 +21,10 @@ from cuvee.engine.base import (
     StopFilter,
     TokenEvent,
     context_error,
+    penalty_window,
 )
 from cuvee.errors import ConfigError, ModelFileError
 
-_PENALTY_LAST_N = 64  # as the llama.cpp engine
 _DECODE_CONTEXT = 4  # prompt tokens decoded with the completion, so word spacing comes out right
 _CLOSE = object()
 
@@ -214,12 +215,14 @@ class HFEngine:
         """The next token, with llama.cpp's order of samplers: penalty, top-k, top-p, min-p,
         temperature, then a draw (or the arg-max when temperature is 0)."""
         torch = self._torch
-        if p.repeat_penalty != 1.0 and generated:
-            recent = torch.tensor(sorted(set(generated[-_PENALTY_LAST_N:])), device=logits.device)
+        penalized = p.repeat_penalty != 1.0 or p.frequency_penalty or p.presence_penalty
+        if penalized and generated:
+            counts = collections.Counter(generated[-penalty_window(p) :])
+            recent = torch.tensor(sorted(counts), device=logits.device)
+            n = torch.tensor([counts[t] for t in sorted(counts)], device=logits.device)
             values = logits[recent]
-            logits[recent] = torch.where(
-                values > 0, values / p.repeat_penalty, values * p.repeat_penalty
-            )
+            values = torch.where(values > 0, values / p.repeat_penalty, values * p.repeat_penalty)
+            logits[recent] = values - n * p.frequency_penalty - p.presence_penalty
         if p.temperature == 0:
             return int(torch.argmax(logits))
         if p.top_k > 0:

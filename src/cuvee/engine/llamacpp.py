@@ -32,6 +32,7 @@ from cuvee.engine.base import (
     StopFilter,
     TokenEvent,
     context_error,
+    penalty_window,
 )
 from cuvee.errors import ConfigError, ModelFileError
 from cuvee.native import captured_stderr
@@ -46,7 +47,6 @@ def _keep_log(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
 
 
 _BACKEND_READY = False
-_PENALTY_LAST_N = 64  # tokens the repeat penalty looks back over, as llama.cpp's default
 _DEFAULT_SEQ_CTX = 2048  # tokens a sequence may hold when n_ctx is not given
 
 
@@ -354,11 +354,14 @@ class LlamaCppEngine:
                 llama.llama_sampler_free(chain)
                 raise ConfigError("llama.cpp cannot parse the grammar", hint=_native_tail())
             llama.llama_sampler_chain_add(chain, g)
-        if p.repeat_penalty != 1.0:
+        if p.repeat_penalty != 1.0 or p.frequency_penalty or p.presence_penalty:
             # the binding declares a leading n_vocab that newer llama.cpp dropped: passing the
-            # window twice gives the same penalty whichever signature the library has
-            n = _PENALTY_LAST_N
-            penalties = llama.llama_sampler_init_penalties(n, n, p.repeat_penalty, 0.0, 0.0)
+            # window twice gives the same penalty whichever signature the library has (the
+            # floats travel in their own registers either way)
+            n = penalty_window(p)
+            penalties = llama.llama_sampler_init_penalties(
+                n, n, p.repeat_penalty, p.frequency_penalty, p.presence_penalty
+            )
             llama.llama_sampler_chain_add(chain, penalties)
         if p.temperature == 0:
             llama.llama_sampler_chain_add(chain, llama.llama_sampler_init_greedy())

@@ -7,8 +7,9 @@ Mapping of parameters (anything not listed is refused by name, never ignored):
 - ``temperature`` (default 1, as OpenAI), ``top_p`` (default 1; 0 means greedy), ``seed``
   (choice i of ``n`` uses seed + i, so choices differ yet reproduce), ``stop`` (string or list),
   ``max_completion_tokens`` or ``max_tokens`` (default: the server's, clamped to the context).
-- ``presence_penalty`` / ``frequency_penalty``: only 0 (the engine has a multiplicative
-  ``repeat_penalty`` instead, accepted as an extension with ``top_k`` and ``min_p``).
+- ``presence_penalty`` / ``frequency_penalty``: applied as OpenAI defines them, over the tokens
+  generated so far; ``repeat_penalty`` (multiplicative, llama.cpp's) is accepted as an
+  extension with ``top_k`` and ``min_p``.
 - ``response_format``: ``json_object`` constrains output to a JSON object, ``json_schema`` to
   the given schema (both through the engine's JSON-schema grammar).
 - ``n``: n engine requests, batched by the engine."""
@@ -29,14 +30,6 @@ _ROLES = {"system": "system", "developer": "system", "user": "user", "assistant"
 
 def check_sampling(body: SamplingFields) -> None:
     """Refuse the shared parameters the engine cannot honour."""
-    for name in ("presence_penalty", "frequency_penalty"):
-        value = getattr(body, name)
-        if value:
-            raise errors.unsupported(
-                name,
-                "the engine has no additive penalties; use 'repeat_penalty' (e.g. 1.1, a "
-                "multiplicative penalty on the last 64 tokens) or leave it at 0",
-            )
     if body.logit_bias:
         raise errors.unsupported("logit_bias", "token biases are not applied by the engine")
     if body.stream_options is not None and not body.stream:
@@ -64,6 +57,8 @@ def sampling_params(
         top_k=0 if body.top_k is None else body.top_k,
         min_p=0.0 if body.min_p is None else body.min_p,
         repeat_penalty=1.0 if body.repeat_penalty is None else body.repeat_penalty,
+        frequency_penalty=body.frequency_penalty or 0.0,
+        presence_penalty=body.presence_penalty or 0.0,
         seed=None if body.seed is None else body.seed + choice,
         max_tokens=1,
         stop=body.stops(),
