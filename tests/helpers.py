@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 from pathlib import Path
@@ -56,3 +57,27 @@ def write_data(
             lines.append("authors: [" + ", ".join(authors) + "]")
         path.with_name(path.name + ".cuvee.yaml").write_text("\n".join(lines) + "\n")
     return path
+
+
+@contextlib.contextmanager
+def uvicorn_in_thread(app):
+    """Serve ``app`` with uvicorn on a free loopback port in a thread; yields the root URL."""
+    import threading
+    import time
+
+    import uvicorn
+
+    uv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+    thread = threading.Thread(target=uv.run, name="uvicorn-test", daemon=True)
+    thread.start()
+    for _ in range(600):
+        if uv.started or not thread.is_alive():
+            break
+        time.sleep(0.05)
+    assert uv.started, "uvicorn did not start"
+    port = uv.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        uv.should_exit = True
+        thread.join(timeout=30)

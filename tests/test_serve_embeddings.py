@@ -8,7 +8,6 @@ from __future__ import annotations
 import base64
 import json
 import threading
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -29,6 +28,7 @@ from cuvee.errors import ConfigError
 from cuvee.serve.app import create_app
 from cuvee.serve.keys import Authenticator, KeyStore
 from cuvee.serve.models import ModelRegistry
+from helpers import uvicorn_in_thread
 
 WORDS = ["the", "a", "cat", "dog", "sat", "on", "mat", "wine", "grape", "red", "white", "is"]
 WORDS += ["good", "bad", "hello", "world", "##s", "##ed"]
@@ -351,8 +351,6 @@ def test_keys_limits_and_metrics_apply(tiny_bert_dir: Path, tmp_path: Path) -> N
 @pytest.fixture(scope="module")
 def server(tiny_bert_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     """uvicorn in a thread on port 0, as in test_serve_openai, with the tiny embedder."""
-    import uvicorn
-
     home = tmp_path_factory.mktemp("embed-home")
     keys = KeyStore(home / "keys.sqlite")
     _, secret = keys.create("main")
@@ -361,18 +359,8 @@ def server(tiny_bert_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     app = create_app(
         settings, registry, Authenticator(keys), embedder_factory=lambda: Embedder(tiny_bert_dir)
     )
-    uv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
-    thread = threading.Thread(target=uv.run, name="uvicorn-embeddings", daemon=True)
-    thread.start()
-    for _ in range(600):
-        if uv.started or not thread.is_alive():
-            break
-        time.sleep(0.05)
-    assert uv.started, "uvicorn did not start"
-    port = uv.servers[0].sockets[0].getsockname()[1]
-    yield SimpleNamespace(url=f"http://127.0.0.1:{port}/v1", key=secret)
-    uv.should_exit = True
-    thread.join(timeout=30)
+    with uvicorn_in_thread(app) as root:
+        yield SimpleNamespace(url=f"{root}/v1", key=secret)
 
 
 def test_the_openai_client_embeds_with_its_default_base64(server, embedder: Embedder) -> None:

@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import httpx
 import pytest
 
-from helpers import store_tiny
+from helpers import store_tiny, uvicorn_in_thread
 
 pytest.importorskip("llama_cpp")
 openai = pytest.importorskip("openai")
@@ -20,8 +20,6 @@ openai = pytest.importorskip("openai")
 
 @pytest.fixture(scope="module")
 def server(tiny_spm_gemma_dir: Path, tmp_path_factory: pytest.TempPathFactory):
-    import uvicorn
-
     from cuvee.export.formats import export
     from cuvee.progress import SilentReporter
     from cuvee.serve.app import create_app
@@ -44,24 +42,13 @@ def server(tiny_spm_gemma_dir: Path, tmp_path_factory: pytest.TempPathFactory):
         engine_options={"n_ctx": 1024, "n_seq_max": 4, "n_threads": 1},
     )
     app = create_app(settings, registry, Authenticator(keys))
-    uv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
-    thread = threading.Thread(target=uv.run, name="uvicorn-test", daemon=True)
-    thread.start()
-    for _ in range(600):
-        if uv.started or not thread.is_alive():
-            break
-        time.sleep(0.05)
-    assert uv.started, "uvicorn did not start"
-    port = uv.servers[0].sockets[0].getsockname()[1]
-    root = f"http://127.0.0.1:{port}"
-    for _ in range(600):  # the preloaded model is opened in the background
-        if httpx.get(f"{root}/ready").status_code == 200:
-            break
-        time.sleep(0.05)
-    assert httpx.get(f"{root}/ready").json()["status"] == "ready"
-    yield SimpleNamespace(root=root, url=f"{root}/v1", keys=secrets, state=app.state.cuvee)
-    uv.should_exit = True
-    thread.join(timeout=30)
+    with uvicorn_in_thread(app) as root:
+        for _ in range(600):  # the preloaded model is opened in the background
+            if httpx.get(f"{root}/ready").status_code == 200:
+                break
+            time.sleep(0.05)
+        assert httpx.get(f"{root}/ready").json()["status"] == "ready"
+        yield SimpleNamespace(root=root, url=f"{root}/v1", keys=secrets, state=app.state.cuvee)
 
 
 def client_for(server, key: str = "main") -> openai.OpenAI:
