@@ -16,6 +16,7 @@ import contextlib
 import json
 import threading
 import time
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -52,6 +53,32 @@ class Plan:
     max_tokens: int | None  # as the client asked; None: ``default_max_tokens``
     default_max_tokens: int | None  # None: the server's default
     param: str  # the parameter holding the prompt: "messages" or "prompt"
+
+
+class Envelope:
+    """What every object and stream chunk of one response carries: one id, the creation time
+    and the model; chunks also carry ``usage: null`` when the client asked for a usage chunk."""
+
+    def __init__(self, id_prefix: str, model: str, include_usage: bool) -> None:
+        self.id = f"{id_prefix}-{uuid.uuid4().hex}"
+        self.created = int(time.time())
+        self.model = model
+        self.include_usage = include_usage
+
+    def wrap(self, obj: str, choices: list[dict[str, Any]]) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "object": obj,
+            "created": self.created,
+            "model": self.model,
+            "choices": choices,
+        }
+
+    def chunk(self, obj: str, choices: list[dict[str, Any]]) -> dict[str, Any]:
+        chunk = self.wrap(obj, choices)
+        if self.include_usage:
+            chunk["usage"] = None
+        return chunk
 
 
 class Formatter(Protocol):

@@ -106,24 +106,29 @@ class ModelRegistry:
 
     # -- engines ---------------------------------------------------------------------------
 
+    def _take_loaded(self, name: str) -> Engine | None:
+        """A loaded engine, counted as in use (under the lock), or None."""
+        slot = self._slots.get(name)
+        if slot is None:
+            return None
+        slot.users += 1
+        slot.last_used = self._clock()
+        return slot.engine
+
     def acquire(self, name: str) -> Engine:
         """The engine for ``name``, loaded if needed; the caller must :meth:`release` it."""
         with self._lock:
             self._check_open()
-            slot = self._slots.get(name)
-            if slot is not None:
-                slot.users += 1
-                slot.last_used = self._clock()
-                return slot.engine
+            engine = self._take_loaded(name)
+            if engine is not None:
+                return engine
             loading = self._loading.setdefault(name, threading.Lock())
         with loading:  # one load per model, however many requests arrive for it at once
             with self._lock:
                 self._check_open()
-                slot = self._slots.get(name)
-                if slot is not None:
-                    slot.users += 1
-                    slot.last_used = self._clock()
-                    return slot.engine
+                engine = self._take_loaded(name)
+                if engine is not None:
+                    return engine
                 # make room first, so two models are never in memory beyond what is needed
                 evicted = self._evict_idle(room_for=1)
             _close_all(evicted)

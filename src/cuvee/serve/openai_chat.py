@@ -16,13 +16,11 @@ Mapping of parameters (anything not listed is refused by name, never ignored):
 
 from __future__ import annotations
 
-import time
-import uuid
 from typing import Any
 
 from cuvee.engine.base import Request, SamplingParams
 from cuvee.serve import errors
-from cuvee.serve.generation import Plan
+from cuvee.serve.generation import Envelope, Plan
 from cuvee.serve.schemas import MAX_STOP, ChatCompletionRequest, ChatMessage, SamplingFields
 
 _ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
@@ -155,27 +153,15 @@ def chat_plan(body: ChatCompletionRequest) -> Plan:
     )
 
 
-class ChatFormatter:
+class ChatFormatter(Envelope):
     """``chat.completion`` objects and ``chat.completion.chunk`` chunks, one id per response."""
 
     def __init__(self, model: str, n: int, include_usage: bool) -> None:
-        self.id = f"chatcmpl-{uuid.uuid4().hex}"
-        self.created = int(time.time())
-        self.model = model
+        super().__init__("chatcmpl", model, include_usage)
         self.n = n
-        self.include_usage = include_usage
 
     def _chunk(self, choices: list[dict[str, Any]]) -> dict[str, Any]:
-        chunk: dict[str, Any] = {
-            "id": self.id,
-            "object": "chat.completion.chunk",
-            "created": self.created,
-            "model": self.model,
-            "choices": choices,
-        }
-        if self.include_usage:
-            chunk["usage"] = None
-        return chunk
+        return self.chunk("chat.completion.chunk", choices)
 
     def opening(self) -> list[dict[str, Any]]:
         return [
@@ -210,19 +196,16 @@ class ChatFormatter:
     def response(
         self, texts: list[str], reasons: list[str], usage: dict[str, int]
     ) -> dict[str, Any]:
+        choices = [
+            {
+                "index": i,
+                "message": {"role": "assistant", "content": text, "refusal": None},
+                "logprobs": None,
+                "finish_reason": reason,
+            }
+            for i, (text, reason) in enumerate(zip(texts, reasons, strict=True))
+        ]
         return {
-            "id": self.id,
-            "object": "chat.completion",
-            "created": self.created,
-            "model": self.model,
-            "choices": [
-                {
-                    "index": i,
-                    "message": {"role": "assistant", "content": text, "refusal": None},
-                    "logprobs": None,
-                    "finish_reason": reason,
-                }
-                for i, (text, reason) in enumerate(zip(texts, reasons, strict=True))
-            ],
+            **self.wrap("chat.completion", choices),
             "usage": usage,
         }

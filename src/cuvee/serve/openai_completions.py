@@ -8,13 +8,11 @@ completion of the i-th prompt, as OpenAI numbers them."""
 
 from __future__ import annotations
 
-import time
-import uuid
 from typing import Any
 
 from cuvee.engine.base import Request
 from cuvee.serve import errors
-from cuvee.serve.generation import Plan
+from cuvee.serve.generation import Envelope, Plan
 from cuvee.serve.openai_chat import check_sampling, sampling_params
 from cuvee.serve.schemas import COMPLETIONS_DEFAULT_MAX_TOKENS, MAX_N, CompletionRequest
 
@@ -60,31 +58,19 @@ def completion_plan(body: CompletionRequest) -> tuple[Plan, list[str]]:
     return plan, prompts
 
 
-class CompletionFormatter:
+class CompletionFormatter(Envelope):
     """``text_completion`` objects (whole or as stream chunks), one id per response."""
 
     def __init__(
         self, model: str, prompts: list[str], n: int, echo: bool, include_usage: bool
     ) -> None:
-        self.id = f"cmpl-{uuid.uuid4().hex}"
-        self.created = int(time.time())
-        self.model = model
+        super().__init__("cmpl", model, include_usage)
         self.prompts = prompts
         self.n = n
         self.echo = echo
-        self.include_usage = include_usage
 
     def _chunk(self, choices: list[dict[str, Any]]) -> dict[str, Any]:
-        chunk: dict[str, Any] = {
-            "id": self.id,
-            "object": "text_completion",
-            "created": self.created,
-            "model": self.model,
-            "choices": choices,
-        }
-        if self.include_usage:
-            chunk["usage"] = None
-        return chunk
+        return self.chunk("text_completion", choices)
 
     def _choice(self, index: int, text: str, reason: str | None) -> dict[str, Any]:
         return {"index": index, "text": text, "logprobs": None, "finish_reason": reason}
@@ -115,11 +101,4 @@ class CompletionFormatter:
         for i, (text, reason) in enumerate(zip(texts, reasons, strict=True)):
             shown = self.prompts[i // self.n] + text if self.echo else text
             choices.append(self._choice(i, shown, reason))
-        return {
-            "id": self.id,
-            "object": "text_completion",
-            "created": self.created,
-            "model": self.model,
-            "choices": choices,
-            "usage": usage,
-        }
+        return {**self.wrap("text_completion", choices), "usage": usage}
