@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -43,11 +42,9 @@ def _on_gpu() -> bool:
 
 def _peak_mb() -> float:
     """Peak GPU memory allocated when training ran on the GPU, else the process's peak RSS."""
-    if _on_gpu():
-        import torch
+    from cuvee.train.throughput import peak_memory_mb
 
-        return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return peak_memory_mb("cuda" if _on_gpu() else "cpu")
 
 
 def _throughput(marks: list[tuple[float, int]], warmup: int) -> float:

@@ -11,14 +11,6 @@ from cuvee.export.base import Format
 from cuvee.export.source import ExportSource
 from cuvee.progress import Reporter
 
-_TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "tokenizer.model",
-    "generation_config.json",
-)
-
 
 def _write(source: ExportSource, out: Path, quant, adapter_only: bool, reporter: Reporter) -> None:
     out.mkdir(parents=True)
@@ -31,10 +23,7 @@ def _write(source: ExportSource, out: Path, quant, adapter_only: bool, reporter:
     else:
         reporter.step(f"merging and saving {source.name}")
         source.merged.save_pretrained(str(out), safe_serialization=True)
-    for name in _TOKENIZER_FILES:
-        if (source.files_dir / name).is_file():
-            shutil.copy2(source.files_dir / name, out / name)
-    (out / "chat_template.jinja").write_text(source.template.jinja, encoding="utf-8")
+    source.copy_tokenizer_files(out)
     card = source.model.path / "MODEL_CARD.md"
     if card.is_file():
         shutil.copy2(card, out / "README.md")

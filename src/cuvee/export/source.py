@@ -14,6 +14,15 @@ from cuvee.model_loading import ADAPTER_DIR, has_full_weights, load_causal_lm, r
 from cuvee.store import ModelStore, StoredModel
 from cuvee.tokenizer import special_tokens
 
+# The files besides the weights that let another runtime tokenize and format like training did.
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "tokenizer.model",
+    "generation_config.json",
+)
+
 
 @dataclass
 class ExportSource:
@@ -59,6 +68,15 @@ class ExportSource:
     @property
     def licence_id(self) -> str | None:
         return self.model.manifest.licence.id
+
+    def copy_tokenizer_files(self, out: Path) -> None:
+        """The tokenizer files the model has, and its chat template as chat_template.jinja."""
+        import shutil
+
+        for name in TOKENIZER_FILES:
+            if (self.files_dir / name).is_file():
+                shutil.copy2(self.files_dir / name, out / name)
+        (out / "chat_template.jinja").write_text(self.template.jinja, encoding="utf-8")
 
     @cached_property
     def merged(self):

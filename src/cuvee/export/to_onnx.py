@@ -3,7 +3,6 @@ that ONNX Runtime runs, with the tokenizer files and chat template beside it."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 from cuvee.export.base import Format
@@ -11,27 +10,24 @@ from cuvee.export.source import ExportSource
 from cuvee.progress import Reporter
 
 GRAPH = "model.onnx"
-_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "generation_config.json")
 
 
-class _Logits:
-    """A module wrapper with plain tensor inputs and one output, as ONNX wants."""
+def _logits_module(model):
+    """The model as ONNX wants it: plain tensor inputs, one output."""
+    import torch
 
-    def __new__(cls, model):
-        import torch
+    class Logits(torch.nn.Module):
+        def __init__(self, lm):
+            super().__init__()
+            self.lm = lm
 
-        class Logits(torch.nn.Module):
-            def __init__(self, lm):
-                super().__init__()
-                self.lm = lm
+        def forward(self, input_ids):
+            # an explicit all-ones mask: without one, transformers looks for packed sequences
+            # in the positions with an op ONNX lacks (aten::diff)
+            mask = torch.ones_like(input_ids)
+            return self.lm(input_ids=input_ids, attention_mask=mask, use_cache=False).logits
 
-            def forward(self, input_ids):
-                # an explicit all-ones mask: without one, transformers looks for packed
-                # sequences in the positions with an op ONNX lacks (aten::diff)
-                mask = torch.ones_like(input_ids)
-                return self.lm(input_ids=input_ids, attention_mask=mask, use_cache=False).logits
-
-        return Logits(model)
+    return Logits(model)
 
 
 def _write(source: ExportSource, out: Path, quant, adapter_only: bool, reporter: Reporter) -> None:
@@ -41,7 +37,7 @@ def _write(source: ExportSource, out: Path, quant, adapter_only: bool, reporter:
     reporter.step(f"merging and loading {source.name}")
     model = source.merged
     model.config._attn_implementation = "eager"  # plain ops: every ONNX runtime has them
-    wrapper = _Logits(model).eval()
+    wrapper = _logits_module(model).eval()
     ids = torch.tensor([[2, 4, 5, 6, 7, 8]], dtype=torch.long)
     reporter.step("tracing to ONNX")
     with torch.no_grad():
@@ -58,10 +54,7 @@ def _write(source: ExportSource, out: Path, quant, adapter_only: bool, reporter:
             opset_version=17,
             dynamo=False,
         )
-    for name in _TOKENIZER_FILES:
-        if (source.files_dir / name).is_file():
-            shutil.copy2(source.files_dir / name, out / name)
-    (out / "chat_template.jinja").write_text(source.template.jinja, encoding="utf-8")
+    source.copy_tokenizer_files(out)
 
 
 FORMAT = Format(
