@@ -411,3 +411,69 @@ def test_iterating_a_finished_handle_again_returns_at_once() -> None:
     handle.emit(Finished("length", 1, 1))
     assert len(list(handle)) == 2
     assert list(handle) == []
+
+
+def _events(handle) -> list[TokenEvent]:
+    return [e for e in handle if isinstance(e, TokenEvent) and e.token_id is not None]
+
+
+def test_logprobs_are_the_models_log_softmax_only_when_asked(engine, hf_model) -> None:
+    """Each sampled token's logprob and its top alternatives equal a log-softmax of
+    transformers' logits at that position, before penalties (a penalised request reports the
+    same numbers for the same tokens); a request that does not ask gets none."""
+    prompt = "the answer to the question"
+    ids = engine.prompt_tokens(Request(prompt=prompt))
+    events = _events(engine.submit(Request(prompt=prompt, params=greedy(8, logprobs=3))))
+    tokens = [e.token_id for e in events]
+    with torch.no_grad():
+        logits = hf_model(torch.tensor([ids + tokens])).logits[0].double()
+    ref = torch.log_softmax(logits, -1)[len(ids) - 1 : -1]
+    for step, event in enumerate(events):
+        lp = event.logprob
+        assert lp is not None and len(lp.top) == 3
+        assert lp.logprob == pytest.approx(float(ref[step, event.token_id]), abs=2e-3)
+        expected = torch.topk(ref[step], 3).indices.tolist()
+        assert lp.top[0].logprob >= lp.top[1].logprob >= lp.top[2].logprob
+        assert [t.logprob for t in lp.top] == pytest.approx(
+            [float(ref[step, i]) for i in expected], abs=2e-3
+        )
+        assert lp.top[0].logprob == pytest.approx(lp.logprob)  # greedy took the argmax
+        assert bytes(lp.bytes).decode("utf-8", "replace") == lp.token or lp.token.startswith(
+            "bytes:"
+        )
+    plain = _events(engine.submit(Request(prompt=prompt, params=greedy(8))))
+    assert [e.token_id for e in plain] == tokens and all(e.logprob is None for e in plain)
+    # only the sampled token, no alternatives; penalties change the choice, not the numbers
+    penalised = greedy(8, logprobs=0, repeat_penalty=5.0)
+    got = _events(engine.submit(Request(prompt=prompt, params=penalised)))
+    assert all(e.logprob is not None and e.logprob.top == [] for e in got)
+    got_ids = [e.token_id for e in got]
+    with torch.no_grad():
+        logits = hf_model(torch.tensor([ids + got_ids])).logits[0].double()
+    ref = torch.log_softmax(logits, -1)[len(ids) - 1 : -1]
+    assert [e.logprob.logprob for e in got] == pytest.approx(
+        [float(ref[i, t]) for i, t in enumerate(got_ids)], abs=2e-3
+    )
+
+
+def test_hf_engine_reports_the_same_logprobs(engine, tiny_spm_gemma_dir) -> None:
+    request = Request(prompt="<bos>hello world", params=greedy(6, logprobs=2))
+    with open_engine("hf", tiny_spm_gemma_dir) as hf:
+        ours = _events(hf.submit(request))
+    theirs = _events(engine.submit(request))
+    assert [e.token_id for e in ours] == [e.token_id for e in theirs]
+    assert [e.logprob.logprob for e in ours] == pytest.approx(
+        [e.logprob.logprob for e in theirs], abs=2e-3
+    )
+    assert [t.logprob for e in ours for t in e.logprob.top] == pytest.approx(
+        [t.logprob for e in theirs for t in e.logprob.top], abs=2e-3
+    )
+
+
+def test_token_text_of_partial_utf8_is_written_as_bytes() -> None:
+    from cuvee.engine.base import token_text
+
+    assert token_text(" é".encode()) == " é"
+    assert token_text(b"\xe2\x80") == "bytes:\\xe2\\x80"
+    with pytest.raises(ConfigError, match="logprobs 21"):
+        SamplingParams(logprobs=21).validate()

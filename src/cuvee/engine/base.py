@@ -47,6 +47,9 @@ class SamplingParams:
     json_schema: dict | None = None  # converted to GBNF; exclusive with ``grammar``
     # Keep generating past end-of-generation tokens (benchmarks that need a fixed length).
     ignore_eos: bool = False
+    # Report each sampled token's log-probability (None: not computed, it costs a softmax over
+    # the vocabulary per token), with that many most likely alternatives (0 to MAX_LOGPROBS).
+    logprobs: int | None = None
 
     def validate(self) -> None:
         """Raise ConfigError naming the first out-of-range knob."""
@@ -65,6 +68,10 @@ class SamplingParams:
             (
                 self.grammar is None or self.json_schema is None,
                 "give a grammar or a json_schema, not both",
+            ),
+            (
+                self.logprobs is None or 0 <= self.logprobs <= MAX_LOGPROBS,
+                f"logprobs {self.logprobs} is not in [0, {MAX_LOGPROBS}]",
             ),
         ]
         for ok, message in checks:
@@ -89,6 +96,73 @@ class SamplingParams:
             return json_schema_to_gbnf(json.dumps(self.json_schema))
         except Exception as exc:
             raise ConfigError(f"json_schema cannot be turned into a grammar: {exc}") from exc
+
+
+# Alternatives a request may ask for per token (OpenAI's top_logprobs limit).
+MAX_LOGPROBS = 20
+
+
+@dataclass(frozen=True)
+class TopLogprob:
+    """One candidate token: its text (``bytes:\\x..`` when its bytes are not whole UTF-8, as
+    OpenAI writes them), log-probability and bytes."""
+
+    token: str
+    logprob: float
+    bytes: list[int]
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """The sampled token's log-probability and the ``top`` most likely tokens at its position.
+
+    Both engines report the model's own distribution: a log-softmax of the raw logits, before
+    penalties, grammar, top-k/top-p/min-p and temperature. That is what the model believes
+    (what OpenAI's logprobs mean, and what scoring and calibration want), not the distribution
+    the sampler finally drew from, so a grammar-forced token can have a low logprob."""
+
+    token: str
+    logprob: float
+    bytes: list[int]
+    top: list[TopLogprob]
+
+
+def token_text(piece: bytes) -> str:
+    """A token's bytes as OpenAI shows them: the text, or ``bytes:\\xe2\\x80`` for part of a
+    UTF-8 character."""
+    try:
+        return piece.decode("utf-8")
+    except UnicodeDecodeError:
+        return "bytes:" + "".join(f"\\x{b:02x}" for b in piece)
+
+
+def top_logprobs(
+    logprobs: Any, sampled: int, n: int, piece: Callable[[int], bytes]
+) -> TokenLogprob:
+    """The :class:`TokenLogprob` of ``sampled`` from a vector of log-probabilities over the
+    vocabulary (numpy), with the ``n`` most likely tokens, most likely first."""
+    import numpy as np
+
+    top: list[TopLogprob] = []
+    if n > 0:
+        ids = (
+            np.argpartition(-logprobs, n - 1)[:n] if n < len(logprobs) else np.arange(len(logprobs))
+        )
+        ids = ids[np.argsort(-logprobs[ids], kind="stable")]
+        for i in ids.tolist():
+            data = piece(i)
+            top.append(TopLogprob(token_text(data), float(logprobs[i]), list(data)))
+    data = piece(sampled)
+    return TokenLogprob(token_text(data), float(logprobs[sampled]), list(data), top)
+
+
+def log_softmax(logits: Any) -> Any:
+    """Log-probabilities from raw logits (numpy, float64 for the sum over a large vocabulary)."""
+    import numpy as np
+
+    x = np.asarray(logits, dtype=np.float64)
+    shifted = x - x.max()
+    return shifted - np.log(np.exp(shifted).sum())
 
 
 # Tokens the repeat penalty looks back over, llama.cpp's default.
@@ -128,10 +202,12 @@ class TokenEvent:
     """Text released by one generated token. ``text`` may be empty (bytes of an unfinished
     UTF-8 character, or a possible start of a stop string, held back) and may carry text held
     from earlier tokens. ``token_id`` is None for the last event of a request when it only
-    releases held text."""
+    releases held text. ``logprob`` is set for a sampled token when the request asked for
+    logprobs."""
 
     text: str
     token_id: int | None
+    logprob: TokenLogprob | None = None
 
 
 @dataclass(frozen=True)

@@ -20,8 +20,10 @@ from cuvee.engine.base import (
     Request,
     StopFilter,
     TokenEvent,
+    TokenLogprob,
     context_error,
     penalty_window,
+    top_logprobs,
 )
 from cuvee.errors import ConfigError, ModelFileError
 
@@ -177,11 +179,13 @@ class HFEngine:
         feed = torch.tensor([tokens], device=self.device)
         n_past = 0
 
-        def finish(reason: FinishReason, token: int | None, text: str = "") -> None:
+        def finish(
+            reason: FinishReason, token: int | None, text: str = "", lp: TokenLogprob | None = None
+        ) -> None:
             tail, stopped = stop.feed(new[released:])
             final = text + tail + ("" if stopped else stop.flush())
             if final or token is not None:
-                handle.emit(TokenEvent(final, token))
+                handle.emit(TokenEvent(final, token, lp))
             handle.emit(Finished(reason, len(tokens), len(generated)))
 
         with torch.no_grad():
@@ -192,7 +196,11 @@ class HFEngine:
                 out = self._model(input_ids=feed, past_key_values=past, use_cache=True)
                 past = out.past_key_values
                 n_past += feed.shape[1]
-                token = self._choose(out.logits[0, -1].float(), generated, p, generator)
+                logits = out.logits[0, -1].float()
+                # before _choose, which penalises the logits in place
+                raw = None if p.logprobs is None else logits.log_softmax(-1).cpu().numpy()
+                token = self._choose(logits, generated, p, generator)
+                lp = None if raw is None else top_logprobs(raw, token, p.logprobs, self._piece)
                 generated.append(token)
                 if not p.ignore_eos and token in self._eog:
                     return finish("stop", None)
@@ -203,13 +211,19 @@ class HFEngine:
                     piece, released = new[released:], len(new)
                 out_text, stopped = stop.feed(piece)
                 if stopped:
-                    handle.emit(TokenEvent(out_text, token))
+                    handle.emit(TokenEvent(out_text, token, lp))
                     handle.emit(Finished("stop", len(tokens), len(generated)))
                     return
                 if len(generated) >= p.max_tokens or n_past >= self._context_length:
-                    return finish("length", token, out_text)
-                handle.emit(TokenEvent(out_text, token))
+                    return finish("length", token, out_text, lp)
+                handle.emit(TokenEvent(out_text, token, lp))
                 feed = torch.tensor([[token]], device=self.device)
+
+    def _piece(self, token: int) -> bytes:
+        """A token's text as the tokenizer decodes it alone (a tokenizer that strips a leading
+        space when decoding loses it here; llama.cpp's pieces keep it)."""
+        text = self._tok.decode([token], skip_special_tokens=False)
+        return text.encode("utf-8")
 
     def _choose(self, logits: Any, generated: list[int], p: Any, generator: Any) -> int:
         """The next token, with llama.cpp's order of samplers: penalty, top-k, top-p, min-p,

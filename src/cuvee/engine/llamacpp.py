@@ -31,8 +31,11 @@ from cuvee.engine.base import (
     Request,
     StopFilter,
     TokenEvent,
+    TokenLogprob,
     context_error,
+    log_softmax,
     penalty_window,
+    top_logprobs,
 )
 from cuvee.errors import ConfigError, ModelFileError
 from cuvee.native import captured_stderr
@@ -183,6 +186,7 @@ class LlamaCppEngine:
                     hint=_native_tail() or "is it a GGUF LoRA made for this base model?",
                 )
             self._adapters[lora_name] = adapter
+        self._n_vocab = llama.llama_vocab_n_tokens(self._vocab)
         self._bos = llama.llama_vocab_bos(self._vocab)
         self._add_bos = bool(llama.llama_vocab_get_add_bos(self._vocab)) and self._bos >= 0
         # a pretrained base's GGUF has no template: the caller may supply its family's
@@ -377,13 +381,17 @@ class LlamaCppEngine:
         llama.llama_sampler_chain_add(chain, llama.llama_sampler_init_dist(seed))
         return chain
 
-    def _piece(self, token: int) -> bytes:
-        n = llama.llama_token_to_piece(self._vocab, token, self._piece_buf, 256, 0, False)
+    def _piece(self, token: int, special: bool = False) -> bytes:
+        """A token's bytes; control tokens (end of turn ...) are empty unless ``special``."""
+        n = llama.llama_token_to_piece(self._vocab, token, self._piece_buf, 256, 0, special)
         if n < 0:
             buf = ctypes.create_string_buffer(-n)
-            n = llama.llama_token_to_piece(self._vocab, token, buf, -n, 0, False)
+            n = llama.llama_token_to_piece(self._vocab, token, buf, -n, 0, special)
             return buf.raw[:n]
         return self._piece_buf.raw[:n]
+
+    def _special_piece(self, token: int) -> bytes:
+        return self._piece(token, special=True)
 
     def _free_native(self) -> None:
         for name, adapter in list(self._adapters.items()):
@@ -572,9 +580,21 @@ class LlamaCppEngine:
             seq.n_past += take
         for seq, idx in outputs:
             token = llama.llama_sampler_sample(seq.sampler, self._ctx, idx)
-            self._accept(seq, token)
+            n = seq.request.params.logprobs
+            self._accept(seq, token, None if n is None else self._logprob(idx, token, n))
 
-    def _accept(self, seq: _Sequence, token: int) -> None:
+    def _logprob(self, idx: int, token: int, n: int) -> TokenLogprob:
+        """The sampled token's log-probability under the model (raw logits of output ``idx``;
+        the sampler chain copies them, so they are still the model's), only for requests that
+        asked: a softmax over the whole vocabulary is not free."""
+        import numpy as np
+
+        logits = np.ctypeslib.as_array(
+            llama.llama_get_logits_ith(self._ctx, idx), shape=(self._n_vocab,)
+        )
+        return top_logprobs(log_softmax(logits), token, n, self._special_piece)
+
+    def _accept(self, seq: _Sequence, token: int, logprob: TokenLogprob | None = None) -> None:
         """Turn a sampled token into text, and decide whether the sequence goes on."""
         seq.completion_tokens += 1
         params = seq.request.params
@@ -587,17 +607,18 @@ class LlamaCppEngine:
             return
         text, stopped = seq.stop.feed(seq.utf8.decode(self._piece(token)))
         if stopped:
-            seq.handle.emit(TokenEvent(text, token))
+            seq.handle.emit(TokenEvent(text, token, logprob))
             self._end(seq, "stop")
             return
         # the token sampled now must be fed next step at position n_past: is there room?
         full = seq.n_past >= self._context_length
         if seq.completion_tokens >= params.max_tokens or full:
             tail, stopped = seq.stop.feed(seq.utf8.decode(b"", final=True))
-            seq.handle.emit(TokenEvent(text + tail + ("" if stopped else seq.stop.flush()), token))
+            rest = text + tail + ("" if stopped else seq.stop.flush())
+            seq.handle.emit(TokenEvent(rest, token, logprob))
             self._end(seq, "stop" if stopped else "length")
             return
-        seq.handle.emit(TokenEvent(text, token))
+        seq.handle.emit(TokenEvent(text, token, logprob))
         seq.next_token = token
         seq.generated.append(token)
 
