@@ -18,7 +18,16 @@ from click.testing import CliRunner
 from fastapi.testclient import TestClient
 
 from cuvee.config import load_settings
-from cuvee.engine.base import Finished, Handle, Request, StopFilter, TokenEvent, context_error
+from cuvee.engine.base import (
+    Finished,
+    Handle,
+    Request,
+    StopFilter,
+    TokenEvent,
+    TokenLogprob,
+    TopLogprob,
+    context_error,
+)
 from cuvee.errors import ConfigError
 from cuvee.serve.app import create_app
 from cuvee.serve.keys import Authenticator, KeyStore, RateLimiter, digest
@@ -110,7 +119,9 @@ class FakeEngine:
             piece = self.script[count % len(self.script)]
             count += 1
             text, stopped = stop.feed(piece)
-            handle.emit(TokenEvent(text, count))
+            handle.emit(
+                TokenEvent(text, count, fake_logprob(piece, count, request.params.logprobs))
+            )
             if stopped:
                 self._end(handle, Finished("stop", n_prompt, count))
                 return
@@ -132,6 +143,14 @@ class FakeEngine:
     def join(self) -> None:
         for thread in self.threads:
             thread.join(timeout=10)
+
+
+def fake_logprob(piece: str, count: int, n: int | None) -> TokenLogprob | None:
+    """Scripted logprobs: token k has logprob -k/10, its alternatives "alt0", "alt1" ... lower."""
+    if n is None:
+        return None
+    top = [TopLogprob(f"alt{i}", -count / 10 - i - 1, list(f"alt{i}".encode())) for i in range(n)]
+    return TokenLogprob(piece, -count / 10, list(piece.encode()), top)
 
 
 class Fakes:
@@ -428,14 +447,47 @@ def test_ready_reports_a_failed_preload() -> None:
         ({"presence_penalty": 2.5}, "presence_penalty"),
         ({"frequency_penalty": -3}, "frequency_penalty"),
         ({"logit_bias": {"5": 1}}, "logit_bias"),
-        ({"logprobs": True}, "logprobs"),
-        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+        ({"top_logprobs": 2}, "top_logprobs"),
+        ({"logprobs": True, "top_logprobs": 21}, "top_logprobs"),
+        ({"logprobs": True, "top_logprobs": -1}, "top_logprobs"),
+        ({"tool_choice": "required"}, "tool_choice"),
+        (
+            {"tools": [{"type": "function", "function": {"name": "no spaces"}}]},
+            "tools[0].function.name",
+        ),
+        ({"tools": [{"type": "function", "function": {"name": "f"}}] * 2}, "tools"),
+        (
+            {
+                "tools": [{"type": "function", "function": {"name": "f"}}],
+                "tool_choice": {"type": "function", "function": {"name": "g"}},
+            },
+            "tool_choice",
+        ),
+        ({"tool_choice": "sometimes"}, "tool_choice"),
+        ({"functions": [{"name": "f"}]}, "functions"),
+        (
+            {"messages": [{"role": "tool", "content": "x", "tool_call_id": "c"}]},
+            "messages[0].tool_call_id",
+        ),
+        ({"messages": [{"role": "tool", "content": "x"}]}, "messages[0].tool_call_id"),
+        (
+            {
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": "x",
+                        "tool_calls": [{"id": "c", "type": "function", "function": {"name": "f"}}],
+                    }
+                ]
+            },
+            "messages[0].tool_calls",
+        ),
+        ({"messages": [{"role": "function", "content": "x", "name": "f"}]}, "messages[0].role"),
         ({"stream_options": {"include_usage": True}}, "stream_options"),
         ({"max_tokens": 5, "max_completion_tokens": 6}, "max_tokens"),
         ({"bogus": 1}, "bogus"),
         ({"messages": []}, "messages"),
         ({"messages": [{"role": "robot", "content": "x"}]}, "messages[0].role"),
-        ({"messages": [{"role": "tool", "content": "x"}]}, "messages[0].role"),
         (
             {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]},
             "messages[0].content[0].type",

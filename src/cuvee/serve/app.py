@@ -151,11 +151,11 @@ def create_app(
         started = time.perf_counter()
         body = await _parse(request, ChatCompletionRequest)
         await _check_model(state, key, body.model, purpose="generation")
-        plan = chat_plan(body)
+        plan, tool_plan = chat_plan(body)
         if key is not None:
             state.auth.limiter.admit(key)
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        formatter = ChatFormatter(body.model, body.n, include_usage)
+        formatter = ChatFormatter(body.model, body.n, include_usage, bool(body.logprobs), tool_plan)
         generation = await start(state, body.model, plan, key, started)
         if body.stream:
             return stream(generation, request, formatter, include_usage)
@@ -170,7 +170,9 @@ def create_app(
         if key is not None:
             state.auth.limiter.admit(key)
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        formatter = CompletionFormatter(body.model, prompts, body.n, body.echo, include_usage)
+        formatter = CompletionFormatter(
+            body.model, prompts, body.n, body.echo, include_usage, body.logprobs
+        )
         generation = await start(state, body.model, plan, key, started)
         if body.stream:
             return stream(generation, request, formatter, include_usage)

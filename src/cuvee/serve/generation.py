@@ -34,6 +34,7 @@ from cuvee.engine.base import (
     Handle,
     Request,
     TokenEvent,
+    TokenLogprob,
 )
 from cuvee.errors import ConfigError, CuveeError, ModelNotFound
 from cuvee.serve import errors
@@ -53,6 +54,8 @@ class Plan:
     max_tokens: int | None  # as the client asked; None: ``default_max_tokens``
     default_max_tokens: int | None  # None: the server's default
     param: str  # the parameter holding the prompt: "messages" or "prompt"
+    # the parameter a grammar came from, named when the engine refuses it
+    schema_param: str = "response_format"
 
 
 class Envelope:
@@ -81,20 +84,48 @@ class Envelope:
         return chunk
 
 
+class Held:
+    """A choice's text and logprobs not sent yet (text of several tokens can go out in one
+    chunk, with the logprobs of all of them)."""
+
+    def __init__(self) -> None:
+        self.text = ""
+        self.logprobs: list[TokenLogprob] = []
+
+    def add(self, text: str, logprob: TokenLogprob | None) -> None:
+        self.text += text
+        if logprob is not None:
+            self.logprobs.append(logprob)
+
+    def take(self) -> tuple[str, list[TokenLogprob]]:
+        text, logprobs = self.text, self.logprobs
+        self.text, self.logprobs = "", []
+        return text, logprobs
+
+
 class Formatter(Protocol):
     """Builds an endpoint's response objects from generated text (chat and completions differ
-    in shape only)."""
+    in shape only). ``delta`` sees every token of a choice, with its logprob when asked for,
+    and returns the chunks to send now: none while text or logprobs are held (a formatter may
+    hold text back, as chat does while an answer may be a tool call); ``finish`` sends what is
+    still held and the finish chunk."""
 
     def opening(self) -> list[dict[str, Any]]: ...
 
-    def delta(self, index: int, text: str) -> dict[str, Any]: ...
+    def delta(
+        self, index: int, text: str, logprob: TokenLogprob | None
+    ) -> list[dict[str, Any]]: ...
 
-    def finish(self, index: int, reason: str) -> dict[str, Any]: ...
+    def finish(self, index: int, reason: str) -> list[dict[str, Any]]: ...
 
     def usage_chunk(self, usage: dict[str, int]) -> dict[str, Any]: ...
 
     def response(
-        self, texts: list[str], reasons: list[str], usage: dict[str, int]
+        self,
+        texts: list[str],
+        reasons: list[str],
+        usage: dict[str, int],
+        logprobs: list[list[TokenLogprob]],
     ) -> dict[str, Any]: ...
 
 
@@ -151,7 +182,9 @@ class Generation:
         self.started = started
         self.finished: list[Finished | None] = [None] * len(handles)
         self.texts = ["" for _ in handles]
+        self.logprobs: list[list[TokenLogprob]] = [[] for _ in handles]
         self.first_token_seen = False
+        self.first_token_s: float | None = None
         self.client_gone = False
         self._closed = False
         self._pump = EventPump(handles)
@@ -177,8 +210,11 @@ class Generation:
                     if not self.first_token_seen:
                         self.first_token_seen = True
                         elapsed = time.perf_counter() - self.started
+                        self.first_token_s = elapsed
                         self.state.metrics.ttft.labels(self.model).observe(elapsed)
                     self.texts[index] += event.text
+                    if event.logprob is not None:
+                        self.logprobs[index].append(event.logprob)
                 else:
                     self._record(index, event)
                 yield index, event
@@ -325,7 +361,7 @@ def _as_api_error(exc: BaseException, plan: Plan) -> BaseException:
     if isinstance(exc, ConfigError):
         param = plan.param
         if "json_schema" in exc.message or "grammar" in exc.message:
-            param = "response_format"
+            param = plan.schema_param
         return errors.invalid_param(str(exc.message), param)
     if isinstance(exc, EngineError):
         return errors.server_error(f"the engine refused the request: {exc.message}")
@@ -366,14 +402,16 @@ def stream(
             yield sse(chunk)
         async for index, event in generation.events(http):
             if isinstance(event, TokenEvent):
-                if event.text:
-                    yield sse(formatter.delta(index, event.text))
+                if event.text or event.logprob is not None:
+                    for chunk in formatter.delta(index, event.text, event.logprob):
+                        yield sse(chunk)
             elif event.reason in ("error", "cancelled"):
                 failure = generation.error() or event.reason
                 yield sse(errors.server_error(f"generation failed: {failure}").body())
                 return
             else:
-                yield sse(formatter.finish(index, finish_reason(event.reason)))
+                for chunk in formatter.finish(index, finish_reason(event.reason)):
+                    yield sse(chunk)
         if generation.client_gone:
             return
         if include_usage:
@@ -393,4 +431,5 @@ async def collect(generation: Generation, http: HTTPRequest, formatter: Formatte
     if failure is not None:
         raise errors.server_error(f"generation failed: {failure}")
     reasons = [finish_reason(f.reason) for f in generation.finished if f is not None]
-    return JSONResponse(formatter.response(generation.texts, reasons, generation.usage()))
+    body = formatter.response(generation.texts, reasons, generation.usage(), generation.logprobs)
+    return JSONResponse(body)

@@ -2,8 +2,9 @@
 
 Mapping of parameters (anything not listed is refused by name, never ignored):
 
-- ``messages``: roles system, developer (as system), user, assistant; ``content`` a string or an
-  array of text parts (joined with newlines). Images, audio, tool and function messages: 400.
+- ``messages``: roles system, developer (as system), user, assistant, tool; ``content`` a
+  string or an array of text parts (joined with newlines). Assistant ``tool_calls`` and tool
+  results are written as text turns (see ``tools``). Images, audio, function messages: 400.
 - ``temperature`` (default 1, as OpenAI), ``top_p`` (default 1; 0 means greedy), ``seed``
   (choice i of ``n`` uses seed + i, so choices differ yet reproduce), ``stop`` (string or list),
   ``max_completion_tokens`` or ``max_tokens`` (default: the server's, clamped to the context).
@@ -12,18 +13,31 @@ Mapping of parameters (anything not listed is refused by name, never ignored):
   extension with ``top_k`` and ``min_p``.
 - ``response_format``: ``json_object`` constrains output to a JSON object, ``json_schema`` to
   the given schema (both through the engine's JSON-schema grammar).
-- ``n``: n engine requests, batched by the engine."""
+- ``n``: n engine requests, batched by the engine.
+- ``logprobs`` / ``top_logprobs`` (0-20, needs ``logprobs: true``): each token's
+  log-probability under the model's own distribution (before penalties, grammar and
+  temperature; see ``TokenLogprob``) with that many alternatives, in OpenAI's shape, streamed
+  too.
+- ``tools`` / ``tool_choice`` (none, auto, required, a named function) /
+  ``parallel_tool_calls``: see ``cuvee.serve.tools``; answers that are calls come back as
+  ``tool_calls`` with finish_reason ``tool_calls``."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from cuvee.engine.base import Request, SamplingParams
-from cuvee.serve import errors
-from cuvee.serve.generation import Envelope, Plan
+from cuvee.engine.base import Request, SamplingParams, TokenLogprob
+from cuvee.serve import errors, tools
+from cuvee.serve.generation import Envelope, Held, Plan
 from cuvee.serve.schemas import MAX_STOP, ChatCompletionRequest, ChatMessage, SamplingFields
 
-_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+_ROLES = {
+    "system": "system",
+    "developer": "system",
+    "user": "user",
+    "assistant": "assistant",
+    "tool": "user",  # a result, written as a user turn (templates have no tool role)
+}
 
 
 def check_sampling(body: SamplingFields) -> None:
@@ -41,7 +55,7 @@ def check_sampling(body: SamplingFields) -> None:
 
 
 def sampling_params(
-    body: SamplingFields, choice: int, json_schema: dict | None = None
+    body: SamplingFields, choice: int, json_schema: dict | None = None, logprobs: int | None = None
 ) -> SamplingParams:
     """The engine's sampling parameters for choice ``choice`` (max_tokens is fitted later)."""
     temperature = 1.0 if body.temperature is None else body.temperature
@@ -61,25 +75,31 @@ def sampling_params(
         max_tokens=1,
         stop=body.stops(),
         json_schema=json_schema,
+        logprobs=logprobs,
     )
 
 
 def _refuse_unsupported(body: ChatCompletionRequest) -> None:
-    if body.tools or body.functions:
-        param = "tools" if body.tools else "functions"
-        raise errors.unsupported(param, "tool and function calling is not implemented yet")
-    if body.tool_choice not in (None, "none"):
-        raise errors.unsupported("tool_choice", "tool calling is not implemented yet")
-    if body.function_call not in (None, "none"):
-        raise errors.unsupported("function_call", "function calling is not implemented yet")
-    if body.logprobs or body.top_logprobs:
-        param = "logprobs" if body.logprobs else "top_logprobs"
-        raise errors.unsupported(param, "log probabilities are not returned yet")
+    if body.functions:
+        raise errors.unsupported("functions", "the deprecated functions API: send 'tools'")
+    if body.function_call is not None:
+        raise errors.unsupported("function_call", "the deprecated functions API: 'tool_choice'")
     if body.modalities is not None and body.modalities != ["text"]:
         raise errors.unsupported("modalities", "only text output is produced")
     for name in ("audio", "prediction", "reasoning_effort"):
         if getattr(body, name) is not None:
             raise errors.unsupported(name, "not available for the models this server runs")
+
+
+def _logprobs(body: ChatCompletionRequest) -> int | None:
+    """The engine's ``logprobs`` (None: not asked); ``top_logprobs`` needs ``logprobs``."""
+    if body.top_logprobs is not None and not body.logprobs:
+        raise errors.invalid_param(
+            "'top_logprobs' requires 'logprobs' to be set to true.", "top_logprobs"
+        )
+    if not body.logprobs:
+        return None
+    return body.top_logprobs or 0
 
 
 def _json_schema(body: ChatCompletionRequest) -> dict | None:
@@ -96,38 +116,56 @@ def _json_schema(body: ChatCompletionRequest) -> dict | None:
     return fmt.json_schema.schema_
 
 
+def _text(content: Any, where: str) -> str:
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    texts = []
+    for j, part in enumerate(content):
+        if part.type != "text" or part.text is None:
+            raise errors.unsupported(
+                f"{where}.content[{j}].type",
+                f"content parts of type '{part.type}' (this server handles text only)",
+            )
+        texts.append(part.text)
+    return "\n".join(texts)
+
+
 def engine_messages(messages: list[ChatMessage]) -> list[dict[str, str]]:
-    """OpenAI messages as the chat template takes them: role and plain text content."""
-    out = []
+    """OpenAI messages as the chat template takes them: role and plain text content; tool
+    calls and results become text turns (``tools.history_turn``)."""
+    turns: list[dict[str, str]] = []
+    from_tools: set[int] = set()
+    calls_by_id: dict[str, str] = {}
     for i, message in enumerate(messages):
         where = f"messages[{i}]"
         if message.role not in _ROLES:
             raise errors.unsupported(
-                f"{where}.role", f"'{message.role}' messages need tool calling (not implemented)"
+                f"{where}.role", f"'{message.role}' messages: use 'tool' messages and 'tools'"
             )
-        for name in ("tool_calls", "function_call", "audio"):
+        for name in ("function_call", "audio"):
             if getattr(message, name):
-                raise errors.unsupported(f"{where}.{name}", "tool calls and audio are not served")
-        content = message.content
-        if content is None:
+                raise errors.unsupported(f"{where}.{name}", "legacy function calls and audio")
+        if message.content is None and not message.tool_calls:
             raise errors.invalid_param(
                 f"{where}.content must be a string or an array of text parts.", f"{where}.content"
             )
-        if isinstance(content, list):
-            texts = []
-            for j, part in enumerate(content):
-                if part.type != "text" or part.text is None:
-                    raise errors.unsupported(
-                        f"{where}.content[{j}].type",
-                        f"content parts of type '{part.type}' (this server handles text only)",
-                    )
-                texts.append(part.text)
-            content = "\n".join(texts)
-        out.append({"role": _ROLES[message.role], "content": content})
-    return out
+        content = _text(message.content, where)
+        if message.tool_calls and message.role != "assistant":
+            raise errors.invalid_param(
+                f"{where}.tool_calls is only allowed on assistant messages.", f"{where}.tool_calls"
+            )
+        if message.role == "tool" or message.tool_calls:
+            from_tools.add(len(turns))
+            turns.append(tools.history_turn(message, content, where, calls_by_id))
+        else:
+            turns.append({"role": _ROLES[message.role], "content": content})
+    return tools.merge_turns(turns, from_tools)
 
 
-def chat_plan(body: ChatCompletionRequest) -> Plan:
+def chat_plan(body: ChatCompletionRequest) -> tuple[Plan, tools.ToolPlan | None]:
+    """The engine requests, and the tool plan the formatter parses answers with."""
     check_sampling(body)
     _refuse_unsupported(body)
     if (
@@ -139,54 +177,123 @@ def chat_plan(body: ChatCompletionRequest) -> Plan:
             "Give 'max_completion_tokens' or 'max_tokens', not two different values.",
             "max_tokens",
         )
-    schema = _json_schema(body)
-    messages = engine_messages(body.messages)
+    logprobs = _logprobs(body)
+    tool_plan = tools.tool_plan(body)
+    schema = tools.output_schema(tool_plan, _json_schema(body))
+    messages = tools.with_tools(engine_messages(body.messages), tool_plan)
     requests = [
-        Request(messages=messages, params=sampling_params(body, i, schema)) for i in range(body.n)
+        Request(messages=messages, params=sampling_params(body, i, schema, logprobs))
+        for i in range(body.n)
     ]
-    return Plan(
+    plan = Plan(
         requests=requests,
         prompt_of=[0] * body.n,
         max_tokens=body.max_completion_tokens or body.max_tokens,
         default_max_tokens=None,
         param="messages",
+        schema_param="tools"
+        if tool_plan is not None and tool_plan.constrained
+        else "response_format",
     )
+    return plan, tool_plan
+
+
+def logprob_entry(lp: TokenLogprob) -> dict[str, Any]:
+    return {
+        "token": lp.token,
+        "logprob": lp.logprob,
+        "bytes": lp.bytes,
+        "top_logprobs": [
+            {"token": t.token, "logprob": t.logprob, "bytes": t.bytes} for t in lp.top
+        ],
+    }
 
 
 class ChatFormatter(Envelope):
-    """``chat.completion`` objects and ``chat.completion.chunk`` chunks, one id per response."""
+    """``chat.completion`` objects and ``chat.completion.chunk`` chunks, one id per response.
 
-    def __init__(self, model: str, n: int, include_usage: bool) -> None:
+    With tools, a choice's text is held back while it may still be a call (all of it under a
+    constrained ``tool_choice``); at its end it goes out as ``tool_calls`` deltas (the call's
+    id, type and name with empty arguments, then the arguments, as OpenAI streams them) or,
+    if it is no call after all, as content."""
+
+    def __init__(
+        self,
+        model: str,
+        n: int,
+        include_usage: bool,
+        logprobs: bool = False,
+        tool_plan: tools.ToolPlan | None = None,
+    ) -> None:
         super().__init__("chatcmpl", model, include_usage)
         self.n = n
+        self.logprobs = logprobs
+        self.tool_plan = tool_plan
+        self.held = [Held() for _ in range(n)]
+        self.seen = ["" for _ in range(n)]  # a choice's whole text so far
+        # holding: the answer may still be a call (always, under a constrained tool_choice)
+        self.holding = [tool_plan is not None for _ in range(n)]
 
     def _chunk(self, choices: list[dict[str, Any]]) -> dict[str, Any]:
         return self.chunk("chat.completion.chunk", choices)
 
+    def _logprobs(self, entries: list[TokenLogprob]) -> dict[str, Any] | None:
+        if not self.logprobs:
+            return None
+        return {"content": [logprob_entry(lp) for lp in entries], "refusal": None}
+
+    def _choice(
+        self, index: int, delta: dict[str, Any], lps: list[TokenLogprob], reason: str | None
+    ) -> dict[str, Any]:
+        return self._chunk(
+            [
+                {
+                    "index": index,
+                    "delta": delta,
+                    "logprobs": self._logprobs(lps) if lps else None,
+                    "finish_reason": reason,
+                }
+            ]
+        )
+
     def opening(self) -> list[dict[str, Any]]:
         return [
-            self._chunk(
-                [
-                    {
-                        "index": i,
-                        "delta": {"role": "assistant", "content": ""},
-                        "logprobs": None,
-                        "finish_reason": None,
-                    }
-                ]
-            )
-            for i in range(self.n)
+            self._choice(i, {"role": "assistant", "content": ""}, [], None) for i in range(self.n)
         ]
 
-    def delta(self, index: int, text: str) -> dict[str, Any]:
-        return self._chunk(
-            [{"index": index, "delta": {"content": text}, "logprobs": None, "finish_reason": None}]
-        )
+    def delta(self, index: int, text: str, logprob: TokenLogprob | None) -> list[dict[str, Any]]:
+        held = self.held[index]
+        held.add(text, logprob)
+        self.seen[index] += text
+        if self.holding[index]:
+            plan = self.tool_plan
+            assert plan is not None
+            if plan.constrained or tools.may_be_call(self.seen[index]):
+                return []
+            self.holding[index] = False  # plain text after all: it streams from now on
+        if not held.text:
+            return []  # logprobs of held-back bytes go with the text they end up in
+        content, lps = held.take()
+        return [self._choice(index, {"content": content}, lps, None)]
 
-    def finish(self, index: int, reason: str) -> dict[str, Any]:
-        return self._chunk(
-            [{"index": index, "delta": {}, "logprobs": None, "finish_reason": reason}]
-        )
+    def finish(self, index: int, reason: str) -> list[dict[str, Any]]:
+        content, lps = self.held[index].take()
+        calls = self._calls(index, reason)
+        if calls is None:
+            chunks = [self._choice(index, {"content": content}, lps, None)] if content else []
+            return [*chunks, self._choice(index, {}, [] if content else lps, reason)]
+        chunks = []
+        for i, call in enumerate(calls):
+            opening = {**call, "index": i, "function": {**call["function"], "arguments": ""}}
+            args = {"index": i, "function": {"arguments": call["function"]["arguments"]}}
+            chunks.append(self._choice(index, {"tool_calls": [opening]}, [], None))
+            chunks.append(self._choice(index, {"tool_calls": [args]}, [], None))
+        return [*chunks, self._choice(index, {}, lps, "tool_calls")]
+
+    def _calls(self, index: int, reason: str) -> list[dict[str, Any]] | None:
+        if self.tool_plan is None or not self.holding[index] or reason == "length":
+            return None
+        return tools.parse_calls(self.seen[index], self.tool_plan)
 
     def usage_chunk(self, usage: dict[str, int]) -> dict[str, Any]:
         chunk = self._chunk([])
@@ -194,18 +301,27 @@ class ChatFormatter(Envelope):
         return chunk
 
     def response(
-        self, texts: list[str], reasons: list[str], usage: dict[str, int]
+        self,
+        texts: list[str],
+        reasons: list[str],
+        usage: dict[str, int],
+        logprobs: list[list[TokenLogprob]],
     ) -> dict[str, Any]:
-        choices = [
-            {
-                "index": i,
-                "message": {"role": "assistant", "content": text, "refusal": None},
-                "logprobs": None,
-                "finish_reason": reason,
-            }
-            for i, (text, reason) in enumerate(zip(texts, reasons, strict=True))
-        ]
-        return {
-            **self.wrap("chat.completion", choices),
-            "usage": usage,
-        }
+        choices = []
+        for i, (text, reason) in enumerate(zip(texts, reasons, strict=True)):
+            message: dict[str, Any] = {"role": "assistant", "content": text, "refusal": None}
+            calls = None
+            if self.tool_plan is not None and reason != "length":
+                calls = tools.parse_calls(text, self.tool_plan)
+            if calls is not None:
+                message = {**message, "content": None, "tool_calls": calls}
+                reason = "tool_calls"
+            choices.append(
+                {
+                    "index": i,
+                    "message": message,
+                    "logprobs": self._logprobs(logprobs[i]),
+                    "finish_reason": reason,
+                }
+            )
+        return {**self.wrap("chat.completion", choices), "usage": usage}

@@ -2,17 +2,19 @@
 
 The prompt (a string or a list of strings) is sent as is, without the chat template. Sampling
 parameters map as for chat (see ``openai_chat``); ``echo`` puts the prompt before the text;
-``max_tokens`` defaults to 16 as OpenAI's does. Prompts given as token ids, ``suffix``,
-``best_of`` above 1 and ``logprobs`` are refused by name. Choice ``i * n + j`` is the j-th
-completion of the i-th prompt, as OpenAI numbers them."""
+``max_tokens`` defaults to 16 as OpenAI's does. ``logprobs`` (0-5) gives each token's
+log-probability and that many alternatives in the legacy shape (tokens, token_logprobs,
+top_logprobs, text_offset). Prompts given as token ids, ``suffix``, ``best_of`` above 1 and
+``logprobs`` with ``echo`` (the prompt's own logprobs are not computed) are refused by name.
+Choice ``i * n + j`` is the j-th completion of the i-th prompt, as OpenAI numbers them."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from cuvee.engine.base import Request
+from cuvee.engine.base import Request, TokenLogprob
 from cuvee.serve import errors
-from cuvee.serve.generation import Envelope, Plan
+from cuvee.serve.generation import Envelope, Held, Plan
 from cuvee.serve.openai_chat import check_sampling, sampling_params
 from cuvee.serve.schemas import COMPLETIONS_DEFAULT_MAX_TOKENS, MAX_N, CompletionRequest
 
@@ -35,8 +37,8 @@ def completion_plan(body: CompletionRequest) -> tuple[Plan, list[str]]:
         raise errors.unsupported("suffix", "fill-in-the-middle is not available")
     if body.best_of is not None and body.best_of > 1:
         raise errors.unsupported("best_of", "ranking candidates needs log probabilities")
-    if body.logprobs:
-        raise errors.unsupported("logprobs", "log probabilities are not returned yet")
+    if body.logprobs is not None and body.echo:
+        raise errors.unsupported("logprobs", "with 'echo': the prompt's logprobs are not computed")
     prompts = prompts_of(body)
     if len(prompts) * body.n > MAX_N:
         raise errors.invalid_param(
@@ -46,7 +48,8 @@ def completion_plan(body: CompletionRequest) -> tuple[Plan, list[str]]:
     requests, prompt_of = [], []
     for i, text in enumerate(prompts):
         for j in range(body.n):
-            requests.append(Request(prompt=text, params=sampling_params(body, j)))
+            params = sampling_params(body, j, logprobs=body.logprobs)
+            requests.append(Request(prompt=text, params=params))
             prompt_of.append(i)
     plan = Plan(
         requests=requests,
@@ -62,18 +65,45 @@ class CompletionFormatter(Envelope):
     """``text_completion`` objects (whole or as stream chunks), one id per response."""
 
     def __init__(
-        self, model: str, prompts: list[str], n: int, echo: bool, include_usage: bool
+        self,
+        model: str,
+        prompts: list[str],
+        n: int,
+        echo: bool,
+        include_usage: bool,
+        logprobs: int | None = None,
     ) -> None:
         super().__init__("cmpl", model, include_usage)
         self.prompts = prompts
         self.n = n
         self.echo = echo
+        self.logprobs = logprobs
+        self.held = [Held() for _ in range(len(prompts) * n)]
+        self.offsets = [0] * (len(prompts) * n)  # characters of each choice's text so far
 
     def _chunk(self, choices: list[dict[str, Any]]) -> dict[str, Any]:
         return self.chunk("text_completion", choices)
 
-    def _choice(self, index: int, text: str, reason: str | None) -> dict[str, Any]:
-        return {"index": index, "text": text, "logprobs": None, "finish_reason": reason}
+    def _logprobs(self, index: int, entries: list[TokenLogprob]) -> dict[str, Any] | None:
+        """The legacy shape; ``text_offset`` counts characters from the choice's start."""
+        if self.logprobs is None:
+            return None
+        offsets = []
+        for lp in entries:
+            offsets.append(self.offsets[index])
+            self.offsets[index] += len(bytes(lp.bytes).decode("utf-8", "ignore"))
+        return {
+            "tokens": [lp.token for lp in entries],
+            "token_logprobs": [lp.logprob for lp in entries],
+            "top_logprobs": [{t.token: t.logprob for t in lp.top} for lp in entries],
+            "text_offset": offsets,
+        }
+
+    def _choice(
+        self, index: int, text: str, reason: str | None, lps: list[TokenLogprob] | None = None
+    ) -> dict[str, Any]:
+        logprobs = None if lps is None else self._logprobs(index, lps)
+        return {"index": index, "text": text, "logprobs": logprobs, "finish_reason": reason}
 
     def opening(self) -> list[dict[str, Any]]:
         if not self.echo:
@@ -83,11 +113,17 @@ class CompletionFormatter(Envelope):
             for i in range(len(self.prompts) * self.n)
         ]
 
-    def delta(self, index: int, text: str) -> dict[str, Any]:
-        return self._chunk([self._choice(index, text, None)])
+    def delta(self, index: int, text: str, logprob: TokenLogprob | None) -> list[dict[str, Any]]:
+        held = self.held[index]
+        held.add(text, logprob)
+        if not held.text:
+            return []  # logprobs of held-back bytes go with the text they end up in
+        text, lps = held.take()
+        return [self._chunk([self._choice(index, text, None, lps)])]
 
-    def finish(self, index: int, reason: str) -> dict[str, Any]:
-        return self._chunk([self._choice(index, "", reason)])
+    def finish(self, index: int, reason: str) -> list[dict[str, Any]]:
+        text, lps = self.held[index].take()
+        return [self._chunk([self._choice(index, text, reason, lps)])]
 
     def usage_chunk(self, usage: dict[str, int]) -> dict[str, Any]:
         chunk = self._chunk([])
@@ -95,10 +131,14 @@ class CompletionFormatter(Envelope):
         return chunk
 
     def response(
-        self, texts: list[str], reasons: list[str], usage: dict[str, int]
+        self,
+        texts: list[str],
+        reasons: list[str],
+        usage: dict[str, int],
+        logprobs: list[list[TokenLogprob]],
     ) -> dict[str, Any]:
         choices = []
         for i, (text, reason) in enumerate(zip(texts, reasons, strict=True)):
             shown = self.prompts[i // self.n] + text if self.echo else text
-            choices.append(self._choice(i, shown, reason))
+            choices.append(self._choice(i, shown, reason, logprobs[i]))
         return {**self.wrap("text_completion", choices), "usage": usage}

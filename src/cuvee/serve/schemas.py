@@ -2,8 +2,9 @@
 
 Unknown parameters are refused (``extra="forbid"``), as OpenAI does, so a client never believes
 a parameter took effect when the server ignored it. Parameters the server knows but cannot honour
-(tools, logprobs, logit_bias ...) are declared here and refused by name in the translation step,
-with a message saying so. Ranges follow OpenAI's (temperature 0-2, penalties -2..2 ...).
+(logit_bias, audio, legacy functions ...) are declared here and refused by name in the
+translation step, with a message saying so. Ranges follow OpenAI's (temperature 0-2,
+penalties -2..2 ...).
 
 Extensions beyond OpenAI's parameters, as llama.cpp's and vLLM's servers take them (the OpenAI
 SDK sends them with ``extra_body``): ``top_k``, ``min_p`` and ``repeat_penalty``."""
@@ -14,9 +15,13 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from cuvee.engine.base import MAX_LOGPROBS
+
 # Choices per request: each is a sequence in the engine's batch.
 MAX_N = 16
 MAX_STOP = 16
+# OpenAI's limit on the legacy completions endpoint's ``logprobs``.
+MAX_COMPLETION_LOGPROBS = 5
 
 
 class _Strict(BaseModel):
@@ -36,16 +41,54 @@ class ContentPart(BaseModel):
     text: str | None = None
 
 
+class FunctionCall(BaseModel):
+    """A call as an assistant message carries it back: ``arguments`` is a JSON string."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str = Field(min_length=1)
+    arguments: str = ""
+
+
+class ToolCall(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    id: str = ""
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+class FunctionDef(_Strict):
+    name: str = Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class Tool(_Strict):
+    type: Literal["function"]
+    function: FunctionDef
+
+
+class NamedFunction(_Strict):
+    name: str = Field(min_length=1)
+
+
+class NamedToolChoice(_Strict):
+    type: Literal["function"]
+    function: NamedFunction
+
+
 class ChatMessage(BaseModel):
     # Extra keys are allowed: clients echo back assistant messages as received (with
     # ``refusal``, ``annotations`` ... set to null). Fields that would change the meaning
-    # (tool calls, audio) are declared and refused when set.
+    # and cannot be served (audio, legacy function calls) are declared and refused when set.
     model_config = ConfigDict(extra="allow")
 
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
     content: str | list[ContentPart] | None = None
     name: str | None = None
-    tool_calls: list[Any] | None = None
+    tool_calls: list[ToolCall] | None = None
     tool_call_id: str | None = None
     function_call: Any | None = None
     audio: Any | None = None
@@ -97,9 +140,9 @@ class ChatCompletionRequest(SamplingFields):
     max_completion_tokens: int | None = Field(default=None, ge=1)
     response_format: ResponseFormat | None = None
     logprobs: bool | None = None
-    top_logprobs: int | None = None
-    tools: list[Any] | None = None
-    tool_choice: Any | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=MAX_LOGPROBS)
+    tools: list[Tool] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     functions: list[Any] | None = None
     function_call: Any | None = None
     parallel_tool_calls: bool | None = None
@@ -117,7 +160,7 @@ class CompletionRequest(SamplingFields):
     suffix: str | None = None
     echo: bool = False
     best_of: int | None = Field(default=None, ge=1)
-    logprobs: int | None = None
+    logprobs: int | None = Field(default=None, ge=0, le=MAX_COMPLETION_LOGPROBS)
 
 
 # OpenAI's default for the legacy completions endpoint.
