@@ -4,6 +4,8 @@ completions, models, and errors raised as the SDK's own exception classes."""
 
 from __future__ import annotations
 
+import json
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -27,9 +29,15 @@ def server(tiny_spm_gemma_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     from cuvee.serve.models import ModelRegistry
 
     home = tmp_path_factory.mktemp("serve-home")
+    # the shared tiny model with a longer context: a tool block alone is ~700 of its tokens
+    model_dir = tmp_path_factory.mktemp("tg-long") / "tg"
+    shutil.copytree(tiny_spm_gemma_dir, model_dir)
+    config = json.loads((model_dir / "config.json").read_text())
+    config["max_position_embeddings"] = 2048
+    (model_dir / "config.json").write_text(json.dumps(config))
     with pytest.MonkeyPatch.context() as mp:  # the module's own home, not a test's
         mp.setenv("CUVEE_HOME", str(home))
-        settings, store = store_tiny(tiny_spm_gemma_dir, name="tg")
+        settings, store = store_tiny(model_dir, name="tg")
         export(settings, store, "tg", "gguf", quant="f32", reporter=SilentReporter())
     keys = KeyStore(home / "keys.sqlite")
     secrets = {name: keys.create(name)[1] for name in ("main", "other")}
@@ -39,7 +47,7 @@ def server(tiny_spm_gemma_dir: Path, tmp_path_factory: pytest.TempPathFactory):
         settings,
         max_loaded=1,
         preload=["tg"],
-        engine_options={"n_ctx": 1024, "n_seq_max": 4, "n_threads": 1},
+        engine_options={"n_ctx": 4 * 2048, "n_seq_max": 4, "n_threads": 1},
     )
     app = create_app(settings, registry, Authenticator(keys))
     with uvicorn_in_thread(app) as root:
@@ -198,3 +206,135 @@ def test_concurrent_streams_and_a_dropped_client(server) -> None:
     metrics = httpx.get(f"{server.root}/metrics").text
     assert 'cuvee_active_sequences{model="tg"} 0.0' in metrics
     assert 'route="/v1/chat/completions",status="200"' in metrics
+
+
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather in a city.",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string", "enum": ["paris", "rome"]}},
+            "required": ["city"],
+            "additionalProperties": False,
+        },
+    },
+}
+CLOCK = {
+    "type": "function",
+    "function": {
+        "name": "get_time",
+        "parameters": {
+            "type": "object",
+            "properties": {"zone": {"enum": ["utc", "cet"]}},
+            "required": ["zone"],
+            "additionalProperties": False,
+        },
+    },
+}
+
+
+def test_logprobs_through_the_sdk(server) -> None:
+    client = client_for(server)
+    kwargs = dict(model="tg", messages=HELLO, max_tokens=6, temperature=0)
+    r = client.chat.completions.create(**kwargs, logprobs=True, top_logprobs=3)
+    content = r.choices[0].logprobs.content
+    assert 1 <= len(content) <= 6
+    for entry in content:
+        assert entry.logprob <= 0 and len(entry.top_logprobs) == 3
+        assert entry.top_logprobs[0].logprob == pytest.approx(entry.logprob)  # greedy: argmax
+        assert entry.top_logprobs[0].token == entry.token
+    chunks = list(client.chat.completions.create(**kwargs, logprobs=True, stream=True))
+    streamed = [
+        e
+        for c in chunks
+        if c.choices and c.choices[0].logprobs
+        for e in c.choices[0].logprobs.content
+    ]
+    assert [e.token for e in streamed] == [e.token for e in content]
+    assert [e.logprob for e in streamed] == pytest.approx([e.logprob for e in content])
+    with pytest.raises(openai.BadRequestError) as bad:
+        client.chat.completions.create(**kwargs, logprobs=True, top_logprobs=21)
+    assert bad.value.param == "top_logprobs"
+    legacy = client.completions.create(
+        model="tg", prompt="hello world", max_tokens=4, temperature=0, logprobs=2
+    )
+    lp = legacy.choices[0].logprobs
+    assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) >= 1
+    assert all(len(top) <= 2 for top in lp.top_logprobs)
+
+
+@pytest.mark.parametrize(
+    "choice",
+    ["required", {"type": "function", "function": {"name": "get_time"}}],
+    ids=["required", "named"],
+)
+def test_constrained_tool_calls_parse_in_the_sdk(server, choice) -> None:
+    """A random model follows no format of its own: the grammar alone makes its answer a call
+    the SDK parses, to a given function with arguments its schema allows."""
+    client = client_for(server)
+    r = client.chat.completions.create(
+        model="tg",
+        messages=[{"role": "user", "content": "weather?"}],
+        tools=[WEATHER, CLOCK],
+        tool_choice=choice,
+        parallel_tool_calls=False,
+        max_tokens=300,
+        temperature=0,
+    )
+    (out,) = r.choices
+    assert out.finish_reason == "tool_calls" and out.message.content is None
+    (call,) = out.message.tool_calls
+    assert call.id.startswith("call_") and call.type == "function"
+    arguments = json.loads(call.function.arguments)
+    if isinstance(choice, dict):
+        assert call.function.name == "get_time" and arguments["zone"] in ("utc", "cet")
+    else:
+        assert call.function.name in ("get_weather", "get_time")
+        assert set(arguments) in ({"city"}, {"zone"})
+
+    # the same call streamed, as the SDK's stream helper accumulates it
+    with client.chat.completions.stream(
+        model="tg",
+        messages=[{"role": "user", "content": "weather?"}],
+        tools=[WEATHER, CLOCK],
+        tool_choice=choice,
+        parallel_tool_calls=False,
+        max_tokens=300,
+        temperature=0,
+    ) as stream:
+        final = stream.get_final_completion()
+    (streamed,) = final.choices[0].message.tool_calls
+    assert final.choices[0].finish_reason == "tool_calls"
+    assert (streamed.function.name, streamed.function.arguments) == (
+        call.function.name,
+        call.function.arguments,
+    )
+
+    # the call and its result sent back: the model answers (the history renders)
+    follow = client.chat.completions.create(
+        model="tg",
+        messages=[
+            {"role": "user", "content": "weather?"},
+            out.message.model_dump(exclude_none=True),
+            {"role": "tool", "tool_call_id": call.id, "content": "sunny"},
+        ],
+        tools=[WEATHER, CLOCK],
+        tool_choice="none",
+        max_tokens=4,
+    )
+    assert follow.choices[0].finish_reason in ("stop", "length")
+    assert isinstance(follow.choices[0].message.content, str)
+
+
+def test_unknown_tool_choice_is_a_bad_request(server) -> None:
+    client = client_for(server)
+    with pytest.raises(openai.BadRequestError) as bad:
+        client.chat.completions.create(
+            model="tg",
+            messages=HELLO,
+            tools=[WEATHER],
+            tool_choice={"type": "function", "function": {"name": "nope"}},
+        )
+    assert bad.value.param == "tool_choice"
