@@ -1,0 +1,144 @@
+"""`pairwise`: two models answer the same open prompts and a judge model scores both answers,
+as Vicuna's evaluation did (Alpaca's "76 % of ChatGPT" is such a relative score). Judges favour
+whichever answer they read first, so every pair is judged twice, once in each order, and only a
+prompt judged in both orders counts. Reported: win/tie/loss rates of A (the model) against B
+(the reference) and the relative score, the sum of A's scores over the sum of B's."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from cuvee.eval.suites import EvalError, Item, Score, read_jsonl, require, source_of
+
+JUDGE_SYSTEM = (
+    "You are a fair and careful judge of AI assistants. You compare two answers to the same "
+    "request and score each for helpfulness, relevance, accuracy and level of detail."
+)
+JUDGE_TEMPLATE = """[Request]
+{prompt}
+
+[Answer 1]
+{first}
+[End of answer 1]
+
+[Answer 2]
+{second}
+[End of answer 2]
+
+Score each answer from 1 to 10, where 10 is best. Do not let the order of the answers or their
+length sway you. On the first line write only the two scores, answer 1 first, separated by a
+space, for example: 7 4
+Then explain your verdict in a few sentences."""
+_SCORES = re.compile(r"^\s*\**\s*(\d+(?:\.\d+)?)\s*(?:,|/10)?\s*(?:,|and)?\s+(\d+(?:\.\d+)?)")
+
+
+def parse_scores(reply: str) -> tuple[float, float] | None:
+    """The two scores on the judge's first non-empty line, if both are in [0, 10]."""
+    line = next((ln for ln in reply.splitlines() if ln.strip()), "")
+    match = _SCORES.match(line)
+    if not match:
+        return None
+    first, second = float(match.group(1)), float(match.group(2))
+    if not (0 <= first <= 10 and 0 <= second <= 10):
+        return None
+    return first, second
+
+
+def judge_items(items: list[Item], outputs_a: list[str], outputs_b: list[str]) -> list[Item]:
+    """Two judge prompts per item: A's answer first, then B's first."""
+    prompts = []
+    for item, a, b in zip(items, outputs_a, outputs_b, strict=True):
+        for order, (first, second) in (("ab", (a, b)), ("ba", (b, a))):
+            text = JUDGE_TEMPLATE.format(prompt=item.prompt, first=first, second=second)
+            prompts.append(
+                Item(id=f"{item.id}/{order}", prompt=text, system=JUDGE_SYSTEM, where=item.where)
+            )
+    return prompts
+
+
+class PairwiseSuite:
+    name = "pairwise"
+    version = "1"
+    description = "answers judged in both orders by a judge model: win/tie/loss, relative score"
+    max_tokens = 384
+    compares = True  # scored by compare(), against the first model given
+    judge_max_tokens = 256  # the scores come first; the explanation may be cut
+
+    def accepts(self, record: dict[str, Any]) -> bool:
+        return "prompt" in record and set(record) <= {"id", "prompt", "system", "category"}
+
+    def load(self, path: Path | None) -> list[Item]:
+        path = source_of(self.name, path)
+        items = []
+        for number, record in read_jsonl(path):
+            where = f"{path}:{number}"
+            prompt = require(record, "prompt", str, where)
+            if not prompt.strip():
+                raise EvalError(f"{where}: 'prompt' is empty")
+            items.append(
+                Item(
+                    id=str(record.get("id", number)),
+                    prompt=prompt,
+                    system=record.get("system"),
+                    data={"category": record.get("category")},
+                    where=where,
+                )
+            )
+        return items
+
+    def score(self, items: list[Item], outputs: list[str]) -> Score:
+        """Alone, a model's answers have no score here: only counts."""
+        empty = sum(not o.strip() for o in outputs)
+        return Score(metrics={}, counts={"answers": len(outputs), "empty_answers": empty})
+
+    def compare(
+        self,
+        items: list[Item],
+        outputs_a: list[str],
+        outputs_b: list[str],
+        judge: Callable[[list[Item]], list[str]],
+    ) -> Score:
+        replies = judge(judge_items(items, outputs_a, outputs_b))
+        wins = ties = losses = judge_errors = 0
+        sum_a = sum_b = 0.0
+        details = []
+        for k, item in enumerate(items):
+            ab, ba = parse_scores(replies[2 * k]), parse_scores(replies[2 * k + 1])
+            judge_errors += (ab is None) + (ba is None)
+            if ab is None or ba is None:
+                details.append(
+                    {"id": item.id, "verdict": "unjudged", "replies": replies[2 * k :][:2]}
+                )
+                continue
+            a, b = ab[0] + ba[1], ab[1] + ba[0]
+            sum_a += a
+            sum_b += b
+            verdict = "win" if a > b else "loss" if a < b else "tie"
+            wins += verdict == "win"
+            ties += verdict == "tie"
+            losses += verdict == "loss"
+            details.append({"id": item.id, "verdict": verdict, "a": a / 2, "b": b / 2})
+        judged = wins + ties + losses
+        metrics: dict[str, Any] = {}
+        if judged:  # B scored 0 everywhere: no ratio (None), never infinity
+            metrics = {
+                "win": wins / judged,
+                "tie": ties / judged,
+                "loss": losses / judged,
+                "relative_score": sum_a / sum_b if sum_b else None,
+            }
+        counts = {
+            "prompts": len(items),
+            "judged": judged,
+            "wins": wins,
+            "ties": ties,
+            "losses": losses,
+            "judge_errors": judge_errors,
+        }
+        return Score(metrics=metrics, counts=counts, items=details)
+
+
+SUITE = PairwiseSuite()
