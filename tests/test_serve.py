@@ -54,6 +54,7 @@ class FakeEngine:
         barrier: threading.Barrier | None = None,
         fail_after: int | None = None,
         shut_down: bool = False,
+        gate: threading.Event | None = None,
     ) -> None:
         self.model = model
         self.script = script
@@ -62,6 +63,7 @@ class FakeEngine:
         self.barrier = barrier
         self.fail_after = fail_after
         self.shut_down = shut_down  # cancel every request itself, as a closing engine does
+        self.gate = gate  # when given, every request waits for it after its first token
         self.submitted: list[Request] = []
         self.handles: list[Handle] = []
         self.threads: list[threading.Thread] = []
@@ -131,6 +133,8 @@ class FakeEngine:
                 return
             if self.endless:
                 time.sleep(0.002)
+            if self.gate is not None and count == 1:
+                self.gate.wait(timeout=60)
 
     def _end(self, handle: Handle, event: Finished) -> None:
         self.finishes.append(event)

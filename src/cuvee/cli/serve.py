@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+from pathlib import Path
 
 import click
 
@@ -44,7 +45,9 @@ def check_exposure(host: str, has_keys: bool, insecure_no_auth: bool) -> str | N
     -d '{"model": "demo", "messages": [{"role": "user", "content": "Hello"}]}'
 
 \b
-Endpoints: /v1/chat/completions, /v1/completions, /v1/models, /health, /ready, /metrics."""
+Endpoints: /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/models, /health, /ready,
+/metrics. One JSON line per request goes to stderr (or --log-file), without prompt text unless
+--log-prompts. SIGTERM or Ctrl-C drains: running streams finish, new requests get 503."""
 )
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
@@ -76,6 +79,25 @@ Endpoints: /v1/chat/completions, /v1/completions, /v1/models, /health, /ready, /
     show_default=True,
     help="Sequences running or waiting across models; beyond it requests get 503.",
 )
+@click.option(
+    "--log-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Append the request log (one JSON line per /v1 request) here instead of stderr.",
+)
+@click.option(
+    "--log-prompts",
+    is_flag=True,
+    help="Put prompts and outputs in the request log (left out by default: users' data).",
+)
+@click.option(
+    "--drain-timeout",
+    type=click.FloatRange(min=0),
+    default=30.0,
+    show_default=True,
+    help="Seconds a shutdown signal waits for running streams (new requests get 503 "
+    "meanwhile); a second signal stops at once. 0: no drain.",
+)
 @click.pass_obj
 def serve(
     settings,
@@ -86,6 +108,9 @@ def serve(
     max_loaded: int,
     threads: int | None,
     max_queue: int,
+    log_file: Path | None,
+    log_prompts: bool,
+    drain_timeout: float,
 ) -> None:
     """Serve the store's models through an OpenAI-compatible API (chat, completions, models).
 
@@ -96,8 +121,10 @@ def serve(
 
     from cuvee.cli.keys import key_store
     from cuvee.serve.app import create_app
+    from cuvee.serve.drain import DrainingServer
     from cuvee.serve.keys import Authenticator
     from cuvee.serve.models import ModelRegistry
+    from cuvee.serve.requestlog import RequestLog
     from cuvee.store import ModelStore
 
     store = ModelStore(settings.models_dir)
@@ -119,8 +146,18 @@ def serve(
         preload=models,
         engine_options={"n_threads": threads} if threads else {},
     )
-    app = create_app(settings, registry, Authenticator(keys), max_queue=max_queue)
+    request_log = RequestLog(log_file, log_prompts=log_prompts)
+    app = create_app(
+        settings, registry, Authenticator(keys), max_queue=max_queue, request_log=request_log
+    )
     auth = "API keys required" if keys.has_active() else "no API key needed"
     shown = f"[{host}]" if ":" in host else host
     click.echo(f"serving on http://{shown}:{port}/v1 ({auth}); Ctrl-C stops", err=True)
-    uvicorn.run(app, host=host, port=port, log_level="info")
+    # the request log replaces uvicorn's access log (which would print each request twice)
+    config = uvicorn.Config(
+        app, host=host, port=port, log_level="info", access_log=False, timeout_graceful_shutdown=5
+    )
+    try:
+        DrainingServer(config, app.state.cuvee, drain_timeout).run()
+    finally:
+        request_log.close()

@@ -43,6 +43,7 @@ from cuvee.serve.openai_embeddings import (
     run_embedder,
 )
 from cuvee.serve.openai_embeddings import response as embedding_response
+from cuvee.serve.requestlog import RequestLog, RequestLogMiddleware, note
 from cuvee.serve.schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from cuvee.serve.state import Capacity, ServerState
 
@@ -55,7 +56,10 @@ async def principal(
     """The API key of a /v1 request (None when the server has no keys): 401 otherwise. Runs
     before the body is read, so a client without a key learns that first."""
     state: ServerState = request.app.state.cuvee
-    return state.auth.authenticate(authorization)
+    key = state.auth.authenticate(authorization)
+    if key is not None:
+        note(request, key=key.name)  # the name only: the request log never holds a secret
+    return key
 
 
 # FastAPI resolves annotations by name from the module, so the dependency lives here.
@@ -73,11 +77,13 @@ def create_app(
     max_queue: int = 64,
     default_max_tokens: int = 512,
     embedder_factory: EmbedderFactory | None = None,
+    request_log: RequestLog | None = None,
 ) -> FastAPI:
     """The server's app. ``auth`` None serves without keys; ``max_queue`` bounds the sequences
     running or waiting across all models (beyond it: 503); ``default_max_tokens`` caps a chat
     completion that names no limit; ``embedder_factory`` makes the embedder on first use
-    (default: the model of ``settings.embedding_model``; tests inject a tiny one)."""
+    (default: the model of ``settings.embedding_model``; tests inject a tiny one);
+    ``request_log`` writes a JSON line per /v1 request (None: no request log)."""
     state = ServerState(
         settings=settings,
         registry=registry,
@@ -88,6 +94,8 @@ def create_app(
         default_max_tokens=default_max_tokens,
     )
     state.metrics.track_loaded(lambda: len(registry.loaded()))
+    if request_log is not None:
+        state.extra["request_log"] = request_log
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -106,6 +114,8 @@ def create_app(
     app.state.cuvee = state  # read by the key dependency, and by tests
     errors.install_handlers(app)
     app.add_middleware(MetricsMiddleware, metrics=state.metrics)
+    if request_log is not None:
+        app.add_middleware(RequestLogMiddleware, log=request_log)
 
     @app.get("/health")
     async def health() -> dict[str, str]:
@@ -113,6 +123,8 @@ def create_app(
 
     @app.get("/ready")
     async def ready() -> JSONResponse:
+        if state.draining:  # load balancers stop sending work here
+            return JSONResponse({"status": "draining"}, status_code=503)
         loaded = registry.loaded()
         if state.preload_error is None:
             waiting = [m for m in registry.preload[: registry.max_loaded] if m not in loaded]
@@ -149,7 +161,9 @@ def create_app(
     @app.post("/v1/chat/completions")
     async def chat_completions(request: HTTPRequest, key: Key) -> Response:
         started = time.perf_counter()
+        _check_open(state)
         body = await _parse(request, ChatCompletionRequest)
+        _note_body(request, state, body.model, body.messages)
         await _check_model(state, key, body.model, purpose="generation")
         plan, tool_plan = chat_plan(body)
         if key is not None:
@@ -157,6 +171,7 @@ def create_app(
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         formatter = ChatFormatter(body.model, body.n, include_usage, bool(body.logprobs), tool_plan)
         generation = await start(state, body.model, plan, key, started)
+        note(request, generation=generation)
         if body.stream:
             return stream(generation, request, formatter, include_usage)
         return await collect(generation, request, formatter)
@@ -164,7 +179,9 @@ def create_app(
     @app.post("/v1/completions")
     async def completions(request: HTTPRequest, key: Key) -> Response:
         started = time.perf_counter()
+        _check_open(state)
         body = await _parse(request, CompletionRequest)
+        _note_body(request, state, body.model, body.prompt)
         await _check_model(state, key, body.model, purpose="generation")
         plan, prompts = completion_plan(body)
         if key is not None:
@@ -174,13 +191,16 @@ def create_app(
             body.model, prompts, body.n, body.echo, include_usage, body.logprobs
         )
         generation = await start(state, body.model, plan, key, started)
+        note(request, generation=generation)
         if body.stream:
             return stream(generation, request, formatter, include_usage)
         return await collect(generation, request, formatter)
 
     @app.post("/v1/embeddings")
     async def embeddings(request: HTTPRequest, key: Key) -> JSONResponse:
+        _check_open(state)
         body = await _parse(request, EmbeddingRequest)
+        _note_body(request, state, body.model, body.input)
         await _check_model(state, key, body.model, purpose="embedding")
         texts = inputs_of(body)
         embedder = await state.embeddings.load()
@@ -193,12 +213,31 @@ def create_app(
         finally:
             state.capacity.give(1)
         state.metrics.prompt_tokens.labels(body.model).inc(tokens)
+        note(request, prompt_tokens=tokens)
         if key is not None:
             state.auth.limiter.add_tokens(key, tokens)
         # JSONResponse as is: thousands of floats need no jsonable_encoder pass
         return JSONResponse(embedding_response(body.model, vectors, tokens, body.encoding_format))
 
     return app
+
+
+def _check_open(state: ServerState) -> None:
+    """503 while draining for shutdown: open streams finish, new work is refused."""
+    if state.draining:
+        raise errors.shutting_down()
+
+
+def _note_body(request: HTTPRequest, state: ServerState, model: str, prompt: Any) -> None:
+    """The model for the request log, and the prompt only when the server logs prompts."""
+    note(request, model=model)
+    log: RequestLog | None = state.extra.get("request_log")
+    if log is not None and log.log_prompts:
+        if isinstance(prompt, list):
+            prompt = [
+                p.model_dump(exclude_none=True) if isinstance(p, BaseModel) else p for p in prompt
+            ]
+        note(request, prompt=prompt)
 
 
 async def _parse(request: HTTPRequest, model: type[Body]) -> Body:

@@ -121,6 +121,18 @@ def overloaded(limit: int) -> APIError:
     )
 
 
+def shutting_down() -> APIError:
+    """While the server drains before exiting: running streams finish, new work goes elsewhere."""
+    return APIError(
+        503,
+        "The server is shutting down: it finishes the requests it has and takes no new ones. "
+        "Retry against another instance, or once it is back.",
+        type="server_error",
+        code="server_shutting_down",
+        headers={"Retry-After": "5"},
+    )
+
+
 def context_length_exceeded(message: str, param: str) -> APIError:
     return APIError(400, message, param=param, code="context_length_exceeded")
 
@@ -178,8 +190,11 @@ def from_validation(errors: list[dict[str, Any]]) -> APIError:
 def install_handlers(app: FastAPI) -> None:
     """Make every error the app can raise answer in OpenAI's shape."""
 
-    async def api_error(_: Request, exc: Exception) -> JSONResponse:
+    async def api_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, APIError)
+        record = request.scope.get("cuvee_request_log")
+        if record is not None:  # code and parameter only: a message may quote the input
+            record["error"] = {"code": exc.code, "param": exc.param}
         return exc.response()
 
     async def request_validation(_: Request, exc: Exception) -> JSONResponse:

@@ -185,6 +185,8 @@ class Generation:
         self.logprobs: list[list[TokenLogprob]] = [[] for _ in handles]
         self.first_token_seen = False
         self.first_token_s: float | None = None
+        # finish reasons as answered to the client ("tool_calls" included), for the request log
+        self.reported: list[str | None] = [None] * len(handles)
         self.client_gone = False
         self._closed = False
         self._pump = EventPump(handles)
@@ -249,6 +251,14 @@ class Generation:
             "completion_tokens": completion,
             "total_tokens": prompt + completion,
         }
+
+    def reasons(self) -> list[str | None]:
+        """Each choice's finish reason as the client got it, else the engine's own reason
+        ("cancelled" for a client that left, "error")."""
+        return [
+            reported or (f.reason if f is not None else None)
+            for reported, f in zip(self.reported, self.finished, strict=True)
+        ]
 
     def error(self) -> str | None:
         """Why a choice did not complete, if one did not (the client being gone aside)."""
@@ -411,6 +421,9 @@ def stream(
                 return
             else:
                 for chunk in formatter.finish(index, finish_reason(event.reason)):
+                    for choice in chunk["choices"]:
+                        if choice.get("finish_reason"):
+                            generation.reported[index] = choice["finish_reason"]
                     yield sse(chunk)
         if generation.client_gone:
             return
@@ -432,4 +445,5 @@ async def collect(generation: Generation, http: HTTPRequest, formatter: Formatte
         raise errors.server_error(f"generation failed: {failure}")
     reasons = [finish_reason(f.reason) for f in generation.finished if f is not None]
     body = formatter.response(generation.texts, reasons, generation.usage(), generation.logprobs)
+    generation.reported = [choice["finish_reason"] for choice in body["choices"]]
     return JSONResponse(body)

@@ -45,4 +45,6 @@ class ServerState:
     default_max_tokens: int = 512
     # preloading: None while it runs, "" when done, else the error that stopped it
     preload_error: str | None = ""
+    # set on a shutdown signal: new work gets 503, open streams finish (see serve.drain)
+    draining: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
