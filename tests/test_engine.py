@@ -319,6 +319,43 @@ def test_lora_adapters_apply_per_request(tiny_gguf, tiny_spm_gemma_dir, tmp_path
             eng.submit(Request(prompt="hello", lora="other"))
 
 
+def test_an_adapter_loaded_while_serving_applies_to_its_requests(
+    tiny_gguf, tiny_spm_gemma_dir, tmp_path
+) -> None:
+    """load_adapter on a running engine, while a base request decodes: later requests naming
+    it get the same tokens as with the adapter given at opening; the base's are unchanged."""
+    from transformers import AutoModelForCausalLM
+
+    from cuvee.errors import ModelFileError
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_spm_gemma_dir, dtype=torch.float32).eval()
+    _write_lora(tmp_path / "lora.gguf", model)
+    options = dict(n_seq_max=4, n_ctx=1024, n_threads=2)
+    with open_engine(
+        "llamacpp", tiny_gguf, loras={"style": tmp_path / "lora.gguf"}, **options
+    ) as eng:
+        expected = run(eng, "hello world", greedy(10), lora="style").token_ids
+        base = run(eng, "hello world", greedy(10)).token_ids
+    with open_engine("llamacpp", tiny_gguf, **options) as eng:
+        assert eng.adapters == []
+        running = eng.submit(Request(prompt="hello world", params=greedy(60)))
+        assert isinstance(next(iter(running)), TokenEvent)  # decoding while the adapter loads
+        eng.load_adapter("style", tmp_path / "lora.gguf")
+        assert eng.adapters == ["style"]
+        got = [
+            eng.submit(Request(prompt="hello world", params=greedy(10), lora=lora))
+            for lora in ("style", None)
+        ]
+        assert [h.collect().token_ids for h in got] == [expected, base]
+        assert running.collect().finished.reason == "length"
+        with pytest.raises(ConfigError, match="already loaded"):
+            eng.load_adapter("style", tmp_path / "lora.gguf")
+        (tmp_path / "broken.gguf").write_bytes(b"not a gguf")
+        with pytest.raises(ModelFileError, match="cannot load LoRA adapter 'bad'"):
+            eng.load_adapter("bad", tmp_path / "broken.gguf")
+        assert eng.adapters == ["style"]
+
+
 def test_hf_engine_gives_the_llamacpp_engine_tokens(engine, tiny_spm_gemma_dir) -> None:
     with open_engine("hf", tiny_spm_gemma_dir) as hf:
         for prompt in ("<bos>hello world", "<bos>the answer to the question"):

@@ -65,6 +65,8 @@ class FakeEngine:
         self.shut_down = shut_down  # cancel every request itself, as a closing engine does
         self.gate = gate  # when given, every request waits for it after its first token
         self.submitted: list[Request] = []
+        self.adapters: list[str] = []  # loaded with load_adapter, as the llama.cpp engine does
+        self.adapter_files: list[str] = []
         self.handles: list[Handle] = []
         self.threads: list[threading.Thread] = []
         self.finishes: list[Finished] = []
@@ -85,8 +87,14 @@ class FakeEngine:
         )
         return [2] + [10 + i for i, _ in enumerate((text or "").split())]
 
+    def load_adapter(self, name: str, path: Any) -> None:
+        self.adapters.append(name)
+        self.adapter_files.append(str(path))
+
     def submit(self, request: Request) -> Handle:
         request.validate()
+        if request.lora is not None and request.lora not in self.adapters:
+            raise ConfigError(f"no LoRA adapter {request.lora!r} on this engine")
         tokens = self.prompt_tokens(request)
         if len(tokens) >= self.context:
             raise context_error(len(tokens), self.context)
@@ -180,6 +188,8 @@ def make_app(fakes: Fakes | None = None, *, keys: KeyStore | None = None, clock=
         names=lambda: ["fake", "other"],
         max_loaded=kw.pop("max_loaded", 2),
         preload=kw.pop("preload", ()),
+        adapters=kw.pop("adapters", None),
+        adapter_file=kw.pop("adapter_file", None),
     )
     limiter = RateLimiter(clock) if clock else RateLimiter()
     app = create_app(settings, registry, Authenticator(keys, limiter), **kw)

@@ -218,3 +218,49 @@ def test_calls_and_results_in_the_history_become_text_turns() -> None:
     assert answer == {"tool_calls": [{"name": "get_weather", "arguments": {"city": "rome"}}]}
     result = request.messages[3]["content"]
     assert result.startswith("Tool result (get_weather, call_1):\nsunny") and "and so?" in result
+
+
+# -- BASE:ADAPTER ids ---------------------------------------------------------------------------
+
+
+def test_adapters_share_their_base_engine() -> None:
+    exported: list[str] = []
+
+    def adapter_file(name: str) -> str:
+        exported.append(name)
+        return f"/adapters/{name}-lora.gguf"
+
+    pairs = [("fake", "style"), ("fake", "tone"), ("other", "terse")]
+    app, fakes = make_app(adapters=lambda: pairs, adapter_file=adapter_file)
+    client = TestClient(app)
+    listed = {m["id"]: m for m in client.get("/v1/models").json()["data"]}
+    assert {"fake:style", "fake:tone", "other:terse"} <= set(listed)
+    style = listed["fake:style"]
+    assert (style["kind"], style["parent"], style["adapter"], style["loaded"]) == (
+        "adapter",
+        "fake",
+        "style",
+        False,
+    )
+    for model in ("fake:style", "fake", "fake:tone", "fake:style"):
+        r = chat(client, model=model)
+        assert r.status_code == 200, r.text
+        assert r.json()["model"] == model
+    assert fakes.count == 1  # one engine for the base and both adapters
+    engine = fakes.opened["fake"]
+    assert [r.lora for r in engine.submitted] == ["style", None, "tone", "style"]
+    assert engine.adapters == ["style", "tone"] and exported == ["style", "tone"]  # once each
+    assert engine.adapter_files == ["/adapters/style-lora.gguf", "/adapters/tone-lora.gguf"]
+    assert client.get("/v1/models/fake:style").json()["loaded"] is True
+    assert app.state.cuvee.registry._slots["fake"].users == 0  # the adapter released its base
+    streamed = sse_events(chat(client, model="fake:tone", stream=True).text)
+    assert streamed[-1] == "[DONE]" and streamed[0]["model"] == "fake:tone"
+
+
+def test_unknown_adapters_are_404() -> None:
+    app, fakes = make_app(adapters=lambda: [("fake", "style")], adapter_file=str)
+    client = TestClient(app)
+    for model in ("fake:nope", "other:style", "nope:style", "fake:", ":style", "fake:style:x"):
+        assert_error(chat(client, model=model), 404, param="model", code="model_not_found")
+        assert_error(client.get(f"/v1/models/{model}"), 404)
+    assert fakes.count == 0  # nothing loaded for them

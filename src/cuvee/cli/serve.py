@@ -55,8 +55,8 @@ Endpoints: /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/models, /h
     "--model",
     "models",
     multiple=True,
-    help="Load this model at start and list it first (repeatable); any stored model can "
-    "still be requested by name.",
+    help="Load this model at start and list it first (repeatable; BASE:ADAPTER loads a LoRA "
+    "fine-tune over its base's engine); any stored model can still be requested by name.",
 )
 @click.option(
     "--insecure-no-auth",
@@ -123,13 +123,14 @@ def serve(
     from cuvee.serve.app import create_app
     from cuvee.serve.drain import DrainingServer
     from cuvee.serve.keys import Authenticator
-    from cuvee.serve.models import ModelRegistry
+    from cuvee.serve.models import ModelRegistry, split_id
     from cuvee.serve.requestlog import RequestLog
     from cuvee.store import ModelStore
 
     store = ModelStore(settings.models_dir)
-    for name in models:
-        store.get(name)  # fail now, with suggestions, rather than at the first request
+    for name in models:  # fail now, with suggestions, rather than at the first request
+        for part in split_id(name) or (name,):
+            store.get(part)
     keys = key_store(settings)
     warning = check_exposure(host, keys.has_active(), insecure_no_auth)
     if warning:

@@ -178,14 +178,11 @@ class LlamaCppEngine:
             self._context_length = min(self._context_length, self.n_ctx_train)
         self._memory = llama.llama_get_memory(self._ctx)
         for lora_name, lora_path in (loras or {}).items():
-            adapter = llama.llama_adapter_lora_init(self._model, str(lora_path).encode())
-            if not adapter:
+            try:
+                self._adapters[lora_name] = self._load_lora(lora_name, lora_path)
+            except ModelFileError:
                 self._free_native()
-                raise ModelFileError(
-                    f"llama.cpp cannot load LoRA adapter {lora_name!r} from {lora_path}",
-                    hint=_native_tail() or "is it a GGUF LoRA made for this base model?",
-                )
-            self._adapters[lora_name] = adapter
+                raise
         self._n_vocab = llama.llama_vocab_n_tokens(self._vocab)
         self._bos = llama.llama_vocab_bos(self._vocab)
         self._add_bos = bool(llama.llama_vocab_get_add_bos(self._vocab)) and self._bos >= 0
@@ -245,6 +242,35 @@ class LlamaCppEngine:
             )
             self._inbox.put(seq)
         return seq.handle
+
+    def load_adapter(self, name: str, path: str | Path) -> None:
+        """Add a GGUF LoRA adapter while the engine runs (the server loads each BASE:ADAPTER
+        on first use): requests may name it as soon as this returns. llama.cpp reads the
+        adapter beside the model without touching the model's tensors, so decoding goes on
+        meanwhile; the scheduler only sees the adapter once it is in the table."""
+        if not name:
+            raise ConfigError("an adapter needs a name")
+        with self._lock:
+            self._check_running()
+            if name in self._adapters:
+                raise ConfigError(f"an adapter named {name!r} is already loaded")
+        adapter = self._load_lora(name, path)
+        with self._lock:
+            if self._closed or name in self._adapters:
+                llama.llama_adapter_lora_free(adapter)
+                self._check_running()
+                raise ConfigError(f"an adapter named {name!r} is already loaded")
+            self._adapters[name] = adapter
+
+    def _load_lora(self, name: str, path: str | Path) -> Any:
+        with captured_stderr():
+            adapter = llama.llama_adapter_lora_init(self._model, str(path).encode())
+        if not adapter:
+            raise ModelFileError(
+                f"llama.cpp cannot load LoRA adapter {name!r} from {path}",
+                hint=_native_tail() or "is it a GGUF LoRA made for this base model?",
+            )
+        return adapter
 
     def _check_running(self) -> None:
         if self._closed:

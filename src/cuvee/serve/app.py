@@ -278,6 +278,14 @@ async def _check_model(
             code="model_not_chat",
         )
     if not exists:
+        problem = await anyio.to_thread.run_sync(state.registry.adapter_problem, model)
+        if problem is not None:
+            raise errors.invalid_param(
+                f"The model '{model}' cannot be served as an adapter over its base: {problem}. "
+                "Serve the fine-tune by its own name instead.",
+                "model",
+                code="adapter_not_servable",
+            )
         raise errors.model_not_found(model)
 
 

@@ -6,22 +6,72 @@ engines the least recently used idle one is closed, so a small machine can offer
 while keeping only a few in memory. An engine in use by a request is never closed under it: if
 every loaded engine is busy the limit is exceeded for a while and enforced when one is released.
 
+``BASE:ADAPTER`` ids serve a LoRA fine-tune stored as an adapter (no merged weights) over the
+engine of its base: the adapter's GGUF LoRA file (exported once, on first use) is loaded into
+the base's engine, so any number of adapters share one copy of the base weights and one KV
+cache, and requests for the base and for each adapter batch on the same engine (llama.cpp runs
+one adapter per decode step, round-robin; see ``LlamaCppEngine``). The fine-tune stays
+servable under its own name too, as a merged model with an engine of its own.
+
 All methods block (loading can export a GGUF and take minutes): the app calls them from worker
 threads."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
-from cuvee.engine.base import Engine
-from cuvee.errors import CuveeError, StoreError
+from cuvee.engine.base import Engine, Handle, Request
+from cuvee.errors import ConfigError, CuveeError, StoreError
 
 Opener = Callable[[str], Engine]
+# (base, adapter) pairs that can be served as BASE:ADAPTER
+AdapterLister = Callable[[], Iterable[tuple[str, str]]]
+# adapter name -> its GGUF LoRA file (exported on first use)
+AdapterFile = Callable[[str], str | Path]
+
+SEPARATOR = ":"
+
+
+def split_id(model_id: str) -> tuple[str, str] | None:
+    """``BASE:ADAPTER`` -> (base, adapter); None for a plain id."""
+    base, sep, adapter = model_id.partition(SEPARATOR)
+    if not sep or not base or not adapter or SEPARATOR in adapter:
+        return None
+    return base, adapter
+
+
+class AdapterEngine:
+    """A base engine seen through one of its adapters: every request runs with ``lora`` set.
+    Closing it closes nothing (the registry owns the base engine)."""
+
+    def __init__(self, engine: Engine, adapter: str) -> None:
+        self.engine = engine
+        self.adapter = adapter
+        self.name = engine.name
+
+    @property
+    def context_length(self) -> int:
+        return self.engine.context_length
+
+    def submit(self, request: Request) -> Handle:
+        request.lora = self.adapter
+        return self.engine.submit(request)
+
+    def prompt_tokens(self, request: Request) -> list[int]:
+        return self.engine.prompt_tokens(request)
+
+    def render_messages(self, messages: list[dict[str, Any]]) -> str:
+        return self.engine.render_messages(messages)
+
+    def close(self) -> None:
+        pass
 
 
 @dataclass
@@ -47,6 +97,8 @@ class ModelRegistry:
         engine_options: dict[str, Any] | None = None,
         opener: Opener | None = None,
         names: Callable[[], Iterable[str]] | None = None,
+        adapters: AdapterLister | None = None,
+        adapter_file: AdapterFile | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if max_loaded < 1:
@@ -57,6 +109,11 @@ class ModelRegistry:
         self.preload = list(dict.fromkeys(preload))
         self._opener = opener or store_opener(settings, engine, engine_options or {})
         self._names = names
+        # injected names without injected adapters: a test registry that has none
+        self._adapters = adapters or (
+            (lambda: ()) if names is not None else (lambda: store_adapters(settings))
+        )
+        self._adapter_file = adapter_file or (lambda name: store_adapter_file(settings, name))
         self._clock = clock
         self._lock = threading.Lock()
         self._slots: dict[str, _Slot] = {}
@@ -66,13 +123,18 @@ class ModelRegistry:
     # -- what can be served --------------------------------------------------------------
 
     def ids(self) -> list[str]:
-        """Every servable id: the preloaded ones first, then the store's, sorted."""
+        """Every servable id: the preloaded ones first, then the store's, sorted, then each
+        base's adapters as BASE:ADAPTER."""
         stored = sorted(self._names() if self._names is not None else self._store().names())
-        return list(dict.fromkeys([*self.preload, *stored]))
+        pairs = sorted(f"{b}{SEPARATOR}{a}" for b, a in self._adapters())
+        return list(dict.fromkeys([*self.preload, *stored, *pairs]))
 
     def exists(self, name: str) -> bool:
         if name in self.preload or name in self._slots:
             return True
+        pair = split_id(name)
+        if pair is not None:
+            return pair in set(self._adapters())
         if self._names is not None:
             return name in set(self._names())
         try:
@@ -80,8 +142,39 @@ class ModelRegistry:
         except StoreError:  # not even a valid name ("a/b", "x:y" ...)
             return False
 
+    def adapter_problem(self, name: str) -> str | None:
+        """Why ``BASE:ADAPTER`` is not servable although ADAPTER is a stored model (so the
+        client learns it rather than reading "does not exist"), else None."""
+        pair = split_id(name)
+        if pair is None or self._names is not None:
+            return None
+        base, adapter = pair
+        try:
+            stored = self._store().get(adapter)
+        except CuveeError:
+            return None
+        problem = lora_problem(stored)
+        if problem is None and stored.manifest.parent != base:
+            problem = f"'{adapter}' was trained over '{stored.manifest.parent}', not '{base}'"
+        if problem is None and not self._store().exists(base):
+            problem = f"its base '{base}' is not in the store"
+        return problem
+
     def describe(self, name: str) -> dict[str, Any]:
         """The OpenAI model object for ``name`` (with cuvee's own extra fields)."""
+        pair = split_id(name)
+        if pair is not None:
+            base, adapter = pair
+            slot = self._slots.get(base)
+            loaded = slot is not None and adapter in getattr(slot.engine, "adapters", ())
+            return {
+                **self.describe(adapter),
+                "id": name,
+                "kind": "adapter",
+                "parent": base,
+                "adapter": adapter,
+                "loaded": loaded,
+            }
         created, owned_by, kind = 0, "cuvee", None
         if self._names is None:
             try:
@@ -116,7 +209,11 @@ class ModelRegistry:
         return slot.engine
 
     def acquire(self, name: str) -> Engine:
-        """The engine for ``name``, loaded if needed; the caller must :meth:`release` it."""
+        """The engine for ``name``, loaded if needed; the caller must :meth:`release` it.
+        For ``BASE:ADAPTER``: the base's engine, with the adapter loaded into it."""
+        pair = split_id(name)
+        if pair is not None:
+            return self._acquire_adapter(*pair)
         with self._lock:
             self._check_open()
             engine = self._take_loaded(name)
@@ -140,10 +237,33 @@ class ModelRegistry:
                 self._slots[name] = _Slot(engine, users=1, last_used=self._clock())
             return engine
 
+    def _acquire_adapter(self, base: str, adapter: str) -> Engine:
+        engine = self.acquire(base)
+        try:
+            if adapter not in getattr(engine, "adapters", ()):
+                load = getattr(engine, "load_adapter", None)
+                if load is None:
+                    raise ConfigError(
+                        f"the {engine.name} engine cannot apply LoRA adapters per request",
+                        hint=f"serve '{adapter}' by its own name (its merged weights)",
+                    )
+                with self._lock:
+                    lock = self._loading.setdefault(f"{base}{SEPARATOR}{adapter}", threading.Lock())
+                with lock:  # one export and load per adapter, however many ask at once
+                    if adapter not in engine.adapters:
+                        load(adapter, self._adapter_file(adapter))
+        except BaseException:
+            self.release(base)
+            raise
+        return AdapterEngine(engine, adapter)
+
     def release(self, name: str) -> None:
         """A request is done with ``name``'s engine; enforce ``max_loaded`` again. Engines
         over the limit are closed in a background thread: this is called from the event loop,
         and closing joins the engine's scheduler."""
+        pair = split_id(name)
+        if pair is not None:
+            name = pair[0]  # an adapter holds its base's engine
         with self._lock:
             slot = self._slots.get(name)
             if slot is not None:
@@ -219,6 +339,61 @@ def store_opener(settings: Any, engine: str, options: dict[str, Any]) -> Opener:
         return open_engine(target.engine, target.path, **extra)
 
     return open_model
+
+
+def lora_problem(stored: Any) -> str | None:
+    """Why a stored model cannot be served as an adapter over its base, or None. Mirrors what
+    the GGUF LoRA export accepts (``export.gguf_format.write_adapter``)."""
+    from cuvee.model_loading import ADAPTER_DIR, has_full_weights
+
+    manifest = stored.manifest
+    if manifest.parent is None or not (stored.path / ADAPTER_DIR).is_dir():
+        return f"'{manifest.name}' is not a LoRA fine-tune"
+    if has_full_weights(stored):
+        return f"'{manifest.name}' stores merged weights, not only its adapter"
+    try:
+        config = json.loads((stored.path / ADAPTER_DIR / "adapter_config.json").read_text())
+    except (OSError, ValueError):
+        return f"'{manifest.name}' has no readable adapter config"
+    if config.get("trainable_token_indices"):
+        return (
+            f"'{manifest.name}' also retrained its turn tokens' embedding rows, which a "
+            "llama.cpp LoRA file cannot carry (train with train_turn_tokens: false)"
+        )
+    if config.get("use_rslora") or config.get("use_dora"):
+        return f"'{manifest.name}' is an rsLoRA or DoRA adapter, which llama.cpp does not apply"
+    return None
+
+
+def store_adapters(settings: Any) -> list[tuple[str, str]]:
+    """(base, adapter) for each stored LoRA fine-tune servable over its stored base."""
+    from cuvee.store import ModelStore
+
+    store = ModelStore(settings.models_dir)
+    models, _ = store.list()
+    names = {m.manifest.name for m in models}
+    return [
+        (m.manifest.parent, m.manifest.name)
+        for m in models
+        if m.manifest.parent in names and lora_problem(m) is None
+    ]
+
+
+def store_adapter_file(settings: Any, name: str) -> Path:
+    """The adapter's GGUF LoRA file: its recorded export, or one exported now (once)."""
+    from cuvee.export.formats import export
+    from cuvee.progress import SilentReporter
+    from cuvee.store import ModelStore
+
+    store = ModelStore(settings.models_dir)
+    stored = store.get(name)
+    for entry in reversed(stored.manifest.exports):
+        path = Path(entry.get("path", ""))
+        recorded = entry.get("format") == "gguf" and entry.get("adapter_only")
+        if recorded and path.is_file() and path.stat().st_size == entry.get("size"):
+            return path
+    entry = export(settings, store, name, "gguf", adapter_only=True, reporter=SilentReporter())
+    return Path(entry["path"])
 
 
 def _family_template(settings: Any, name: str) -> str | None:
