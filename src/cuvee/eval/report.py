@@ -44,18 +44,17 @@ def bar_chart(metrics: list[str], models: list[str], values: dict[str, dict[str,
     """Horizontal bars grouped by metric, one bar per model, each metric on a scale from 0 to
     max(1, its largest value) so rates read as fractions and ratios above 1 still fit."""
     bar_h, gap, label_w, bar_w = 14, 10, 190, 420
-    legend_h = 22
+    legend_h = 18 * len(models)  # one legend line per model: long endpoint URLs never overlap
     height = legend_h + len(metrics) * (len(models) * bar_h + gap) + gap
+    width = label_w + bar_w + 80
     parts = [
-        f'<svg role="img" width="{label_w + bar_w + 80}" height="{height}" '
-        f'viewBox="0 0 {label_w + bar_w + 80} {height}" font-size="12">'
+        f'<svg role="img" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}" font-size="12">'
     ]
-    x = 0
     for i, model in enumerate(models):
         color = COLORS[i % len(COLORS)]
-        parts.append(f'<rect x="{x}" y="4" width="12" height="12" fill="{color}"/>')
-        parts.append(f'<text x="{x + 16}" y="14">{escape(model[:40])}</text>')
-        x += 24 + 7 * min(len(model), 40)
+        parts.append(f'<rect x="0" y="{4 + 18 * i}" width="12" height="12" fill="{color}"/>')
+        parts.append(f'<text x="16" y="{14 + 18 * i}">{escape(model)}</text>')
     y = legend_h + gap
     for metric in metrics:
         numbers = [values[m].get(metric) for m in models]
@@ -64,13 +63,13 @@ def bar_chart(metrics: list[str], models: list[str], values: dict[str, dict[str,
         for i, value in enumerate(numbers):
             top = y + i * bar_h
             if isinstance(value, int | float):
-                width = max(0.0, bar_w * value / scale)
+                length = max(0.0, bar_w * value / scale)
                 parts.append(
-                    f'<rect x="{label_w}" y="{top + 1}" width="{width:.1f}" '
+                    f'<rect x="{label_w}" y="{top + 1}" width="{length:.1f}" '
                     f'height="{bar_h - 2}" fill="{COLORS[i % len(COLORS)]}"/>'
                 )
                 parts.append(
-                    f'<text x="{label_w + width + 4:.1f}" y="{top + bar_h - 3}">{value:.3f}</text>'
+                    f'<text x="{label_w + length + 4:.1f}" y="{top + bar_h - 3}">{value:.3f}</text>'
                 )
             else:
                 parts.append(f'<text x="{label_w + 4}" y="{top + bar_h - 3}">n/a</text>')
