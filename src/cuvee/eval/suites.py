@@ -73,7 +73,7 @@ class Suite(Protocol):
     def score(self, items: list[Item], outputs: list[str]) -> Score: ...
 
 
-class PairwiseSuite(Suite, Protocol):
+class ComparingSuite(Suite, Protocol):
     """A suite whose verdict compares two models' answers through a judge model instead of
     scoring each model alone (``compares = True``)."""
 
@@ -148,11 +148,11 @@ def resolve_suite(spec: str) -> ResolvedSuite:
     """``spec`` is a suite name (its packaged fixture), ``NAME=FILE``, or a FILE whose format
     picks the suite (the first suite that accepts its first record)."""
     name, sep, file = spec.partition("=")
-    if sep:
-        suite, path, packaged = get_suite(name), Path(file).expanduser(), False
-    elif Path(spec).expanduser().is_file() or spec.endswith((".jsonl", ".json")):
+    if Path(spec).expanduser().is_file() or (spec.endswith(".jsonl") and not sep):
         path, packaged = Path(spec).expanduser(), False
         suite = detect_suite(path)
+    elif sep:
+        suite, path, packaged = get_suite(name), Path(file).expanduser(), False
     else:
         suite = get_suite(spec)
         path, packaged = fixture_path(suite.name), True
