@@ -39,3 +39,8 @@ class ModelFileError(CuveeError):
 
 class DataError(CuveeError):
     """An instruction data file cannot be read as a whole (missing, wrong format)."""
+
+
+class DocsError(CuveeError):
+    """A document collection cannot do what was asked (unknown collection, unreadable file,
+    index built with another embedding model)."""

@@ -32,6 +32,21 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "serve",
         "Serve models through an OpenAI-compatible HTTP API.",
     ),
+    "docs": (
+        "cuvee.cli.docs",
+        "docs",
+        "Index private documents into collections for grounded answers.",
+    ),
+    "ask": (
+        "cuvee.cli.ask",
+        "ask",
+        "Answer a question from a document collection, with checked citations.",
+    ),
+    "eval": (
+        "cuvee.cli.eval",
+        "eval",
+        "Evaluate models on instruction-following, task and pairwise suites.",
+    ),
     "keys": ("cuvee.cli.keys", "keys", "Create, list and revoke API keys for the server."),
     "config": (
         "cuvee.cli.config",

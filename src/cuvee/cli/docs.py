@@ -1,0 +1,259 @@
+"""`cuvee docs`: document collections for grounded answers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from cuvee.cli.output import print_json, reporter_for
+
+
+def _backend(settings, reporter=None):
+    from cuvee.docs.embedders import open_backend
+
+    if reporter is not None:
+        reporter.step("loading the embedding model")
+    return open_backend(settings.embedding_model)
+
+
+@click.group(
+    epilog="""Examples:
+
+\b
+  cuvee docs add handbook ./handbook/          # .txt .md .html .pdf .docx, recursive
+  cuvee docs sync handbook ./handbook/         # re-index changed files, drop vanished ones
+  cuvee docs list
+  cuvee ask handbook "How many days of leave do I get?"
+"""
+)
+def docs() -> None:
+    """Index private documents into collections that `cuvee ask` answers from."""
+
+
+def _print_report(name: str, report, as_json: bool) -> None:
+    if as_json:
+        print_json({"collection": name, **report.as_dict()})
+        return
+    click.echo(
+        f"{name}: {len(report.added)} added, {len(report.updated)} updated, "
+        f"{len(report.unchanged)} unchanged, {len(report.removed)} removed, "
+        f"{report.chunks} chunks embedded"
+        + (f" ({report.chunks / report.embed_seconds:.0f}/s)" if report.embed_seconds else "")
+    )
+    for skipped in report.skipped:
+        click.echo(f"  skipped {skipped['path']}: {skipped['error']}", err=True)
+
+
+def _ingest(settings, name, paths, sync, skip_errors, chunk_size, overlap, as_json) -> None:
+    from cuvee.docs import chunking, index
+    from cuvee.docs.ingest import expand, ingest
+
+    index.check_name(name)
+    reporter = reporter_for(as_json)
+    expand(list(paths))  # a missing path or bad type fails before anything is created
+    backend = _backend(settings, reporter)
+    created = not index.collection_path(settings.home, name).is_file() and not sync
+    if created:
+        size = chunk_size or chunking.DEFAULT_SIZE
+        overlap = chunking.DEFAULT_OVERLAP if overlap is None else overlap
+        try:
+            chunking.check_settings(size, overlap)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--chunk-size/--overlap") from exc
+        collection = index.create(settings.home, name, backend.identity, backend.dim, size, overlap)
+    else:
+        collection = index.open_collection(settings.home, name)
+        if chunk_size is not None and chunk_size != collection.chunk_size:
+            raise click.UsageError(
+                f"collection {name!r} is chunked at {collection.chunk_size} characters; "
+                "--chunk-size applies when a collection is created"
+            )
+    try:
+        report = ingest(
+            collection,
+            backend,
+            list(paths),
+            sync=sync,
+            skip_errors=skip_errors,
+            reporter=reporter,
+        )
+    except BaseException:
+        if created:  # nothing was indexed: leave no empty collection behind
+            collection.close()
+            index.remove(settings.home, name)
+        raise
+    _print_report(name, report, as_json)
+
+
+_ADD_OPTIONS = [
+    click.argument("name"),
+    click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path)),
+    click.option("--skip-errors", is_flag=True, help="Skip unreadable files instead of stopping."),
+    click.option("--json", "as_json", is_flag=True, help="Print one JSON report."),
+]
+
+
+def _add_options(fn):
+    for option in reversed(_ADD_OPTIONS):
+        fn = option(fn)
+    return fn
+
+
+@docs.command()
+@_add_options
+@click.option(
+    "--chunk-size", type=int, default=None, help="Characters per chunk (new collection) [900]."
+)
+@click.option("--overlap", type=int, default=None, help="Characters of overlap [150].")
+@click.pass_obj
+def add(settings, name, paths, skip_errors, as_json, chunk_size, overlap) -> None:
+    """Add files or folders to collection NAME (created if new). Files already indexed with
+    the same content are skipped; changed files are re-indexed."""
+    _ingest(
+        settings,
+        name,
+        paths,
+        False,
+        skip_errors,
+        chunk_size,
+        overlap,
+        as_json,
+    )
+
+
+@docs.command()
+@_add_options
+@click.pass_obj
+def sync(settings, name, paths, skip_errors, as_json) -> None:
+    """Make collection NAME match PATHS: new and changed files indexed, unchanged ones
+    skipped, documents that vanished from those folders removed."""
+    _ingest(settings, name, paths, True, skip_errors, None, None, as_json)
+
+
+@docs.command("list")
+@click.argument("name", required=False)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def list_(settings, name, as_json) -> None:
+    """List collections, or the documents of collection NAME."""
+    from cuvee.docs import index
+
+    if name:
+        collection = index.open_collection(settings.home, name)
+        documents = collection.documents()
+        if as_json:
+            print_json([d.__dict__ for d in documents])
+            return
+        for doc in documents:
+            click.echo(f"{doc.id:>5}  {doc.chunks:>5} chunks  {doc.title[:40]:<40}  {doc.path}")
+        return
+    stats = [
+        index.open_collection(settings.home, n).stats() for n in index.list_names(settings.home)
+    ]
+    if as_json:
+        print_json(stats)
+        return
+    if not stats:
+        click.echo("no collections yet: cuvee docs add NAME PATH...")
+    for s in stats:
+        click.echo(
+            f"{s['name']:<24} {s['documents']:>6} documents {s['chunks']:>7} chunks  "
+            f"{s['embedding_model']}"
+        )
+
+
+@docs.command()
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def show(settings, name, as_json) -> None:
+    """Show collection NAME: its settings, embedding model and documents."""
+    from cuvee.docs import index
+
+    info = index.describe(index.open_collection(settings.home, name))
+    if as_json:
+        print_json(info)
+        return
+    for key in ("name", "documents", "chunks", "embedding_model", "chunk_size", "overlap", "path"):
+        click.echo(f"{key:<16} {info[key]}")
+    for doc in info["documents_list"]:
+        click.echo(f"  [{doc['id']}] {doc['title'][:50]} ({doc['chunks']} chunks) {doc['path']}")
+
+
+@docs.command()
+@click.argument("name")
+@click.argument("document", required=False)
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.pass_obj
+def rm(settings, name, document, yes) -> None:
+    """Remove collection NAME, or only DOCUMENT (an id, a path or a unique file name) from it."""
+    from cuvee.docs import index
+
+    collection = index.open_collection(settings.home, name)
+    if document:
+        doc = collection.find_document(document)
+        collection.apply([], [doc.path])
+        click.echo(f"removed {doc.path} from {name}")
+        return
+    if not yes:
+        click.confirm(f"remove collection {name!r} and its index?", abort=True)
+    collection.close()
+    index.remove(settings.home, name)
+    click.echo(f"removed collection {name}")
+
+
+@docs.command()
+@click.argument("name")
+@click.pass_obj
+def reindex(settings, name) -> None:
+    """Re-embed every chunk of NAME with the configured embedding model (after changing
+    CUVEE_EMBEDDING_MODEL)."""
+    from cuvee.docs import index
+    from cuvee.docs.ingest import reindex as do_reindex
+
+    reporter = reporter_for(False)
+    collection = index.open_collection(settings.home, name)
+    backend = _backend(settings, reporter)
+    count = do_reindex(collection, backend, reporter)
+    click.echo(f"{name}: {count} chunks re-embedded with {backend.identity}")
+
+
+@docs.command("eval")
+@click.argument("name")
+@click.argument("qa_file", type=click.Path(path_type=Path))
+@click.option("--model", default=None, help="Model that writes answers [default chat model].")
+@click.option("--k", "k", type=click.IntRange(1, 50), default=5, show_default=True)
+@click.option("--limit", type=click.IntRange(1), default=None, help="Only the first N questions.")
+@click.option("--threads", type=int, default=None, help="CPU threads for llama.cpp.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.pass_obj
+def eval_(settings, name, qa_file, model, k, limit, threads, as_json) -> None:
+    """Score collection NAME on QA_FILE (JSON Lines: question, answers, docs; no answers means
+    unanswerable): retrieval hit@k and MRR, answer accuracy, citation validity, unsupported
+    sentences, abstention precision and recall."""
+    from cuvee.docs import evaluate, index
+    from cuvee.docs.generate import open_generator
+
+    items = evaluate.load_qa(qa_file)[:limit]
+    reporter = reporter_for(as_json)
+    collection = index.open_collection(settings.home, name)
+    backend = _backend(settings, reporter)
+    collection.check_embedder(backend.identity, backend.dim)
+    model_name, generate, close = open_generator(settings, model, reporter, threads)
+    try:
+        metrics, records = evaluate.run(
+            collection, backend, items, generate, k=k, reporter=reporter
+        )
+    finally:
+        close()
+    metrics["model"] = model_name
+    if as_json:
+        print_json({"collection": name, "metrics": metrics, "questions": records})
+        return
+    for record in records:
+        mark = "ok " if record["correct"] else "ERR"
+        click.echo(f"{mark} {record['id']:<18} {record['answer'][:90]}")
+    click.echo()
+    for key, value in metrics.items():
+        click.echo(f"{key:<28} {value}")

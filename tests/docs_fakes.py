@@ -1,0 +1,46 @@
+"""Test doubles for document search: a deterministic embedding backend (hashed bag of terms,
+so similar texts get similar vectors without any model) and scripted generators."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+
+import numpy as np
+
+from cuvee.docs.textnorm import terms
+
+
+class HashingBackend:
+    """Implements cuvee.docs.embedders.Backend; counts what it embeds so tests can tell
+    which chunks were (re-)embedded."""
+
+    def __init__(self, dim: int = 64, identity: str = "hashing-test@1") -> None:
+        self.dim = dim
+        self.identity = identity
+        self.embedded: list[str] = []
+
+    def embed(self, texts: Sequence[str], progress=None) -> np.ndarray:
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        for row, text in enumerate(texts):
+            for term in terms(text):
+                bucket = int(hashlib.md5(term.encode()).hexdigest(), 16) % self.dim
+                out[row, bucket] += 1.0
+            norm = np.linalg.norm(out[row])
+            out[row] = out[row] / norm if norm else out[row]
+        self.embedded.extend(texts)
+        if progress:
+            progress(len(texts))
+        return out
+
+
+class Scripted:
+    """A generator returning a fixed answer, recording the messages it was given."""
+
+    def __init__(self, answer: str) -> None:
+        self.answer = answer
+        self.calls: list[list[dict]] = []
+
+    def __call__(self, messages: list[dict]) -> str:
+        self.calls.append(messages)
+        return self.answer

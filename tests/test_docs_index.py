@@ -1,0 +1,256 @@
+"""Collections end to end with a hashing embedder: ingest, sync, retrieval, verification,
+answers and their evaluation. No model is needed: generation is scripted."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from importlib import resources
+from pathlib import Path
+
+import pytest
+
+from cuvee.docs import index, retrieval
+from cuvee.docs.answer import ask
+from cuvee.docs.evaluate import load_qa, run, score
+from cuvee.docs.ingest import ingest, reindex
+from cuvee.docs.verify import key_facts, verify
+from cuvee.errors import DocsError
+from docs_fakes import HashingBackend, Scripted
+
+SAMPLE = resources.files("cuvee.docs") / "sample"
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    target = tmp_path / "handbook"
+    shutil.copytree(str(SAMPLE / "docs"), target)
+    return target
+
+
+@pytest.fixture
+def backend() -> HashingBackend:
+    return HashingBackend()
+
+
+@pytest.fixture
+def collection(tmp_path: Path, folder: Path, backend: HashingBackend):
+    home = tmp_path / "home"
+    coll = index.create(home, "handbook", backend.identity, backend.dim)
+    ingest(coll, backend, [folder])
+    return coll
+
+
+def test_adding_the_same_folder_twice_indexes_nothing(collection, folder, backend) -> None:
+    assert len(collection.documents()) == 6
+    version = collection.version
+    backend.embedded.clear()
+    report = ingest(collection, backend, [folder])
+    assert report.added == [] and report.updated == [] and len(report.unchanged) == 6
+    assert backend.embedded == [] and collection.version == version
+
+
+def test_editing_one_file_reindexes_only_that_file(collection, folder, backend) -> None:
+    before = {d.path: d for d in collection.documents()}
+    target = folder / "security.txt"
+    target.write_text(target.read_text() + "\nBadges must be worn at all times.\n")
+    backend.embedded.clear()
+    report = ingest(collection, backend, [folder])
+    assert report.updated == [str(target)] and report.added == []
+    after = {d.path: d for d in collection.documents()}
+    assert len(backend.embedded) == after[str(target)].chunks
+    assert all("Badges" in t or "security" in t.lower() for t in backend.embedded)
+    assert after[str(target)].sha256 != before[str(target)].sha256
+    hits = retrieval.retrieve(collection, backend, "must badges be worn", k=1)
+    assert hits[0].doc == str(target) and "Badges must be worn" in hits[0].text
+
+
+def test_sync_removes_vanished_files_and_add_does_not(collection, folder, backend) -> None:
+    (folder / "onboarding.md").unlink()
+    report = ingest(collection, backend, [folder])
+    assert report.removed == [] and len(collection.documents()) == 6
+    report = ingest(collection, backend, [folder], sync=True)
+    assert report.removed == [str(folder / "onboarding.md")]
+    assert len(collection.documents()) == 5
+    hits = retrieval.retrieve(collection, backend, "Wren wiki documentation", k=5)
+    assert all("onboarding" not in h.doc for h in hits)
+
+
+def test_a_bad_file_changes_nothing_unless_skipped(collection, folder, backend) -> None:
+    (folder / "broken.pdf").write_bytes(b"%PDF-1.4 garbage")
+    (folder / "new.md").write_text("# New\n\nA new page about the canteen menu.\n")
+    version, docs = collection.version, collection.documents()
+    with pytest.raises(DocsError, match=r"broken\.pdf") as caught:
+        ingest(collection, backend, [folder])
+    assert "--skip-errors" in (caught.value.hint or "")
+    assert collection.version == version and collection.documents() == docs
+    report = ingest(collection, backend, [folder], skip_errors=True)
+    assert report.added == [str(folder / "new.md")]
+    assert report.skipped[0]["path"].endswith("broken.pdf")
+
+
+def test_missing_paths_and_bad_names_are_clear(tmp_path: Path, collection, backend) -> None:
+    with pytest.raises(DocsError, match="no such file"):
+        ingest(collection, backend, [tmp_path / "nope"])
+    with pytest.raises(DocsError, match="invalid collection name"):
+        index.create(tmp_path, "Bad Name!", "x", 4)
+    with pytest.raises(DocsError, match="no collection named 'ghost'"):
+        index.open_collection(tmp_path / "home", "ghost")
+
+
+def test_another_embedding_model_is_refused_until_reindexed(collection, folder) -> None:
+    other = HashingBackend(dim=32, identity="other-model@2")
+    with pytest.raises(DocsError, match="cuvee docs reindex") as caught:
+        retrieval.retrieve(collection, other, "leave", k=3)
+    assert "hashing-test@1" in caught.value.message
+    with pytest.raises(DocsError):
+        ingest(collection, other, [folder])
+    chunks = sum(d.chunks for d in collection.documents())
+    assert reindex(collection, other) == chunks
+    assert collection.embedding_model == "other-model@2" and collection.dim == 32
+    assert retrieval.retrieve(collection, other, "annual leave days", k=1)[0].doc.endswith(
+        "leave-policy.md"
+    )
+
+
+def test_hybrid_retrieval_finds_exact_rare_words_and_french(collection, backend) -> None:
+    hits = retrieval.retrieve(collection, backend, "extension 4242", k=3)
+    assert hits[0].doc.endswith("security.txt") and "bm25_rank" in hits[0].scores
+    fr = retrieval.retrieve(collection, backend, "Quel est le montant de l'indemnité ?", k=1)
+    assert fr[0].doc.endswith("teletravail.md") and "35 euros" in fr[0].text
+    # every hit is a verbatim slice of its stored document
+    for hit in hits + fr:
+        text = collection.document_text(hit.doc_id)
+        assert text[hit.start : hit.end] == hit.text
+    scores = [h.score for h in hits]
+    assert scores == sorted(scores, reverse=True)
+    reranked = retrieval.retrieve(collection, backend, "extension 4242", k=3, reranker="coverage")
+    assert "coverage" in reranked[0].scores
+
+
+def _hits(collection, backend, question: str, k: int = 5):
+    return retrieval.retrieve(collection, backend, question, k)
+
+
+def test_verification_keeps_supported_sentences_with_verbatim_quotes(collection, backend):
+    hits = _hits(collection, backend, "annual leave days carried over")
+    leave = next(n for n, h in enumerate(hits, 1) if "27 days" in h.text)
+    answer = (
+        f"Full-time employees receive 27 days of paid annual leave [{leave}]. "
+        f"Employees receive 40 days of paid annual leave [{leave}]. "
+        f"Unused days can never be carried over [{leave}]. "
+        "The moon is made of cheese."
+    )
+    verdicts = verify(answer, hits)
+    assert [v.verdict for v in verdicts] == [
+        "supported",
+        "unsupported",
+        "unsupported",
+        "unsupported",
+    ]
+    assert verdicts[1].missing == ["40"]
+    assert "(negation)" in verdicts[2].missing
+    quote = verdicts[0].citation
+    assert "27 days" in quote.quote
+    text = collection.document_text(hits[leave - 1].doc_id)
+    assert text[quote.start : quote.end] == quote.quote
+    assert Path(quote.doc).read_text(encoding="utf-8")[quote.start : quote.end] == quote.quote
+
+
+def test_a_wrong_citation_is_corrected_and_flagged(collection, backend) -> None:
+    hits = _hits(collection, backend, "hotel limit capital cities and password length")
+    wrong = next(n for n, h in enumerate(hits, 1) if "180 euros" not in h.text)
+    (verdict,) = verify(f"The nightly hotel limit is 180 euros in capital cities [{wrong}].", hits)
+    assert verdict.verdict == "supported" and verdict.reattributed
+    assert "180 euros" in verdict.citation.quote and verdict.citation.n != wrong
+
+
+def test_names_and_numbers_must_appear_in_the_source() -> None:
+    assert key_facts("Claims above 500 euros go to Mireille Okafor in Lyon.") == [
+        "500",
+        "Mireille",
+        "Okafor",
+        "Lyon",
+    ]
+
+
+def test_ask_returns_only_supported_sentences_or_abstains(collection, backend) -> None:
+    question = "What is the nightly hotel limit in capital cities?"
+    hits = _hits(collection, backend, question)
+    n = next(i for i, h in enumerate(hits, 1) if "180 euros" in h.text)
+    generate = Scripted(
+        f"The nightly hotel limit is 180 euros in capital cities [{n}]. "
+        "Breakfast is always included by Hilton."
+    )
+    result = ask(collection, backend, question, generate, model="scripted")
+    assert not result.abstained
+    assert result.answer == "The nightly hotel limit is 180 euros in capital cities. [1]"
+    assert [s.verdict for s in result.sentences] == ["supported", "unsupported"]
+    (cite,) = result.citations
+    assert cite.n == 1 and "180 euros" in cite.quote
+    # the model saw numbered sources and the question
+    prompt = generate.calls[0][0]["content"]
+    assert "[1]" in prompt and question in prompt
+    payload = json.loads(json.dumps(result.as_dict()))
+    assert {"answer", "abstained", "citations", "sentences", "retrieval"} <= set(payload)
+    assert set(payload["citations"][0]) >= {"doc", "title", "section", "start", "end", "quote"}
+
+    made_up = ask(collection, backend, "Who is the CEO?", Scripted("The CEO is Jane Doe [1]."))
+    assert made_up.abstained and made_up.answer.startswith("The documents do not say")
+    assert made_up.citations == []
+    said_so = ask(collection, backend, "Who is the CEO?", Scripted("The documents do not say."))
+    assert said_so.abstained
+
+
+def test_kept_unsupported_sentences_are_marked(collection, backend) -> None:
+    question = "What is the nightly hotel limit in capital cities?"
+    generate = Scripted(
+        "The nightly hotel limit is 180 euros in capital cities. Rooms have 3 beds."
+    )
+    result = ask(collection, backend, question, generate, keep_unsupported=True)
+    assert result.answer.endswith("Rooms have 3 beds. [unsupported]")
+
+
+def test_qa_file_errors_name_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "qa.jsonl"
+    path.write_text('{"question": "ok?", "answers": [], "docs": []}\n{"question": 3}\n')
+    with pytest.raises(DocsError, match=r"qa\.jsonl:2: 'question'"):
+        load_qa(path)
+    path.write_text('{"question": "q", "answers": ["x"]}\n')
+    with pytest.raises(DocsError, match="gold 'docs'"):
+        load_qa(path)
+
+
+def test_evaluation_on_the_shipped_qa_set(collection, backend) -> None:
+    items = load_qa(Path(str(SAMPLE / "qa.jsonl")))
+    assert sum(not i.answerable for i in items) >= 8
+    assert any(not i.answerable and "?" in i.question and "é" in i.question for i in items)
+
+    def oracle(messages: list[dict]) -> str:
+        """Copies the first source sentence holding a gold answer; abstains otherwise."""
+        content = messages[0]["content"]
+        question = content.rsplit("Question: ", 1)[1]
+        item = next(i for i in items if i.question == question)
+        for line in content.split("\n"):
+            for sentence in line.split(". "):
+                if item.answers and any(a in sentence for a in item.answers):
+                    n = content[: content.index(sentence)].rsplit("\n[", 1)[1].split("]")[0]
+                    return f"{sentence.rstrip('.')}. [{n}]"
+        return "The documents do not say."
+
+    metrics, records = run(collection, backend, items, oracle, k=5)
+    assert metrics["questions"] == len(items) == len(records)
+    assert metrics["abstention_recall"] == 1.0
+    assert metrics["citation_validity"] == 1.0
+    assert metrics["unsupported_rate_returned"] == 0.0
+    assert metrics["answer_accuracy"] >= 0.9
+    assert metrics["retrieval_hit_at_5"] >= 0.9
+
+    never = score(
+        collection,
+        items,
+        [ask(collection, backend, i.question, Scripted("No idea.")) for i in items],
+        5,
+    )
+    assert never["answer_accuracy"] == 0.0 and never["abstention_recall"] == 1.0
+    assert never["abstention_precision"] == round(never["unanswerable"] / never["questions"], 4)
