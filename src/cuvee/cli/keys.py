@@ -29,15 +29,31 @@ def keys() -> None:
     "--tpm", type=click.IntRange(min=1), default=None, help="Tokens (in + out) per minute."
 )
 @click.option("--models", default=None, help="Comma-separated models it may use (default: all).")
+@click.option(
+    "--collections",
+    default=None,
+    help="Comma-separated document collections it may search (rag:NAME, /v1/retrieve; "
+    "default: all). Others answer 404 to it, as if they did not exist.",
+)
 @click.option("--json", "json_output", is_flag=True, help="Print one JSON object with the key.")
 @click.pass_obj
-def create(settings, name: str, rpm, tpm, models, json_output: bool) -> None:
+def create(settings, name: str, rpm, tpm, models, collections, json_output: bool) -> None:
     """Create a key and print it once (only its hash is kept).
 
-    Example: cuvee keys create --name support-bot --rpm 60 --models demo
+    Example: cuvee keys create --name support-bot --rpm 60 --models demo --collections handbook
     """
     allowed = models.split(",") if models is not None else None
-    record, secret = key_store(settings).create(name, rpm=rpm, tpm=tpm, models=allowed)
+    visible = collections.split(",") if collections is not None else None
+    record, secret = key_store(settings).create(
+        name, rpm=rpm, tpm=tpm, models=allowed, collections=visible
+    )
+    if visible is not None:
+        from cuvee.docs.index import list_names
+
+        existing = set(list_names(settings.home))
+        for collection in record.collections or ():
+            if collection not in existing:
+                click.echo(f"note: no collection {collection!r} yet", err=True)
     if allowed is not None:
         from cuvee.store import ModelStore
 
@@ -55,6 +71,7 @@ def create(settings, name: str, rpm, tpm, models, json_output: bool) -> None:
             f"{record.rpm} requests/min" if record.rpm else "",
             f"{record.tpm} tokens/min" if record.tpm else "",
             f"models {', '.join(record.models)}" if record.models else "",
+            f"collections {', '.join(record.collections)}" if record.collections else "",
         )
         if part
     ]
@@ -70,7 +87,8 @@ def create(settings, name: str, rpm, tpm, models, json_output: bool) -> None:
 @click.option("--all", "show_all", is_flag=True, help="Include revoked keys.")
 @click.pass_obj
 def list_keys(settings, json_output: bool, show_all: bool) -> None:
-    """List keys: name, id prefix, limits, models and dates (never the secrets)."""
+    """List keys: name, id prefix, limits, models, collections and dates (never the
+    secrets)."""
     records = key_store(settings).list(include_revoked=show_all)
     if json_output:
         print_json([r.public() for r in records])
@@ -80,13 +98,16 @@ def list_keys(settings, json_output: bool, show_all: bool) -> None:
             "no keys: the server is open on loopback only (see `cuvee keys create`)", err=True
         )
         return
-    click.echo(f"{'NAME':<20} {'ID':<16} {'RPM':>6} {'TPM':>8}  {'MODELS':<20} CREATED")
+    click.echo(
+        f"{'NAME':<20} {'ID':<16} {'RPM':>6} {'TPM':>8}  {'MODELS':<20} {'COLLECTIONS':<20} CREATED"
+    )
     for r in records:
         models = ",".join(r.models) if r.models else "all"
+        collections = ",".join(r.collections) if r.collections else "all"
         revoked = f"  REVOKED {r.revoked_at}" if r.revoked_at else ""
         click.echo(
             f"{r.name:<20} {r.public()['id']:<16} {r.rpm or '-':>6} {r.tpm or '-':>8}  "
-            f"{models:<20} {r.created_at}{revoked}"
+            f"{models:<20} {collections:<20} {r.created_at}{revoked}"
         )
 
 

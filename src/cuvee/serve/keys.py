@@ -6,8 +6,13 @@ the whole key is stored, compared with ``hmac.compare_digest``, so neither the f
 timing of a refusal gives a key away. The secret is shown once, at creation.
 
 Each key may carry limits: requests per minute, tokens (prompt plus completion) per minute,
-and the models it may use. Limits are counted in memory over a sliding minute, per server
-process."""
+the models it may use and the document collections it may see (``rag:NAME``, ``collection``,
+``/v1/retrieve``). Limits are counted in memory over a sliding minute, per server process.
+
+The collections column was added after the first keys files were written: opening a file
+without it adds it (``ALTER TABLE ... ADD COLUMN``, a NULL meaning "every collection"), so an
+existing keys file keeps working, its keys unrestricted as they were, and an older cuvee still
+reads the file (it names the columns it selects)."""
 
 from __future__ import annotations
 
@@ -46,6 +51,12 @@ CREATE TABLE IF NOT EXISTS keys (
 CREATE UNIQUE INDEX IF NOT EXISTS keys_active_name ON keys (name) WHERE revoked_at IS NULL;
 """
 
+# Columns added since the first schema: name -> type. Each is added where missing, NULL in rows
+# written before it (which therefore keep their old meaning).
+_ADDED_COLUMNS = {"collections": "TEXT"}
+
+_COLUMNS = "key_id, name, rpm, tpm, models, created_at, revoked_at, collections"
+
 
 @dataclass(frozen=True)
 class ApiKey:
@@ -58,9 +69,14 @@ class ApiKey:
     models: tuple[str, ...] | None  # None: every model
     created_at: str
     revoked_at: str | None = None
+    collections: tuple[str, ...] | None = None  # None: every collection
 
     def allows(self, model: str) -> bool:
         return self.models is None or model in self.models
+
+    def sees(self, collection: str) -> bool:
+        """Whether the key may search ``collection`` and read its chunks."""
+        return self.collections is None or collection in self.collections
 
     def public(self) -> dict:
         return {
@@ -69,6 +85,7 @@ class ApiKey:
             "rpm": self.rpm,
             "tpm": self.tpm,
             "models": list(self.models) if self.models is not None else None,
+            "collections": list(self.collections) if self.collections is not None else None,
             "created_at": self.created_at,
             "revoked_at": self.revoked_at,
         }
@@ -99,6 +116,7 @@ class KeyStore:
             new = not self.path.exists()
             conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
             conn.executescript(_SCHEMA)
+            _migrate(conn)
             if new:
                 self.path.chmod(0o600)
             self._conn = conn
@@ -117,6 +135,7 @@ class KeyStore:
         rpm: int | None = None,
         tpm: int | None = None,
         models: Iterable[str] | None = None,
+        collections: Iterable[str] | None = None,
     ) -> tuple[ApiKey, str]:
         """A new key and its secret (to show once)."""
         if not _NAME.match(name):
@@ -132,23 +151,31 @@ class KeyStore:
             model_list = tuple(dict.fromkeys(m.strip() for m in models if m.strip()))
             if not model_list:
                 raise ConfigError("--models names no model", hint="e.g. --models demo,base")
+        collection_list = None
+        if collections is not None:
+            collection_list = tuple(dict.fromkeys(c.strip() for c in collections if c.strip()))
+            if not collection_list:
+                raise ConfigError(
+                    "--collections names no collection", hint="e.g. --collections handbook,faq"
+                )
         key_id = secrets.token_hex(_ID_LEN // 2)
         secret = f"{PREFIX}{key_id}-{secrets.token_urlsafe(32)}"
-        record = ApiKey(key_id, name, rpm, tpm, model_list, _now())
+        record = ApiKey(key_id, name, rpm, tpm, model_list, _now(), None, collection_list)
         with self._lock:
             db = self._db()
             try:
                 db.execute(
-                    "INSERT INTO keys (key_id, name, sha256, rpm, tpm, models, created_at) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO keys (key_id, name, sha256, rpm, tpm, models, created_at, "
+                    "collections) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         key_id,
                         name,
                         digest(secret),
                         rpm,
                         tpm,
-                        json.dumps(list(model_list)) if model_list is not None else None,
+                        _json_list(model_list),
                         record.created_at,
+                        _json_list(collection_list),
                     ),
                 )
             except sqlite3.IntegrityError:
@@ -159,7 +186,7 @@ class KeyStore:
         return record, secret
 
     def list(self, include_revoked: bool = True) -> list[ApiKey]:
-        query = "SELECT key_id, name, rpm, tpm, models, created_at, revoked_at FROM keys"
+        query = f"SELECT {_COLUMNS} FROM keys"
         if not include_revoked:
             query += " WHERE revoked_at IS NULL"
         with self._lock:
@@ -171,8 +198,7 @@ class KeyStore:
         with self._lock:
             db = self._db()
             row = db.execute(
-                "SELECT key_id, name, rpm, tpm, models, created_at, revoked_at FROM keys "
-                "WHERE name = ? AND revoked_at IS NULL",
+                f"SELECT {_COLUMNS} FROM keys WHERE name = ? AND revoked_at IS NULL",
                 (name,),
             ).fetchone()
             if row is None:
@@ -181,7 +207,7 @@ class KeyStore:
                 raise ConfigError(f"no active key named {name!r}", hint=hint)
             now = _now()
             db.execute("UPDATE keys SET revoked_at = ? WHERE key_id = ?", (now, row[0]))
-        return _record((*row[:6], now))
+        return _record((*row[:6], now, *row[7:]))
 
     def has_active(self) -> bool:
         with self._lock:
@@ -202,28 +228,50 @@ class KeyStore:
                 row = (
                     self._db()
                     .execute(
-                        "SELECT key_id, name, rpm, tpm, models, created_at, revoked_at, sha256 "
-                        "FROM keys WHERE key_id = ? AND revoked_at IS NULL",
+                        f"SELECT {_COLUMNS}, sha256 FROM keys "
+                        "WHERE key_id = ? AND revoked_at IS NULL",
                         (key_id,),
                     )
                     .fetchone()
                 )
         # compare even when there is no row, so a refusal takes as long either way
-        stored = row[7] if row is not None else "0" * 64
+        stored = row[8] if row is not None else "0" * 64
         matches = hmac.compare_digest(stored, digest(presented))
-        return _record(row[:7]) if row is not None and matches else None
+        return _record(row[:8]) if row is not None and matches else None
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Add the columns a keys file written by an earlier cuvee lacks. Two processes may race
+    to add one: the loser's "duplicate column" is the outcome it wanted."""
+    have = {row[1] for row in conn.execute("PRAGMA table_info(keys)")}
+    for column, kind in _ADDED_COLUMNS.items():
+        if column not in have:
+            try:
+                conn.execute(f"ALTER TABLE keys ADD COLUMN {column} {kind}")
+            except sqlite3.OperationalError as exc:
+                if "duplicate column" not in str(exc):
+                    raise
+
+
+def _json_list(values: tuple[str, ...] | None) -> str | None:
+    return json.dumps(list(values)) if values is not None else None
+
+
+def _tuple(stored: str | None) -> tuple[str, ...] | None:
+    return tuple(json.loads(stored)) if stored is not None else None
 
 
 def _record(row: tuple) -> ApiKey:
-    key_id, name, rpm, tpm, models, created_at, revoked_at = row
+    key_id, name, rpm, tpm, models, created_at, revoked_at, collections = row
     return ApiKey(
         key_id=key_id,
         name=name,
         rpm=rpm,
         tpm=tpm,
-        models=tuple(json.loads(models)) if models is not None else None,
+        models=_tuple(models),
         created_at=created_at,
         revoked_at=revoked_at,
+        collections=_tuple(collections),
     )
 
 
