@@ -45,9 +45,12 @@ def check_exposure(host: str, has_keys: bool, insecure_no_auth: bool) -> str | N
     -d '{"model": "demo", "messages": [{"role": "user", "content": "Hello"}]}'
 
 \b
-Endpoints: /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/models, /health, /ready,
-/metrics. One JSON line per request goes to stderr (or --log-file), without prompt text unless
---log-prompts. SIGTERM or Ctrl-C drains: running streams finish, new requests get 503."""
+Endpoints: /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/retrieve, /v1/models,
+/health, /ready, /metrics. The model rag:COLLECTION (or any chat model with "collection" in the
+body) answers from a `cuvee docs` collection, every sentence checked, with a `citations` field;
+keys made with --collections see only those collections. One JSON line per request goes to
+stderr (or --log-file), without prompt text unless --log-prompts. SIGTERM or Ctrl-C drains:
+running streams finish, new requests get 503."""
 )
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
@@ -112,10 +115,12 @@ def serve(
     log_prompts: bool,
     drain_timeout: float,
 ) -> None:
-    """Serve the store's models through an OpenAI-compatible API (chat, completions, models).
+    """Serve the store's models through an OpenAI-compatible API (chat, completions, models,
+    answers from document collections).
 
-    Model ids are store names. Engines load on first use (a stored model without a GGUF is
-    exported once, as `cuvee run` does) and keep batching concurrent requests.
+    Model ids are store names, and rag:COLLECTION for each `cuvee docs` collection. Engines
+    load on first use (a stored model without a GGUF is exported once, as `cuvee run` does)
+    and keep batching concurrent requests.
     """
     import uvicorn
 

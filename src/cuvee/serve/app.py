@@ -10,7 +10,12 @@ probes and Prometheus scrape them.
 
 ``/v1/embeddings`` serves one embedding model (``openai_embeddings``) beside the registry's chat
 models, with the same keys, limits and metrics; its checks come in the same order (key, body,
-model, parameters, rate limits, queue)."""
+model, parameters, rate limits, queue).
+
+Document collections (``cuvee.serve.rag``): a chat completion for ``rag:NAME`` (or with
+``collection``) is answered from the collection and verified; ``/v1/retrieve`` returns its
+passages; ``/v1/models`` lists ``rag:NAME`` for the collections the key may see. A collection a
+key may not see answers 404 exactly as a missing one does."""
 
 from __future__ import annotations
 
@@ -43,8 +48,15 @@ from cuvee.serve.openai_embeddings import (
     run_embedder,
 )
 from cuvee.serve.openai_embeddings import response as embedding_response
+from cuvee.serve.rag import DocsService, answer_route, check_not_rag, collection_of, is_docs_request
+from cuvee.serve.rag import retrieve_route as docs_retrieve
 from cuvee.serve.requestlog import RequestLog, RequestLogMiddleware, note
-from cuvee.serve.schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+from cuvee.serve.schemas import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    EmbeddingRequest,
+    RetrieveRequest,
+)
 from cuvee.serve.state import Capacity, ServerState
 
 log = logging.getLogger("cuvee.serve")
@@ -78,12 +90,15 @@ def create_app(
     default_max_tokens: int = 512,
     embedder_factory: EmbedderFactory | None = None,
     request_log: RequestLog | None = None,
+    docs: DocsService | None = None,
 ) -> FastAPI:
     """The server's app. ``auth`` None serves without keys; ``max_queue`` bounds the sequences
     running or waiting across all models (beyond it: 503); ``default_max_tokens`` caps a chat
     completion that names no limit; ``embedder_factory`` makes the embedder on first use
     (default: the model of ``settings.embedding_model``; tests inject a tiny one);
-    ``request_log`` writes a JSON line per /v1 request (None: no request log)."""
+    ``request_log`` writes a JSON line per /v1 request (None: no request log); ``docs``
+    serves the document collections (default: those under ``settings.home``, searched with
+    ``settings.embedding_model``; tests inject a fake embedder and answerer)."""
     state = ServerState(
         settings=settings,
         registry=registry,
@@ -92,6 +107,7 @@ def create_app(
         capacity=Capacity(max_queue),
         embeddings=EmbeddingService.from_settings(settings, embedder_factory),
         default_max_tokens=default_max_tokens,
+        docs=docs or DocsService.from_settings(settings),
     )
     state.metrics.track_loaded(lambda: len(registry.loaded()))
     if request_log is not None:
@@ -109,6 +125,7 @@ def create_app(
             if task is not None and not task.done():
                 task.cancel()
             await anyio.to_thread.run_sync(registry.close)
+            state.docs.close()
 
     app = FastAPI(title="cuvee", version=__version__, lifespan=lifespan)
     app.state.cuvee = state  # read by the key dependency, and by tests
@@ -147,12 +164,19 @@ def create_app(
             described = [registry.describe(m) for m in ids]
             if key is None or key.allows(embedding):
                 described.append(state.embeddings.describe())
+            answering = _default_answer_model(state)
+            if key is None or not answering or key.allows(answering):
+                described += [state.docs.describe(n) for n in state.docs.visible(key)]
             return described
 
         return {"object": "list", "data": await anyio.to_thread.run_sync(describe)}
 
     @app.get("/v1/models/{model_id}")
     async def get_model(model_id: str, key: Key) -> dict[str, Any]:
+        collection = collection_of(model_id)
+        if collection is not None:
+            await anyio.to_thread.run_sync(state.docs.open, collection, key, "model")
+            return await anyio.to_thread.run_sync(state.docs.describe, collection)
         await _check_model(state, key, model_id)
         if model_id == state.embeddings.model_id:
             return state.embeddings.describe()
@@ -164,6 +188,9 @@ def create_app(
         _check_open(state)
         body = await _parse(request, ChatCompletionRequest)
         _note_body(request, state, body.model, body.messages)
+        if is_docs_request(body):
+            return await answer_route(state, request, key, body)
+        check_not_rag(body)
         await _check_model(state, key, body.model, purpose="generation")
         plan, tool_plan = chat_plan(body)
         if key is not None:
@@ -219,7 +246,20 @@ def create_app(
         # JSONResponse as is: thousands of floats need no jsonable_encoder pass
         return JSONResponse(embedding_response(body.model, vectors, tokens, body.encoding_format))
 
+    @app.post("/v1/retrieve")
+    async def retrieve(request: HTTPRequest, key: Key) -> JSONResponse:
+        _check_open(state)
+        body = await _parse(request, RetrieveRequest)
+        _note_body(request, state, f"rag:{body.collection}", body.query)
+        return JSONResponse(await docs_retrieve(state, request, key, body))
+
     return app
+
+
+def _default_answer_model(state: ServerState) -> str | None:
+    from cuvee.docs.generate import default_model
+
+    return default_model(state.settings)
 
 
 def _check_open(state: ServerState) -> None:
@@ -255,6 +295,14 @@ async def _check_model(
     """404 for a model that does not exist or the key may not use; 400 for one that exists but
     is the wrong kind for the route (a chat model asked for embeddings, or the other way), so
     the client learns which model to send instead."""
+    collection = collection_of(model)
+    if collection is not None:  # rag:NAME answers chat completions only
+        await anyio.to_thread.run_sync(state.docs.open, collection, key, "model")
+        raise errors.invalid_param(
+            f"The model '{model}' answers from documents on /v1/chat/completions only.",
+            "model",
+            code="model_not_supported_here",
+        )
     if key is not None and not key.allows(model):
         raise errors.model_not_found(model)
     embedding = state.embeddings.model_id

@@ -207,7 +207,7 @@ def install_handlers(app: FastAPI) -> None:
         message = exc.detail if isinstance(exc.detail, str) else "request failed"
         if exc.status_code == 404:
             message = "Unknown URL: this server serves /v1/chat/completions, /v1/completions, "
-            message += "/v1/embeddings, /v1/models, /health, /ready and /metrics."
+            message += "/v1/embeddings, /v1/retrieve, /v1/models, /health, /ready and /metrics."
         return JSONResponse(
             error_body(message, type=kind, code=str(exc.status_code)),
             status_code=exc.status_code,

@@ -295,13 +295,9 @@ async def start(
     (queue full, model unloadable, prompt too long, invalid request)."""
     n = len(plan.requests)
     state.capacity.take(n)
-    # Requests waiting for a model to load (an export can take minutes) get threads of their
-    # own, so they never starve the default pool that other requests' quick calls use.
-    limiter = state.extra.get("engine_limiter")
-    if limiter is None:
-        limiter = state.extra["engine_limiter"] = anyio.CapacityLimiter(state.capacity.limit)
+    limiter = engine_limiter(state)
     try:
-        engine = await anyio.to_thread.run_sync(_acquire, state, model, limiter=limiter)
+        engine = await anyio.to_thread.run_sync(acquire_engine, state, model, limiter=limiter)
     except BaseException:
         state.capacity.give(n)
         raise
@@ -314,7 +310,19 @@ async def start(
     return Generation(state, model, handles, plan, key, started)
 
 
-def _acquire(state: ServerState, model: str) -> Engine:
+def engine_limiter(state: ServerState) -> anyio.CapacityLimiter:
+    """The worker threads of calls that wait on an engine. Requests waiting for a model to load
+    (an export can take minutes) get threads of their own, so they never starve the default
+    pool that other requests' quick calls use."""
+    limiter = state.extra.get("engine_limiter")
+    if limiter is None:
+        limiter = state.extra["engine_limiter"] = anyio.CapacityLimiter(state.capacity.limit)
+    return limiter
+
+
+def acquire_engine(state: ServerState, model: str) -> Engine:
+    """The registry's engine for ``model`` (blocking; release it with the registry), or the
+    APIError a client should get."""
     try:
         return state.registry.acquire(model)
     except ModelNotFound:

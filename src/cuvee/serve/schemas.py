@@ -7,7 +7,9 @@ translation step, with a message saying so. Ranges follow OpenAI's (temperature 
 penalties -2..2 ...).
 
 Extensions beyond OpenAI's parameters, as llama.cpp's and vLLM's servers take them (the OpenAI
-SDK sends them with ``extra_body``): ``top_k``, ``min_p`` and ``repeat_penalty``."""
+SDK sends them with ``extra_body``): ``top_k``, ``min_p`` and ``repeat_penalty``; for answers
+from documents (``cuvee.serve.rag``), ``collection``, ``k``, ``rag_model``, ``reranker`` and
+``min_support`` on chat completions."""
 
 from __future__ import annotations
 
@@ -17,6 +19,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from cuvee.engine.base import MAX_LOGPROBS
 
+# Passages one document answer or search may retrieve (as `cuvee ask --k`).
+MAX_RAG_K = 50
 # Choices per request: each is a sequence in the engine's batch.
 MAX_N = 16
 MAX_STOP = 16
@@ -150,6 +154,12 @@ class ChatCompletionRequest(SamplingFields):
     audio: Any | None = None
     prediction: Any | None = None
     reasoning_effort: str | None = None
+    # answers from documents (see cuvee.serve.rag), sent with extra_body
+    collection: str | None = Field(default=None, min_length=1)
+    k: int | None = Field(default=None, ge=1, le=MAX_RAG_K)
+    rag_model: str | None = Field(default=None, min_length=1)
+    reranker: str | None = None
+    min_support: float | None = Field(default=None, ge=0, le=1)
 
 
 class CompletionRequest(SamplingFields):
@@ -180,3 +190,12 @@ class EmbeddingRequest(_Strict):
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = Field(default=None, ge=1)
     user: str | None = None
+
+
+class RetrieveRequest(_Strict):
+    """``POST /v1/retrieve``: a collection's best passages for ``query``, no generation."""
+
+    collection: str = Field(min_length=1)
+    query: str = Field(min_length=1)
+    k: int = Field(default=5, ge=1, le=MAX_RAG_K)
+    reranker: str | None = None

@@ -40,6 +40,8 @@ class ServerState:
     metrics: Metrics
     capacity: Capacity
     embeddings: EmbeddingService
+    # document collections and their embedding backend (rag:NAME, /v1/retrieve)
+    docs: Any = None
     # max_tokens when a chat request gives none (clamped to what the context leaves). Bounded
     # so one request does not reserve a whole unified KV cache and stall the batch.
     default_max_tokens: int = 512
