@@ -186,6 +186,13 @@ def test_a_context_too_small_for_one_passage_is_context_length_exceeded(docs_hom
     served = Served(docs_home, engine=True, fakes=Fakes(context=64))
     r = served.chat()
     assert_error(r, 400, param="messages", code="context_length_exceeded")
+    # streamed, the role chunk went out before the draft: the error comes in the stream
+    events = sse_events(served.chat(stream=True).text)
+    assert events[0]["choices"][0]["delta"]["role"] == "assistant"
+    assert events[-1]["error"]["code"] == "context_length_exceeded" and "[DONE]" not in events
+    # the queue slots and the engine were given back either way
+    assert served.app.state.cuvee.capacity.used == 0
+    assert served.registry._slots["fake"].users == 0
 
 
 def test_streaming_sends_the_answer_then_citations_usage_and_done(docs_home: Path) -> None:
@@ -202,6 +209,7 @@ def test_streaming_sends_the_answer_then_citations_usage_and_done(docs_home: Pat
     assert finish["abstained"] is False
     assert_verbatim(finish["citations"])
     assert chunks[-1]["choices"] == [] and "total_tokens" in chunks[-1]["usage"]
+    assert served.app.state.cuvee.capacity.used == 0
 
 
 def test_the_openai_sdk_parses_answers_and_streams(docs_home: Path) -> None:
