@@ -18,7 +18,7 @@ from cuvee.docs import verify as verifying
 from cuvee.docs.embedders import Backend
 from cuvee.docs.index import Collection
 from cuvee.docs.retrieval import Hit, retrieve
-from cuvee.docs.textnorm import fold, terms
+from cuvee.docs.textnorm import fold, stem, terms
 from cuvee.errors import DocsError
 
 Generate = Callable[[list[dict]], str]
@@ -119,6 +119,23 @@ def ask(
     return result
 
 
+def _off_question(question: str, supported, hits: list[Hit]) -> str | None:
+    """Why the supported sentences do not answer the question, or None. The passages they
+    cite must mention every name and number the question does (a question about the "C3" is
+    not answered by passages about the "C2"), and at least half of its content terms."""
+    cited = {s.citation.chunk_id for s in supported}
+    text = " ".join(f"{h.title}\n{h.section}\n{h.text}" for h in hits if h.chunk_id in cited)
+    missing = verifying._facts_missing(verifying.key_facts(question), text)
+    if missing:
+        return f"the passages cited never mention {', '.join(missing)}"
+    wanted = {t for t in terms(question) if t not in QUESTION_WORDS}
+    if wanted:
+        covered = len(wanted & set(terms(text))) / len(wanted)
+        if covered < MIN_QUESTION_COVERAGE:
+            return f"the passages cited cover {covered:.0%} of the question's terms"
+    return None
+
+
 def _fit(question: str, hits: list[Hit], generate: Generate, model: str | None) -> list[Hit]:
     """The best-ranked passages whose prompt fits the model's context with room to answer."""
     fits = getattr(generate, "fits", None)
@@ -136,23 +153,30 @@ def _fit(question: str, hits: list[Hit], generate: Generate, model: str | None) 
     return hits
 
 
+# Words that ask rather than say: a source need not contain them to answer the question.
+_ASKING = """how many much long often what which who whom when where why name kind type
+combien quel quelle quels quelles quand comment pourquoi ou lequel laquelle"""
+QUESTION_WORDS = frozenset(stem(w) for w in _ASKING.split())
+MIN_QUESTION_COVERAGE = 0.5
+
+
 def _assemble(result: AskResult, hits: list[Hit], keep_unsupported: bool) -> None:
-    supported = [s for s in result.sentences if s.verdict == "supported"]
-    question_terms = set(terms(result.question))
+    supported = [s for s in result.sentences if s.verdict == "supported" and s.citation]
     if not supported:
         result.answer, result.reason = abstention(result.question), "no supported sentence"
         return
-    if question_terms and not any(
-        question_terms & set(terms(s.text)) or question_terms & set(terms(s.citation.quote))
-        for s in supported
-        if s.citation
-    ):
-        result.answer = abstention(result.question)
-        result.reason = "the supported sentences do not address the question"
+    reason = _off_question(result.question, supported, hits)
+    if reason:
+        result.answer, result.reason = abstention(result.question), reason
         return
     numbering: dict[tuple[str, int, int], int] = {}
     parts: list[str] = []
+    seen: set[str] = set()
     for sentence in result.sentences:
+        said = " ".join(fold(sentence.text).split())
+        if said in seen:  # small models repeat themselves; say it once
+            continue
+        seen.add(said)
         if sentence.verdict == "supported" and sentence.citation:
             cite = sentence.citation
             key = (cite.doc, cite.start, cite.end)

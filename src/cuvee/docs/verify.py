@@ -21,9 +21,37 @@ import re
 from dataclasses import asdict, dataclass, field
 
 from cuvee.docs.retrieval import Hit
-from cuvee.docs.textnorm import STOPWORDS, fold, sentence_spans, terms, words
+from cuvee.docs.textnorm import STOPWORDS, fold, sentence_spans, stem, terms, words
 
-DEFAULT_MIN_SUPPORT = 0.6
+DEFAULT_MIN_SUPPORT = 0.7
+
+# Words a model wraps a claim in ("the text says that ...") that no source needs to contain.
+FRAMING = frozenset(
+    [
+        "only",
+        "say",
+        "says",
+        "said",
+        "state",
+        "states",
+        "stated",
+        "text",
+        "document",
+        "source",
+        "mention",
+        "mentions",
+        "mentioned",
+        "according",
+        "indique",
+        "selon",
+        "texte",
+    ]
+)
+
+
+def claim_terms_of(claim: str) -> list[str]:
+    return [t for t in terms(claim) if t not in FRAMING and t not in _FRAMING_STEMS]
+
 
 _CITATION = re.compile(r"\[(\d+(?:\s*[,;]\s*\d+)*)\]")
 _NUMBER = re.compile(r"\d+(?:[.,:/-]\d+)*")
@@ -111,6 +139,8 @@ def _best_quote(claim_terms: set[str], hit: Hit) -> tuple[int, int]:
     return hit.start + best[2], hit.start + best[3]
 
 
+_FRAMING_STEMS = frozenset(stem(w) for w in FRAMING)
+
 _NEGATIONS = frozenset(
     [
         "not",
@@ -177,7 +207,7 @@ def verify(
 ) -> list[SentenceVerdict]:
     verdicts: list[SentenceVerdict] = []
     for claim, cited in split_answer(answer):
-        claim_terms = terms(claim)
+        claim_terms = claim_terms_of(claim)
         verdict = SentenceVerdict(text=claim, verdict="no_claim", cited=cited)
         verdicts.append(verdict)
         if not claim_terms or claim.lstrip().startswith("#") or _only_headings(claim_terms, hits):
