@@ -47,6 +47,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "eval",
         "Evaluate models on instruction-following, task and pairwise suites.",
     ),
+    "quickstart": (
+        "cuvee.cli.quickstart",
+        "quickstart",
+        "The whole recipe: pull, fine-tune, evaluate, export, index and serve.",
+    ),
     "keys": ("cuvee.cli.keys", "keys", "Create, list and revoke API keys for the server."),
     "config": (
         "cuvee.cli.config",
