@@ -99,6 +99,15 @@ def _list_recipes() -> None:
     "ZeRO-3) or fsdp-grad-op (gradients and optimizer sharded, like ZeRO-2).",
 )
 @click.option("--list-recipes", is_flag=True, help="List the shipped recipes and exit.")
+@click.option(
+    "--eval-suite",
+    "eval_suites",
+    multiple=True,
+    help="Evaluate base and result on this suite when training ends (repeatable; see cuvee eval).",
+)
+@click.option(
+    "--eval-limit", type=click.IntRange(1), default=None, help="Only the first N items per suite."
+)
 @click.option("--json", "json_output", is_flag=True, help="Print the run summary as JSON.")
 @click.pass_obj
 def train(
@@ -118,6 +127,8 @@ def train(
     nodes,
     strategy,
     list_recipes,
+    eval_suites,
+    eval_limit,
     json_output,
     **knobs,
 ) -> None:
@@ -186,6 +197,10 @@ def train(
     else:
         built = build_recipe(recipe, overrides)
 
+    if eval_suites:
+        from cuvee.train.evaluation import check_suites
+
+        check_suites(list(eval_suites))
     _quiet_libraries()
     display = None
     if not json_output:
@@ -196,6 +211,13 @@ def train(
     summary = result.summary
     if result.model is None:  # a non-main process of a distributed run: rank 0 reports
         return
+    if eval_suites:
+        from cuvee.cli.output import reporter_for
+        from cuvee.train.evaluation import evaluate_and_record
+
+        summary["evaluation"] = evaluate_and_record(
+            settings, summary["model"], list(eval_suites), eval_limit, reporter_for(json_output)
+        )
     if json_output:
         print_json(summary)
         return
@@ -215,6 +237,10 @@ def train(
     lines.append(f"commercial use: {verdict}")
     reasons = result.model.manifest.model_dump().get("commercial_use_reasons") or []
     lines += [f"  - {r}" for r in reasons]
+    for label, suite in summary.get("evaluation", {}).get("suites", {}).items():
+        for model, metrics in suite["metrics"].items():
+            shown = ", ".join(f"{k} {v:.3f}" for k, v in metrics.items() if isinstance(v, float))
+            lines.append(f"{label} / {model}: {shown}")
     lines.append(f"model card: {result.model.path / 'MODEL_CARD.md'}")
     click.echo("\n".join(lines), file=out)
     if summary["commercial_use"] is not True:
