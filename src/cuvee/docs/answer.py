@@ -107,14 +107,29 @@ def ask(
 
     hits = _fit(question, hits, generate, model)
     result.timings["sources_given"] = len(hits)
-    result.generated = generate(build_messages(question, hits))
+    generated_text = generate(build_messages(question, hits))
     generated = time.perf_counter()
     result.timings["generation_ms"] = round((generated - retrieved) * 1000, 1)
-    result.sentences = verifying.verify(result.generated, hits, min_support)
+    check(result, hits, generated_text, min_support, keep_unsupported)
+    result.timings["verification_ms"] = round((time.perf_counter() - generated) * 1000, 1)
+    return result
+
+
+def check(
+    result: AskResult,
+    hits: list[Hit],
+    generated: str,
+    min_support: float = verifying.DEFAULT_MIN_SUPPORT,
+    keep_unsupported: bool = False,
+) -> AskResult:
+    """Verify ``generated`` (written from ``hits``, numbered from 1) and set the result's
+    answer, citations and sentences: the second half of :func:`ask`, for callers that
+    generate elsewhere (the eval suite, which batches every question through one engine)."""
+    result.generated = generated
+    result.sentences = verifying.verify(generated, hits, min_support)
     for sentence in result.sentences:
         if _is_abstention(sentence.text):
             sentence.verdict, sentence.citation = "no_claim", None
-    result.timings["verification_ms"] = round((time.perf_counter() - generated) * 1000, 1)
     _assemble(result, hits, keep_unsupported)
     return result
 

@@ -87,7 +87,12 @@ class ComparingSuite(Suite, Protocol):
 # Modules that define one ``SUITE`` each; imported on first lookup, so listing commands never
 # pays for a suite's dependencies. Another suite (e.g. document QA) is one more entry here, or a
 # call to :func:`register`.
-SUITE_MODULES: list[str] = ["cuvee.eval.instructions", "cuvee.eval.tasks", "cuvee.eval.pairwise"]
+SUITE_MODULES: list[str] = [
+    "cuvee.eval.instructions",
+    "cuvee.eval.tasks",
+    "cuvee.eval.pairwise",
+    "cuvee.eval.grounded",
+]
 SUITES: dict[str, Suite] = {}
 _loaded: set[str] = set()
 

@@ -1,0 +1,121 @@
+"""`grounded`: document QA as `cuvee docs eval` measures it, as an eval suite, so a fine-tune's
+grounded answering is compared with its base (or an endpoint) like any other skill.
+
+Items are the questions of a QA file (``question``, ``answers``, ``docs``; no answers means
+unanswerable) over the shipped sample documents, indexed once into
+``$CUVEE_HOME/eval/grounded/`` with the configured embedding model (unchanged files are never
+re-embedded). Retrieval happens when the suite loads, so the prompt of each item (the numbered
+passages and the question, exactly as `cuvee ask` builds it) is fixed and cacheable; the
+model's answer is then verified sentence by sentence as `cuvee ask` does, and scored with the
+metrics of `cuvee docs eval`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from cuvee.eval.suites import EvalError, Item, Score
+
+COLLECTION = "grounded-sample"
+K = 5
+
+
+def _sample() -> Path:
+    return Path(str(resources.files("cuvee.docs") / "sample"))
+
+
+@dataclass
+class GroundedSuite:
+    name: str = "grounded"
+    version: str = "1"
+    description: str = "answers from documents, every sentence checked (sample handbook)"
+    max_tokens: int = 256
+
+    def accepts(self, record: dict[str, Any]) -> bool:
+        return "question" in record and "answers" in record and "docs" in record
+
+    def _collection(self):
+        from cuvee.config import load_settings
+        from cuvee.docs import index
+        from cuvee.docs.embedders import open_backend
+        from cuvee.docs.ingest import ingest
+
+        settings = load_settings()
+        home = settings.home / "eval" / "grounded"
+        backend = open_backend(settings.embedding_model)
+        if index.collection_path(home, COLLECTION).is_file():
+            collection = index.open_collection(home, COLLECTION)
+            if collection.embedding_model != backend.identity:
+                collection.close()
+                index.remove(home, COLLECTION)
+        if not index.collection_path(home, COLLECTION).is_file():
+            index.create(home, COLLECTION, backend.identity, backend.dim)
+        collection = index.open_collection(home, COLLECTION)
+        ingest(collection, backend, [_sample() / "docs"], sync=True)
+        return collection, backend
+
+    def load(self, path: Path | None) -> list[Item]:
+        from cuvee.docs.answer import build_messages
+        from cuvee.docs.evaluate import load_qa
+        from cuvee.docs.retrieval import retrieve
+        from cuvee.errors import DocsError
+
+        source = path or _sample() / "qa.jsonl"
+        try:
+            questions = load_qa(source)
+        except DocsError as exc:
+            raise EvalError(exc.message) from exc
+        collection, backend = self._collection()
+        items = []
+        for number, qa in enumerate(questions, 1):
+            hits = retrieve(collection, backend, qa.question, K)
+            prompt = build_messages(qa.question, hits)[0]["content"]
+            data = {
+                "question": qa.question,
+                "answers": qa.answers,
+                "docs": qa.docs,
+                "hits": [hit.as_dict() for hit in hits],
+            }
+            items.append(Item(qa.id, prompt, data=data, where=f"{source}:{number}"))
+        return items
+
+    def score(self, items: list[Item], outputs: list[str]) -> Score:
+        from cuvee.docs.answer import AskResult, check
+        from cuvee.docs.evaluate import QAItem, score
+        from cuvee.docs.retrieval import Hit
+
+        collection, _ = self._collection()
+        results, qa_items, details = [], [], []
+        for item, output in zip(items, outputs, strict=True):
+            hits = [Hit(**hit) for hit in item.data["hits"]]
+            result = AskResult(item.data["question"], COLLECTION, "", True, retrieval=hits)
+            check(result, hits, output)
+            results.append(result)
+            qa_items.append(
+                QAItem(item.id, item.data["question"], item.data["answers"], item.data["docs"])
+            )
+            details.append({"id": item.id, "answer": result.answer, "abstained": result.abstained})
+        metrics = score(collection, qa_items, results, K)
+        keys = (
+            f"retrieval_hit_at_{K}",
+            "retrieval_mrr",
+            "answer_accuracy",
+            "citation_validity",
+            "unsupported_rate_generated",
+            "unsupported_rate_returned",
+            "abstention_precision",
+            "abstention_recall",
+        )
+        return Score(
+            metrics={k: metrics[k] for k in keys if metrics[k] is not None},
+            counts={
+                k: metrics[k]
+                for k in ("questions", "answerable", "unanswerable", "citations", "abstentions")
+            },
+            items=details,
+        )
+
+
+SUITE = GroundedSuite()
