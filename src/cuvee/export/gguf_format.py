@@ -105,9 +105,16 @@ def quantize(src: Path, dst: Path, quant: str, threads: int | None = None) -> No
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = QUANT_FTYPES[quant]
     params.nthread = threads or os.cpu_count() or 1
-    rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
+    with captured_stderr() as log:  # llama.cpp prints every tensor; keep it for errors only
+        rc = llama_cpp.llama_model_quantize(
+            str(src).encode(), str(dst).encode(), ctypes.byref(params)
+        )
     if rc != 0 or not dst.is_file():
-        raise ModelFileError(f"llama.cpp could not quantize {src.name} to {quant} (code {rc})")
+        tail = "\n".join("".join(log).strip().splitlines()[-5:])
+        raise ModelFileError(
+            f"llama.cpp could not quantize {src.name} to {quant} (code {rc})"
+            + (f":\n{tail}" if tail else "")
+        )
 
 
 def write_adapter(source: ExportSource, out: Path, reporter: Reporter) -> None:
