@@ -182,9 +182,13 @@ def main() -> None:
     results["retrieval_1k"] = {"chunks": chunks, **latency(coll, backend, picks)}
     print(f"retrieval at {chunks} chunks: {results['retrieval_1k']}", flush=True)
     if not args.quick:
+        # about 10k chunks: the whole corpus in 300-character chunks, a second time grouped
+        # differently (other documents, other neighbours) if that is not enough
         large = work / "large"
-        all_questions = write_corpus(large, rows)
-        big = index.create(home, "large", backend.identity, backend.dim, chunk_size=450, overlap=80)
+        all_questions = write_corpus(large / "a", rows)
+        if len(rows) < 9000:
+            write_corpus(large / "b", rows[::-1], per_doc=17)
+        big = index.create(home, "large", backend.identity, backend.dim, chunk_size=300, overlap=50)
         started = time.perf_counter()
         ingest(big, backend, [large])
         big_chunks = sum(d.chunks for d in big.documents())
