@@ -180,9 +180,13 @@ class Embedder:
     def _embed_batch(self, batch: list[str]) -> tuple[np.ndarray, int]:
         import torch
 
+        # lengths rounded up to a multiple of 16 (when the limit allows): oneDNN builds kernels
+        # per input shape, and a handful of shapes keeps them cached instead of rebuilt for
+        # every new length
         encoded = self.tokenizer(
             batch,
             padding=True,
+            pad_to_multiple_of=16 if self.max_length % 16 == 0 else None,
             truncation=True,
             max_length=self.max_length,
             return_tensors="pt",
