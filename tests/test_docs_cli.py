@@ -160,3 +160,20 @@ def test_ask_with_a_real_tiny_model_abstains_on_noise(
     result = json.loads(out)
     assert result["model"] == "tg" and result["generated"] != ""
     assert result["abstained"] is True and result["citations"] == []
+
+
+def test_a_folder_with_nothing_to_index_creates_no_collection(
+    capsys, tmp_path: Path, isolated_home: Path
+) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.xlsx").write_bytes(b"x")
+    code, _, err = run_cli(capsys, "docs", "add", "hb", str(empty))
+    assert code == 1 and "nothing to index" in err
+    assert not (isolated_home / "docs" / "hb.sqlite").exists()
+
+
+def test_chunking_settings_apply_at_creation_only(capsys, folder: Path) -> None:
+    assert run_cli(capsys, "docs", "add", "hb", str(folder), "--overlap", "100")[0] == 0
+    code, _, err = run_cli(capsys, "docs", "add", "hb", str(folder), "--overlap", "120")
+    assert code == 2 and "--overlap 100" in err

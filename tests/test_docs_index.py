@@ -3,6 +3,7 @@ answers and their evaluation. No model is needed: generation is scripted."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
 from importlib import resources
@@ -254,3 +255,79 @@ def test_evaluation_on_the_shipped_qa_set(collection, backend) -> None:
     )
     assert never["answer_accuracy"] == 0.0 and never["abstention_recall"] == 1.0
     assert never["abstention_precision"] == round(never["unanswerable"] / never["questions"], 4)
+
+
+@pytest.mark.parametrize(
+    ("claim", "why"),
+    [
+        # a number borrowed from another sentence of the same chunk
+        ("Up to 27 unused days may be carried over into the next year.", "27"),
+        # polarity, both ways
+        ("Staff may disable full-disk encryption on their laptops.", "(the source negates it)"),
+        ("Multi-factor authentication is not mandatory for email.", "(negation)"),
+        # a name as the first word
+        ("Jane approves expense claims above 500 euros.", "Jane"),
+    ],
+)
+def test_claims_cannot_borrow_from_other_sentences(collection, backend, claim, why) -> None:
+    hits = _hits(collection, backend, claim)
+    (verdict,) = verify(claim, hits)
+    assert verdict.verdict == "unsupported" and why in verdict.missing
+
+
+def test_numbers_match_across_writing_conventions(tmp_path: Path, backend) -> None:
+    folder = tmp_path / "numbers"
+    folder.mkdir()
+    (folder / "facts.md").write_text(
+        "# Facts\n\nThe grant is 1,000 euros. Le budget est de 25 000 euros.\n\n"
+        "The audit happened on 2024-05-01 at 10:00.\n"
+    )
+    coll = index.create(tmp_path / "h", "numbers", backend.identity, backend.dim)
+    ingest(coll, backend, [folder])
+    hits = retrieval.retrieve(coll, backend, "grant budget audit", k=3)
+    for claim in (
+        "The grant is 1000 euros.",
+        "Le budget est de 25000 euros.",
+        "The audit happened in 2024 at 10.",
+    ):
+        (verdict,) = verify(claim, hits)
+        assert verdict.verdict == "supported", (claim, verdict.missing)
+    (wrong,) = verify("The grant is 2,000 euros.", hits)
+    assert wrong.verdict == "unsupported" and wrong.missing == ["2000"]
+
+
+def test_gold_answers_match_whole_words_outside_citation_marks() -> None:
+    from cuvee.docs.evaluate import contains_answer
+
+    assert contains_answer("Employees get 2 days [1].", "2")
+    assert not contains_answer("Employees get several days [1] [2].", "2")
+    assert not contains_answer("It takes 12 days [1].", "2 days")
+    assert contains_answer("L'indemnité est de 35 euros [1].", "35 EUROS")
+
+
+def test_a_claim_about_something_else_is_not_an_abstention(collection, backend) -> None:
+    question = "Does the badge contain personal data?"
+    made_up = ask(collection, backend, question, Scripted("The badge does not contain data."))
+    assert [s.verdict for s in made_up.sentences] == ["unsupported"]
+    said_so = ask(collection, backend, question, Scripted("The sources do not mention badges."))
+    assert [s.verdict for s in said_so.sentences] == ["no_claim"] and said_so.abstained
+
+
+def test_an_emptied_file_is_no_longer_cited(collection, folder, backend) -> None:
+    target = folder / "onboarding.md"
+    target.write_text("   \n")
+    report = ingest(collection, backend, [folder])
+    assert report.removed == [str(target)]
+    assert str(target) not in {d.path for d in collection.documents()}
+
+
+def test_no_chunk_repeats_a_part_of_the_previous_one(tmp_path: Path) -> None:
+    from cuvee.docs import chunking, loaders
+
+    path = tmp_path / "units.md"
+    # sentences of 400, 100 and 800 characters in one paragraph (default 900 / 150)
+    path.write_text(("a" * 398) + ". " + ("b" * 98) + ". " + ("c" * 798) + ".")
+    chunks = chunking.chunk(loaders.load(path))
+    spans = [(c.start, c.end) for c in chunks]
+    for (a0, b0), (a1, b1) in itertools.pairwise(spans):
+        assert not (a0 <= a1 and b1 <= b0), spans

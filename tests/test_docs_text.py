@@ -165,3 +165,14 @@ def test_windows_1252_text_files_are_read(tmp_path: Path) -> None:
     path.write_bytes("Résumé of the café\r\nSecond line".encode("cp1252"))
     extracted = loaders.load(path)
     assert extracted.text.startswith("Résumé of the café\nSecond")
+
+
+def test_numbered_list_items_stay_whole_and_plurals_meet() -> None:
+    text = "Steps:\n1. Fill in the form.\n2. Send it to HR."
+    assert [text[a:b] for a, b in sentence_spans(text)] == [
+        "Steps:",
+        "1. Fill in the form.",
+        "2. Send it to HR.",
+    ]
+    assert terms("policies") == terms("policy")
+    assert terms("1,000 euros") == terms("1000 euro") == terms("1 000 euros")

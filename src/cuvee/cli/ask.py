@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from cuvee.cli.output import print_json, reporter_for
+from cuvee.docs.verify import DEFAULT_MIN_SUPPORT
 
 
 @click.command(
@@ -35,7 +36,7 @@ is, the answer says the documents do not say."""
     "--min-support",
     type=click.FloatRange(0, 1),
     default=None,
-    help="Share of a sentence's terms its source must contain [0.6].",
+    help=f"Share of a sentence's terms its source must contain [{DEFAULT_MIN_SUPPORT}].",
 )
 @click.option(
     "--reranker", type=click.Choice(["none", "coverage"]), default="none", show_default=True

@@ -48,6 +48,8 @@ def _print_report(name: str, report, as_json: bool) -> None:
 def _ingest(settings, name, paths, sync, skip_errors, chunk_size, overlap, as_json) -> None:
     from cuvee.docs import chunking, index
     from cuvee.docs.ingest import expand, ingest
+    from cuvee.docs.loaders import LOADERS
+    from cuvee.errors import DocsError
 
     index.check_name(name)
     reporter = reporter_for(as_json)
@@ -64,11 +66,15 @@ def _ingest(settings, name, paths, sync, skip_errors, chunk_size, overlap, as_js
         collection = index.create(settings.home, name, backend.identity, backend.dim, size, overlap)
     else:
         collection = index.open_collection(settings.home, name)
-        if chunk_size is not None and chunk_size != collection.chunk_size:
-            raise click.UsageError(
-                f"collection {name!r} is chunked at {collection.chunk_size} characters; "
-                "--chunk-size applies when a collection is created"
-            )
+        for given, recorded, flag in (
+            (chunk_size, collection.chunk_size, "--chunk-size"),
+            (overlap, collection.overlap, "--overlap"),
+        ):
+            if given is not None and given != recorded:
+                raise click.UsageError(
+                    f"collection {name!r} was created with {flag} {recorded}; {flag} applies "
+                    "when a collection is created (make a new one to change it)"
+                )
     try:
         report = ingest(
             collection,
@@ -83,6 +89,13 @@ def _ingest(settings, name, paths, sync, skip_errors, chunk_size, overlap, as_js
             collection.close()
             index.remove(settings.home, name)
         raise
+    if created and not report.added:
+        collection.close()
+        index.remove(settings.home, name)
+        raise DocsError(
+            f"nothing to index in {', '.join(str(p) for p in paths)} (supported: "
+            f"{', '.join(sorted(LOADERS))}); collection {name!r} was not created"
+        )
     _print_report(name, report, as_json)
 
 

@@ -140,7 +140,7 @@ def _off_question(question: str, supported, hits: list[Hit]) -> str | None:
     not answered by passages about the "C2"), and at least half of its content terms."""
     cited = {s.citation.chunk_id for s in supported}
     text = " ".join(f"{h.title}\n{h.section}\n{h.text}" for h in hits if h.chunk_id in cited)
-    missing = verifying._facts_missing(verifying.key_facts(question), text)
+    missing = verifying.facts_missing(verifying.key_facts(question), text)
     if missing:
         return f"the passages cited never mention {', '.join(missing)}"
     wanted = {t for t in terms(question) if t not in QUESTION_WORDS}
@@ -209,10 +209,16 @@ def _assemble(result: AskResult, hits: list[Hit], keep_unsupported: bool) -> Non
 
 
 def _is_abstention(text: str) -> bool:
+    """The model saying the sources do not answer ("The documents do not say", "The text does
+    not mention it", "Les documents ne le disent pas"): a statement about the sources, not a
+    claim to check. A sentence about anything else ("The badge does not contain personal
+    data") is a claim."""
     folded = " ".join(fold(text).split())
-    return any(phrase in folded for phrase in _ABSTAIN_PHRASES)
+    about_sources = any(word in folded for word in _SOURCE_WORDS)
+    return about_sources and any(phrase in folded for phrase in _ABSTAIN_PHRASES)
 
 
+_SOURCE_WORDS = ("document", "source", "text", "passage", "context", "texte", "information")
 _ABSTAIN_PHRASES = (
     "do not say",
     "does not say",
@@ -220,10 +226,14 @@ _ABSTAIN_PHRASES = (
     "doesn't say",
     "do not contain",
     "does not contain",
+    "do not mention",
+    "does not mention",
     "not mentioned",
     "no information",
-    "les documents ne disent pas",
-    "les documents ne le disent pas",
+    "ne disent pas",
+    "ne le disent pas",
+    "ne dit pas",
+    "ne mentionne",
 )
 
 

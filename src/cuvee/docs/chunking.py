@@ -110,5 +110,7 @@ def chunk(
                 if units[j].end - units[k].start > overlap:
                     break
                 following = k
+            if units[j + 1].end - units[following].start > size:
+                following = j + 1  # the overlap leaves no room for anything new: no overlap
             i = following
     return chunks

@@ -19,13 +19,14 @@ recall (an abstention is correct on an unanswerable question)."""
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from cuvee.docs.answer import AskResult, Generate, ask
 from cuvee.docs.embedders import Backend
 from cuvee.docs.index import Collection
-from cuvee.docs.textnorm import fold
+from cuvee.docs.textnorm import words
 from cuvee.errors import DocsError
 from cuvee.progress import Reporter, SilentReporter
 
@@ -78,12 +79,23 @@ def load_qa(path: Path) -> list[QAItem]:
 
 
 def _is_gold(doc_path: str, gold: list[str]) -> bool:
-    return any(doc_path == g or doc_path.endswith("/" + g.lstrip("/")) for g in gold)
+    parts = Path(doc_path).parts
+    return any(tuple(Path(g).parts) == parts[-len(Path(g).parts) :] for g in gold if Path(g).parts)
+
+
+_MARKS = re.compile(r"\[(?:\d+(?:\s*[,;]\s*\d+)*|unsupported)\]")
+
+
+def contains_answer(answer: str, gold: str) -> bool:
+    """Whether ``gold`` occurs in ``answer`` as whole words (case, accents and number grouping
+    folded; citation marks removed first, so "[2]" never matches a gold "2")."""
+    text = " ".join(words(_MARKS.sub(" ", answer)))
+    wanted = " ".join(words(gold))
+    return bool(wanted) and re.search(rf"(?<!\S){re.escape(wanted)}(?!\S)", text) is not None
 
 
 def _correct(result: AskResult, item: QAItem) -> bool:
-    answer = fold(result.answer)
-    return not result.abstained and any(fold(a) in answer for a in item.answers)
+    return not result.abstained and any(contains_answer(result.answer, a) for a in item.answers)
 
 
 def score(collection: Collection, items: list[QAItem], results: list[AskResult], k: int) -> dict:

@@ -173,7 +173,12 @@ class Collection:
         exact = [d for d in docs if str(d.id) == ref or d.path == ref]
         if not exact:
             resolved = str(Path(ref).expanduser().resolve())
-            exact = [d for d in docs if d.path == resolved or d.path.endswith("/" + ref)]
+            wanted = Path(ref).parts
+            exact = [
+                d
+                for d in docs
+                if d.path == resolved or Path(d.path).parts[-len(wanted) :] == wanted
+            ]
         if len(exact) == 1:
             return exact[0]
         if not exact:

@@ -106,10 +106,9 @@ def ingest(
 
     if sync:
         present = {str(p) for p in files}
+        given = {str(p.expanduser().resolve()) for p in paths}
         for doc_path in known:
-            inside = any(
-                doc_path == str(root) or doc_path.startswith(str(root) + "/") for root in folders
-            ) or doc_path in {str(p.expanduser().resolve()) for p in paths}
+            inside = doc_path in given or any(Path(doc_path).is_relative_to(r) for r in folders)
             if inside and doc_path not in present:
                 report.removed.append(doc_path)
 
@@ -131,6 +130,8 @@ def ingest(
             pieces = chunking.chunk(extracted, collection.chunk_size, collection.overlap)
             if not pieces:
                 report.skipped.append({"path": str(path), "error": "no text"})
+                if existed:  # emptied (or a scan replaced it): its old text must not be cited
+                    report.removed.append(str(path))
             else:
                 prepared.append((path, digest, existed, extracted, pieces))
             advance(1)

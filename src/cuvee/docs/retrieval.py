@@ -101,6 +101,7 @@ def retrieve(
     order = sorted(fused, key=lambda cid: -fused[cid]["rrf"])
     pool = order[: max(k, candidates if RERANKERS[reranker] else k)]
     rows = collection.chunk_rows(pool)
+    pool = [cid for cid in pool if cid in rows]  # a concurrent `docs sync` may have removed some
     hits = [
         Hit(
             chunk_id=cid,

@@ -39,6 +39,8 @@ def stem(word: str) -> str:
     different names collapse. Numbers are left alone."""
     if word[:1].isdigit() or len(word) <= 3:
         return word
+    if word.endswith("ies") and len(word) > 4:
+        return word[:-3] + "y"  # policies -> policy
     for suffix in (
         "ements",
         "ement",
@@ -60,9 +62,18 @@ def stem(word: str) -> str:
     return word
 
 
+# a thousands separator: ",", a space or a narrow/no-break space between digit groups of three
+_GROUPED = re.compile(r"(?<=\d)[,\u00a0\u202f ](?=\d{3}(?!\d))")
+
+
+def ungroup(text: str) -> str:
+    """``1,000`` and the French ``25 000`` written as ``1000`` and ``25000``."""
+    return _GROUPED.sub("", text)
+
+
 def words(text: str) -> list[str]:
-    """Folded words with elisions cut, stopwords kept (for names and numbers)."""
-    return _WORD.findall(_ELISION.sub("", fold(text)))
+    """Folded words with elisions cut and numbers ungrouped, stopwords kept."""
+    return _WORD.findall(_ELISION.sub("", fold(ungroup(text))))
 
 
 def terms(text: str) -> list[str]:
@@ -99,12 +110,19 @@ def sentence_spans(text: str, start: int = 0, end: int | None = None) -> list[tu
         spans.append((cursor, match.start()))
         cursor = match.end()
     spans.append((cursor, end))
-    out = []
+    out: list[tuple[int, int]] = []
     for a, b in spans:
         while a < b and text[a].isspace():
             a += 1
         while b > a and text[b - 1].isspace():
             b -= 1
-        if b > a:
+        if b <= a:
+            continue
+        if out and _ORDINAL.match(text[out[-1][0] : out[-1][1]]):
+            out[-1] = (out[-1][0], b)  # "1." of a numbered list belongs to its item
+        else:
             out.append((a, b))
     return out
+
+
+_ORDINAL = re.compile(r"^\(?\d{1,3}[.)]$")

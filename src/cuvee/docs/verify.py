@@ -1,19 +1,22 @@
 """Checking an answer against its sources, sentence by sentence.
 
-A sentence of a generated answer is *supported* by a retrieved chunk when
+A sentence of a generated answer is *supported* by a retrieved chunk when one window of that
+chunk (one sentence, or two consecutive ones, read with the chunk's title and section)
 
-1. every number in it (``42``, ``3,5``, ``2024-05-01``) and every name (a capitalised word
-   that does not start the sentence, or an acronym) occurs in that chunk, and
-2. at least ``min_support`` of its content terms (normalised by :mod:`textnorm`: case,
-   accents, elisions, stopwords, light stemming) occur in that chunk.
+1. contains every number in the sentence (``42``, ``3,5``, ``1 000``, ``2024``) and every name
+   (a capitalised word, or a first word the passages never use),
+2. contains at least ``min_support`` of its content terms (normalised by :mod:`textnorm`:
+   case, accents, elisions, stopwords, light stemming), and
+3. has the same polarity: a negation on one side only is the opposite claim.
 
-The check is lexical on purpose: it is cheap, explainable ("the answer says 2019, the source
-says 2021") and cannot be talked round by fluent wording; paraphrases with no shared words are
-rejected, which costs recall, never faithfulness. A sentence is checked first against the
+The check is lexical on purpose: cheap, explainable ("the answer says 2019, the source says
+2021") and not swayed by fluent wording. It has limits: a paraphrase sharing few words with its
+source is rejected (a cost in recall), and a claim that rearranges a window's own words into a
+different statement ("A approves B" from "B approves A") can pass; what passes is always
+*found* in the source, which is what the quote shows. A sentence is checked first against the
 chunks it cites, then against the other retrieved chunks (its citation is then corrected and
-the sentence marked ``reattributed``). Its quote is the shortest run of one to three sentences
-of the supporting chunk that covers the most of its terms: a verbatim slice of the document,
-given by offsets into it."""
+the sentence marked ``reattributed``). Its quote is the supporting window itself: a slice of the
+stored document text, given by offsets into it."""
 
 from __future__ import annotations
 
@@ -21,7 +24,7 @@ import re
 from dataclasses import asdict, dataclass, field
 
 from cuvee.docs.retrieval import Hit
-from cuvee.docs.textnorm import STOPWORDS, fold, sentence_spans, stem, terms, words
+from cuvee.docs.textnorm import STOPWORDS, fold, sentence_spans, stem, terms, ungroup, words
 
 DEFAULT_MIN_SUPPORT = 0.7
 
@@ -89,54 +92,55 @@ class SentenceVerdict:
         return out
 
 
-def _norm_number(text: str) -> str:
-    return text.replace(",", ".")
+def numbers_in(text: str) -> set[str]:
+    """Every number of ``text``, normalised: grouping separators dropped (``1,000`` and the
+    French ``1 000`` are ``1000``), a decimal comma read as a point, and each run of digits of
+    a compound number (``2024-05-01``, ``10:00``) counted on its own too."""
+    flat = ungroup(text)
+    out = {m.replace(",", ".") for m in _NUMBER.findall(flat)}
+    out.update(re.findall(r"\d+", flat))
+    return out
 
 
-def key_facts(claim: str) -> list[str]:
-    """Numbers and names in a sentence: each must occur in the source."""
-    facts = [m.group(0) for m in _NUMBER.finditer(claim)]
+def key_facts(claim: str, vocabulary: set[str] | None = None) -> list[str]:
+    """Numbers and names in a sentence: each must occur in the source. A name is a capitalised
+    word that does not start the sentence; the first word counts too when ``vocabulary`` (the
+    folded words of the passages) lacks it, so "Jane approves ..." cannot pass on the strength
+    of the other words."""
+    flat = ungroup(claim)
+    facts = [m.group(0) for m in _NUMBER.finditer(flat)]
     stripped = claim.lstrip(" \"'«(*-•")
     offset = len(claim) - len(stripped)
     for match in _CAPITALISED.finditer(claim):
-        if match.start() == offset:  # the sentence's first word: capitalised anyway
-            continue
         word = match.group(1).rstrip("'’-")
         folded = fold(word)
         if folded in STOPWORDS or not any(c.isalpha() for c in word):
             continue
+        if match.start() == offset and (vocabulary is None or set(words(word)) <= vocabulary):
+            continue  # the sentence's first word: capitalised anyway
         facts.append(word)
     return list(dict.fromkeys(facts))
 
 
-def _facts_missing(facts: list[str], source: str) -> list[str]:
-    numbers = {_norm_number(m) for m in _NUMBER.findall(source)}
-    source_words = set(words(source))
+def facts_missing(facts: list[str], source: str) -> list[str]:
+    numbers = numbers_in(source)
+    source_stems = {stem(w) for w in words(source)}
     missing = []
     for fact in facts:
         if fact[0].isdigit():
-            if _norm_number(fact) not in numbers:
+            if fact.replace(",", ".") not in numbers:
                 missing.append(fact)
-        elif not set(words(fact)) <= source_words:
+        elif not {stem(w) for w in words(fact)} <= source_stems:
             missing.append(fact)
     return missing
 
 
-def _best_quote(claim_terms: set[str], hit: Hit) -> tuple[int, int]:
-    """Offsets (in the document) of the shortest window of 1-3 sentences of the chunk covering
-    the most claim terms."""
+def _windows(hit: Hit) -> list[tuple[int, int]]:
+    """Runs of one or two consecutive sentences of a chunk, as offsets into its text."""
     spans = sentence_spans(hit.text)
-    best: tuple[int, int, int, int] | None = None  # (-matched, length, a, b)
-    for i in range(len(spans)):
-        for j in range(i, min(i + 3, len(spans))):
-            a, b = spans[i][0], spans[j][1]
-            matched = len(claim_terms & set(terms(hit.text[a:b])))
-            key = (-matched, b - a, a, b)
-            if best is None or key < best:
-                best = key
-    if best is None:
-        return hit.start, hit.end
-    return hit.start + best[2], hit.start + best[3]
+    out = list(spans)
+    out += [(spans[i][0], spans[i + 1][1]) for i in range(len(spans) - 1)]
+    return out or [(0, len(hit.text))]
 
 
 _FRAMING_STEMS = frozenset(stem(w) for w in FRAMING)
@@ -169,16 +173,33 @@ def negated(text: str) -> bool:
     return "n't" in folded or bool(_NEGATIONS & set(words(folded)))
 
 
-def _check(claim: str, claim_terms: list[str], hit: Hit) -> tuple[float, list[str]]:
-    source = f"{hit.title}\n{hit.section}\n{hit.text}"
-    have = set(terms(source))
-    support = sum(1 for t in claim_terms if t in have) / len(claim_terms)
-    missing = _facts_missing(key_facts(claim), source)
-    if negated(claim) and not negated(hit.text):
-        # "X is not Y" shares every word with "X is Y": a negation the source lacks is the
-        # opposite claim, whatever the overlap
-        missing.append("(negation)")
-    return support, missing
+def _check(
+    claim: str, claim_terms: list[str], hit: Hit, vocabulary: set[str], min_support: float
+) -> tuple[float, list[str], tuple[int, int]]:
+    """(support, what is missing, window) for the best window of ``hit``: one or two
+    consecutive sentences that must hold the claim's terms, every number and name, and its
+    polarity. Checking one window rather than the whole chunk is what stops a claim from
+    borrowing its number from one sentence and its words from another ("up to 27 unused days
+    may be carried over" when the chunk says 27 days of leave, and 5 days carried over)."""
+    context = f"{hit.title}\n{hit.section}\n"
+    facts = key_facts(claim, vocabulary)
+    claim_negated = negated(claim)
+    best: tuple[tuple, float, list[str], tuple[int, int]] | None = None
+    for a, b in _windows(hit):
+        window = hit.text[a:b]
+        have = set(terms(context + window))
+        support = sum(1 for t in claim_terms if t in have) / len(claim_terms)
+        missing = facts_missing(facts, context + window)
+        if claim_negated != negated(window):
+            # "X is not Y" shares every word with "X is Y": opposite polarity is the opposite
+            # claim, whatever the overlap
+            missing.append("(negation)" if claim_negated else "(the source negates it)")
+        ok = support >= min_support and not missing
+        key = (ok, support, -len(missing), -(b - a))
+        if best is None or key > best[0]:
+            best = (key, support, missing, (a, b))
+    assert best is not None
+    return best[1], best[2], best[3]
 
 
 def _only_headings(claim_terms: list[str], hits: list[Hit]) -> bool:
@@ -206,6 +227,7 @@ def verify(
     answer: str, hits: list[Hit], min_support: float = DEFAULT_MIN_SUPPORT
 ) -> list[SentenceVerdict]:
     verdicts: list[SentenceVerdict] = []
+    vocabulary = {w for h in hits for w in words(f"{h.title} {h.section} {h.text}")}
     for claim, cited in split_answer(answer):
         claim_terms = claim_terms_of(claim)
         verdict = SentenceVerdict(text=claim, verdict="no_claim", cited=cited)
@@ -214,24 +236,27 @@ def verify(
             continue  # no content, or a copied heading: nothing is asserted
         valid = [n for n in cited if 1 <= n <= len(hits)]
         order = valid + [n for n in range(1, len(hits) + 1) if n not in valid]
-        best: tuple[float, int, list[str]] | None = None
+        best: tuple[float, int, tuple[int, int]] | None = None
+        closest: tuple[float, list[str]] | None = None
         for n in order:
-            support, missing = _check(claim, claim_terms, hits[n - 1])
+            support, missing, window = _check(
+                claim, claim_terms, hits[n - 1], vocabulary, min_support
+            )
             ok = support >= min_support and not missing
             if ok and (best is None or n in valid or support > best[0] + 1e-9):
-                best = (support, n, missing)
+                best = (support, n, window)
                 if n in valid:
                     break
-            if best is None and n in valid:
-                verdict.support, verdict.missing = support, missing
+            if closest is None or support > closest[0]:
+                closest = (support, missing)  # the nearest miss explains the verdict
         if best is None:
             verdict.verdict = "unsupported"
-            if not valid:
-                verdict.support, verdict.missing = _best_failure(claim, claim_terms, hits)
+            if closest is not None:
+                verdict.support, verdict.missing = closest
             continue
-        support, n, _ = best
+        support, n, (a, b) = best
         hit = hits[n - 1]
-        start, end = _best_quote(set(claim_terms), hit)
+        start, end = hit.start + a, hit.start + b
         verdict.verdict = "supported"
         verdict.support = round(support, 3)
         verdict.missing = []
@@ -249,10 +274,3 @@ def verify(
     for verdict in verdicts:
         verdict.support = round(verdict.support, 3)
     return verdicts
-
-
-def _best_failure(claim: str, claim_terms: list[str], hits: list[Hit]) -> tuple[float, list[str]]:
-    if not hits:
-        return 0.0, key_facts(claim)
-    results = [_check(claim, claim_terms, hit) for hit in hits]
-    return max(results, key=lambda r: (r[0], -len(r[1])))
