@@ -51,3 +51,15 @@ def test_grounded_items_carry_the_ask_prompt_and_score_like_docs_eval(hashing) -
     made_up = suite.score(items, ["The answer is 99 percent, says Bob Smith [1]." for _ in items])
     assert made_up.metrics["answer_accuracy"] == 0.0
     assert made_up.metrics["unsupported_rate_generated"] == 1.0
+
+
+def test_the_grounded_suite_resolves_by_name_under_the_given_home(tmp_path) -> None:
+    from dataclasses import replace
+
+    from cuvee.config import load_settings
+    from cuvee.eval.suites import resolve_suite
+
+    settings = replace(load_settings(), home=tmp_path / "elsewhere")
+    resolved = resolve_suite("grounded", settings)
+    assert resolved.packaged and len(resolved.items) >= 30
+    assert (tmp_path / "elsewhere" / "eval" / "grounded" / "docs").is_dir()

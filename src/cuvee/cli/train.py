@@ -200,7 +200,7 @@ def train(
     if eval_suites:
         from cuvee.train.evaluation import check_suites
 
-        check_suites(list(eval_suites))
+        check_suites(settings, list(eval_suites))
     _quiet_libraries()
     display = None
     if not json_output:

@@ -11,7 +11,7 @@ metrics of `cuvee docs eval`."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,14 @@ class GroundedSuite:
     version: str = "1"
     description: str = "answers from documents, every sentence checked (sample handbook)"
     max_tokens: int = 256
+    settings: Any = None
+
+    @property
+    def fixture(self) -> Path:
+        return _sample() / "qa.jsonl"
+
+    def bind(self, settings: Any) -> GroundedSuite:
+        return replace(self, settings=settings)
 
     def accepts(self, record: dict[str, Any]) -> bool:
         return "question" in record and "answers" in record and "docs" in record
@@ -42,7 +50,7 @@ class GroundedSuite:
         from cuvee.docs.embedders import open_backend
         from cuvee.docs.ingest import ingest
 
-        settings = load_settings()
+        settings = self.settings or load_settings()
         home = settings.home / "eval" / "grounded"
         backend = open_backend(settings.embedding_model)
         if index.collection_path(home, COLLECTION).is_file():
@@ -53,7 +61,11 @@ class GroundedSuite:
         if not index.collection_path(home, COLLECTION).is_file():
             index.create(home, COLLECTION, backend.identity, backend.dim)
         collection = index.open_collection(home, COLLECTION)
-        ingest(collection, backend, [_sample() / "docs"], sync=True)
+        docs = (_sample() / "docs").resolve()
+        # documents indexed from another installation's copy of the sample are dropped
+        stale = [d.path for d in collection.documents() if not Path(d.path).is_relative_to(docs)]
+        collection.apply([], stale)
+        ingest(collection, backend, [docs], sync=True)
         return collection, backend
 
     def load(self, path: Path | None) -> list[Item]:
@@ -62,7 +74,7 @@ class GroundedSuite:
         from cuvee.docs.retrieval import retrieve
         from cuvee.errors import DocsError
 
-        source = path or _sample() / "qa.jsonl"
+        source = path or self.fixture
         try:
             questions = load_qa(source)
         except DocsError as exc:

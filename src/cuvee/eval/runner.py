@@ -123,7 +123,7 @@ def run_evaluation(
         raise EvalError(f"--max-tokens {max_tokens} must be at least 1")
     runs = []
     for spec in suites:
-        resolved = resolve_suite(spec)
+        resolved = resolve_suite(spec, settings)
         generation = GenerationSettings(
             max_tokens=max_tokens or resolved.suite.max_tokens, seed=seed
         )

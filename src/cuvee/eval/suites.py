@@ -149,9 +149,11 @@ def fixture_path(name: str) -> Path:
     return Path(str(files("cuvee.eval") / "fixtures" / f"{name}.jsonl"))
 
 
-def resolve_suite(spec: str) -> ResolvedSuite:
+def resolve_suite(spec: str, settings: Any = None) -> ResolvedSuite:
     """``spec`` is a suite name (its packaged fixture), ``NAME=FILE``, or a FILE whose format
-    picks the suite (the first suite that accepts its first record)."""
+    picks the suite (the first suite that accepts its first record). A suite that needs the
+    settings in force (``--home``, the embedding model) has a ``bind(settings)`` returning a
+    copy that uses them."""
     name, sep, file = spec.partition("=")
     if Path(spec).expanduser().is_file() or (spec.endswith(".jsonl") and not sep):
         path, packaged = Path(spec).expanduser(), False
@@ -160,7 +162,9 @@ def resolve_suite(spec: str) -> ResolvedSuite:
         suite, path, packaged = get_suite(name), Path(file).expanduser(), False
     else:
         suite = get_suite(spec)
-        path, packaged = fixture_path(suite.name), True
+        path, packaged = getattr(suite, "fixture", None) or fixture_path(suite.name), True
+    if settings is not None and hasattr(suite, "bind"):
+        suite = suite.bind(settings)
     if not path.is_file():
         raise EvalError(f"{path}: no such suite file")
     items = suite.load(None if packaged else path)

@@ -12,12 +12,12 @@ from cuvee.store import ModelStore, write_manifest
 CARD_HEADING = "## Evaluation"
 
 
-def check_suites(suites: list[str]) -> None:
+def check_suites(settings, suites: list[str]) -> None:
     """Resolve every suite before training starts: a typo fails now, not after the run."""
     from cuvee.eval.suites import resolve_suite
 
     for spec in suites:
-        resolve_suite(spec)
+        resolve_suite(spec, settings)
 
 
 def evaluate_and_record(
