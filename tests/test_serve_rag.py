@@ -19,7 +19,7 @@ from cuvee.config import load_settings
 from cuvee.docs import index
 from cuvee.docs.ingest import ingest
 from cuvee.serve.app import create_app
-from cuvee.serve.keys import Authenticator, KeyStore, digest
+from cuvee.serve.keys import ApiKey, Authenticator, KeyStore, digest
 from cuvee.serve.models import ModelRegistry
 from cuvee.serve.rag import DocsService
 from docs_fakes import HashingBackend, Scripted
@@ -353,7 +353,7 @@ def test_keys_restricted_to_collections_never_see_the_others(docs_home, tmp_path
     store = KeyStore(tmp_path / "keys.sqlite")
     _, everything = store.create("all")
     _, limited = store.create("limited", collections=["hb"])
-    _, other_models = store.create("other-only", models=["other"])
+    _, other_models = store.create("other-only", models=["other"], collections=["hb"])
     served = Served(docs_home, keys=store)
     auth = {
         name: {"Authorization": f"Bearer {k}"}
@@ -413,7 +413,10 @@ def test_a_keys_file_from_before_collections_keeps_working(tmp_path: Path) -> No
     store = KeyStore(path)
     key = store.verify(secret)
     assert key is not None and key.name == "old" and key.rpm == 5 and key.models == ("demo",)
-    assert key.collections is None and key.sees("anything")
+    # limited to models and silent on collections: documents are granted explicitly, never
+    # as a side effect of a key made before they existed
+    assert key.collections is None and not key.sees("anything")
+    assert ApiKey("x", "free", None, None, None, "2024-01-01T00:00:00Z").sees("anything")
     record, new_secret = store.create("new", collections=["hb", "hb", " faq "])
     assert record.collections == ("hb", "faq")
     assert store.verify(new_secret).collections == ("hb", "faq")
@@ -489,7 +492,9 @@ def test_the_embedding_backend_is_loaded_once(docs_home: Path) -> None:
     client = TestClient(create_app(settings, registry, docs=docs))
     assert made == []  # nothing loaded before it is needed
     for _ in range(3):
-        assert client.post("/v1/retrieve", json={"collection": "hb", "query": "x"}).status_code
+        assert (
+            client.post("/v1/retrieve", json={"collection": "hb", "query": "x"}).status_code == 200
+        )
     payload = {"model": "rag:hb", "messages": [{"role": "user", "content": QUESTION}]}
     assert client.post("/v1/chat/completions", json=payload).status_code == 200
     assert len(made) == 1

@@ -32,8 +32,9 @@ def keys() -> None:
 @click.option(
     "--collections",
     default=None,
-    help="Comma-separated document collections it may search (rag:NAME, /v1/retrieve; "
-    "default: all). Others answer 404 to it, as if they did not exist.",
+    help="Comma-separated document collections it may search (rag:NAME, /v1/retrieve). "
+    "Default: all for a key without --models, none for a key limited to some models. Others "
+    "answer 404 to it, as if they did not exist.",
 )
 @click.option("--json", "json_output", is_flag=True, help="Print one JSON object with the key.")
 @click.pass_obj
@@ -103,7 +104,9 @@ def list_keys(settings, json_output: bool, show_all: bool) -> None:
     )
     for r in records:
         models = ",".join(r.models) if r.models else "all"
-        collections = ",".join(r.collections) if r.collections else "all"
+        collections = (
+            ",".join(r.collections) if r.collections else ("all" if r.models is None else "none")
+        )
         revoked = f"  REVOKED {r.revoked_at}" if r.revoked_at else ""
         click.echo(
             f"{r.name:<20} {r.public()['id']:<16} {r.rpm or '-':>6} {r.tpm or '-':>8}  "

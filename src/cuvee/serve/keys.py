@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from cuvee.errors import ConfigError
+from cuvee.errors import ConfigError, CuveeError
 from cuvee.serve import errors
 
 PREFIX = "cv-"
@@ -69,14 +69,20 @@ class ApiKey:
     models: tuple[str, ...] | None  # None: every model
     created_at: str
     revoked_at: str | None = None
-    collections: tuple[str, ...] | None = None  # None: every collection
+    # None: every collection for an unrestricted key, none for a key limited to some models
+    collections: tuple[str, ...] | None = None
 
     def allows(self, model: str) -> bool:
         return self.models is None or model in self.models
 
     def sees(self, collection: str) -> bool:
-        """Whether the key may search ``collection`` and read its chunks."""
-        return self.collections is None or collection in self.collections
+        """Whether the key may search ``collection`` and read its chunks. A key limited to
+        some models (``--models``) but given no ``--collections`` sees none: document access
+        is granted explicitly, never as a side effect (keys made before collections existed
+        were made for models alone)."""
+        if self.collections is None:
+            return self.models is None
+        return collection in self.collections
 
     def public(self) -> dict:
         return {
@@ -158,6 +164,13 @@ class KeyStore:
                 raise ConfigError(
                     "--collections names no collection", hint="e.g. --collections handbook,faq"
                 )
+            from cuvee.docs.index import check_name
+
+            for name_ in collection_list:
+                try:
+                    check_name(name_)
+                except CuveeError as exc:
+                    raise ConfigError(f"--collections: {exc.message}") from exc
         key_id = secrets.token_hex(_ID_LEN // 2)
         secret = f"{PREFIX}{key_id}-{secrets.token_urlsafe(32)}"
         record = ApiKey(key_id, name, rpm, tpm, model_list, _now(), None, collection_list)

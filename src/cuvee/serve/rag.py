@@ -573,9 +573,9 @@ async def answer_route(
             if job.cancelled:
                 raise _Cancelled
             job.answerer = state.docs.answerer_factory(state, model, params)
-            if job.cancelled:
-                raise _Cancelled
             try:
+                if job.cancelled:  # the client left while the engine loaded
+                    raise _Cancelled
                 result = ask(
                     target.collection,
                     backend,
