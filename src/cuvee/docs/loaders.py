@@ -1,10 +1,11 @@
 """Files to text: a registry from file suffix to a loader.
 
 Each loader returns the document's plain text, a title, and its headings as (offset, level,
-title) so chunking can follow the document's structure. For .txt and .md files the text is the
-file itself, byte for byte decoded, so a citation's quote is a verbatim span of what the user
-wrote; for .html, .pdf and .docx it is the text extracted from them (the only text there is to
-quote), stored in the index next to the chunks."""
+title) so chunking can follow the document's structure. For .txt and .md files the text is the file
+itself, decoded, with Windows line ends normalised to ``\n`` (and a UTF-8 byte-order mark
+dropped); for .html, .pdf and .docx it is the text extracted from them (the only text there is
+to quote). That text is stored in the index next to the chunks, and every offset a citation
+gives points into it."""
 
 from __future__ import annotations
 
