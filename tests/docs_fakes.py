@@ -4,11 +4,22 @@ so similar texts get similar vectors without any model) and scripted generators.
 from __future__ import annotations
 
 import hashlib
+import shutil
 from collections.abc import Sequence
+from importlib import resources
+from pathlib import Path
 
 import numpy as np
 
 from cuvee.docs.textnorm import terms
+
+SAMPLE = Path(str(resources.files("cuvee.docs") / "sample"))
+
+
+def copy_sample(target: Path) -> Path:
+    """A private copy of the shipped sample documents, safe to edit."""
+    shutil.copytree(SAMPLE / "docs", target)
+    return target
 
 
 class HashingBackend:

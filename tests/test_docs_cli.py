@@ -4,22 +4,17 @@ from __future__ import annotations
 
 import json
 import shutil
-from importlib import resources
 from pathlib import Path
 
 import pytest
 
-from docs_fakes import HashingBackend, Scripted
+from docs_fakes import SAMPLE, HashingBackend, Scripted, copy_sample
 from helpers import run_cli, store_tiny
-
-SAMPLE = resources.files("cuvee.docs") / "sample"
 
 
 @pytest.fixture
 def folder(tmp_path: Path) -> Path:
-    target = tmp_path / "handbook"
-    shutil.copytree(str(SAMPLE / "docs"), target)
-    return target
+    return copy_sample(tmp_path / "handbook")
 
 
 @pytest.fixture(autouse=True)

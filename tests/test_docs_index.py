@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import shutil
-from importlib import resources
 from pathlib import Path
 
 import pytest
@@ -17,16 +15,12 @@ from cuvee.docs.evaluate import load_qa, run, score
 from cuvee.docs.ingest import ingest, reindex
 from cuvee.docs.verify import key_facts, verify
 from cuvee.errors import DocsError
-from docs_fakes import HashingBackend, Scripted
-
-SAMPLE = resources.files("cuvee.docs") / "sample"
+from docs_fakes import SAMPLE, HashingBackend, Scripted, copy_sample
 
 
 @pytest.fixture
 def folder(tmp_path: Path) -> Path:
-    target = tmp_path / "handbook"
-    shutil.copytree(str(SAMPLE / "docs"), target)
-    return target
+    return copy_sample(tmp_path / "handbook")
 
 
 @pytest.fixture

@@ -40,6 +40,20 @@ _ROLES = {
 }
 
 
+def check_token_limits(body: ChatCompletionRequest) -> None:
+    """``max_tokens`` (deprecated by OpenAI) and ``max_completion_tokens`` may both be sent,
+    but not with two different values."""
+    if (
+        body.max_tokens is not None
+        and body.max_completion_tokens is not None
+        and body.max_tokens != body.max_completion_tokens
+    ):
+        raise errors.invalid_param(
+            "Give 'max_completion_tokens' or 'max_tokens', not two different values.",
+            "max_tokens",
+        )
+
+
 def check_sampling(body: SamplingFields) -> None:
     """Refuse the shared parameters the engine cannot honour."""
     if body.logit_bias:
@@ -168,15 +182,7 @@ def chat_plan(body: ChatCompletionRequest) -> tuple[Plan, tools.ToolPlan | None]
     """The engine requests, and the tool plan the formatter parses answers with."""
     check_sampling(body)
     _refuse_unsupported(body)
-    if (
-        body.max_tokens is not None
-        and body.max_completion_tokens is not None
-        and body.max_tokens != body.max_completion_tokens
-    ):
-        raise errors.invalid_param(
-            "Give 'max_completion_tokens' or 'max_tokens', not two different values.",
-            "max_tokens",
-        )
+    check_token_limits(body)
     logprobs = _logprobs(body)
     tool_plan = tools.tool_plan(body)
     schema = tools.output_schema(tool_plan, _json_schema(body))

@@ -64,6 +64,7 @@ from cuvee.serve.openai_chat import (
     ChatFormatter,
     _text,
     check_sampling,
+    check_token_limits,
     engine_messages,
     sampling_params,
 )
@@ -461,15 +462,7 @@ def _params(body: ChatCompletionRequest) -> SamplingParams:
     for name, (is_set, why) in _REFUSED.items():
         if is_set(body):
             raise errors.unsupported(name, why)
-    if (
-        body.max_tokens is not None
-        and body.max_completion_tokens is not None
-        and body.max_tokens != body.max_completion_tokens
-    ):
-        raise errors.invalid_param(
-            "Give 'max_completion_tokens' or 'max_tokens', not two different values.",
-            "max_tokens",
-        )
+    check_token_limits(body)
     params = sampling_params(body, 0)
     if body.temperature is None:
         params.temperature = 0.0
