@@ -32,6 +32,8 @@ from cuvee.config import load_settings
 from cuvee.data.starter import load_starter
 from cuvee.store import ModelStore
 
+HELDOUT_FILE = "starter-heldout.jsonl"
+
 
 def run_cuvee(*args: str) -> str:
     """Run a cuvee command in-process; its stdout (progress stays on stderr)."""
@@ -72,39 +74,41 @@ def main() -> None:
 
     if not store.exists(args.base):
         run_cuvee("models", "pull", args.base)
-    training: dict = {}
     if args.reuse and store.exists(name):
         print(f"reusing {name}", flush=True)
+        wall = None
     else:
         started = time.perf_counter()
-        summary = json.loads(
-            run_cuvee(
-                "train",
-                "--base",
-                args.base,
-                "--data",
-                "starter",
-                "--name",
-                name,
-                "--time-budget",
-                budget,
-                "--force",
-                "--json",
-            )
+        run_cuvee(
+            "train",
+            "--base",
+            args.base,
+            "--data",
+            "starter",
+            "--name",
+            name,
+            "--time-budget",
+            budget,
+            "--force",
+            "--json",
         )
-        training = {
-            "time_budget": budget,
-            "wall_s": round(time.perf_counter() - started, 1),
-            "steps": summary["steps"],
-            "tokens_per_s": round(summary["tokens_per_s"], 1),
-            "estimated_cost_usd": summary["estimated_cost_usd"],
-            "heldout_loss_base": summary["base_eval_loss"],
-            "heldout_loss_tuned": summary["eval_loss"],
-        }
-        print(f"training: {json.dumps(training)}", flush=True)
+        wall = round(time.perf_counter() - started, 1)
+    # the run summary of the stored fine-tune (so --reuse reports the same figures)
+    run_dir = Path(store.get(name).manifest.source.path or "")
+    summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
+    training = {
+        "time_budget": budget if wall is not None else summary.get("time_budget"),
+        "wall_s": wall if wall is not None else round(summary["wall_time_s"], 1),
+        "steps": summary["steps"],
+        "tokens_per_s": round(summary["tokens_per_s"], 1),
+        "estimated_cost_usd": summary["estimated_cost_usd"],
+        "heldout_loss_base": summary["base_eval_loss"],
+        "heldout_loss_tuned": summary["eval_loss"],
+    }
+    print(f"training: {json.dumps(training)}", flush=True)
 
     with tempfile.TemporaryDirectory() as tmp:
-        suite_file = Path(tmp) / "heldout.jsonl"
+        suite_file = Path(tmp) / HELDOUT_FILE
         items = heldout_suite(suite_file)
         print(f"held-out slice: {items} records", flush=True)
         started = time.perf_counter()
@@ -115,7 +119,7 @@ def main() -> None:
             "--suite",
             "instructions",
             "--suite",
-            f"heldout={suite_file}",
+            f"tasks={suite_file}",
             *limit,
             "--json",
         )
@@ -123,12 +127,14 @@ def main() -> None:
     document = json.loads(out.strip().splitlines()[-1])
 
     rows = []
-    for suite, metrics in (("instructions", None), ("heldout", ["summary_rouge_l"])):
+    heldout = f"tasks:{HELDOUT_FILE}"
+    for suite, metrics in (("instructions", None), (heldout, ["summary_rouge_l"])):
         base = document["results"][args.base][suite]["metrics"]
         tuned = document["results"][name][suite]["metrics"]
         for metric in metrics or list(base):
             if metric in base and metric in tuned:
-                rows.append((f"{suite}.{metric}", base[metric], tuned[metric], True))
+                label = "heldout" if suite == heldout else suite
+                rows.append((f"{label}.{metric}", base[metric], tuned[metric], True))
     if training:
         rows.append(
             ("heldout.loss", training["heldout_loss_base"], training["heldout_loss_tuned"], False)

@@ -325,3 +325,14 @@ def test_no_chunk_repeats_a_part_of_the_previous_one(tmp_path: Path) -> None:
     spans = [(c.start, c.end) for c in chunks]
     for (a0, b0), (a1, b1) in itertools.pairwise(spans):
         assert not (a0 <= a1 and b1 <= b0), spans
+
+
+def test_true_sentences_the_question_did_not_ask_about_are_left_out(collection, backend):
+    question = "What is the nightly hotel limit in capital cities?"
+    generate = Scripted(
+        "The nightly hotel limit is 180 euros in capital cities. "
+        "Meals are reimbursed up to 45 euros per day while travelling."
+    )
+    result = ask(collection, backend, question, generate)
+    assert [s.verdict for s in result.sentences] == ["supported", "off_topic"]
+    assert "Meals" not in result.answer and len(result.citations) == 1

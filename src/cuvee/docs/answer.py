@@ -180,6 +180,17 @@ def _assemble(result: AskResult, hits: list[Hit], keep_unsupported: bool) -> Non
     if not supported:
         result.answer, result.reason = abstention(result.question), "no supported sentence"
         return
+    wanted = {t for t in terms(result.question) if t not in QUESTION_WORDS}
+    for sentence in supported:
+        # a small model copies whole passages: true sentences that touch nothing the question
+        # asks about are left out of the answer (listed as off_topic)
+        if wanted and not wanted & set(terms(f"{sentence.text} {sentence.citation.quote}")):
+            sentence.verdict = "off_topic"
+    supported = [s for s in supported if s.verdict == "supported"]
+    if not supported:
+        result.answer = abstention(result.question)
+        result.reason = "the supported sentences do not address the question"
+        return
     reason = _off_question(result.question, supported, hits)
     if reason:
         result.answer, result.reason = abstention(result.question), reason

@@ -79,7 +79,7 @@ class Citation:
 @dataclass
 class SentenceVerdict:
     text: str
-    verdict: str  # supported | unsupported | no_claim
+    verdict: str  # supported | unsupported | no_claim | off_topic (true, but not asked about)
     cited: list[int] = field(default_factory=list)  # what the model cited (1-based hits)
     support: float = 0.0
     missing: list[str] = field(default_factory=list)  # numbers and names absent from the source
