@@ -336,3 +336,16 @@ def test_true_sentences_the_question_did_not_ask_about_are_left_out(collection, 
     result = ask(collection, backend, question, generate)
     assert [s.verdict for s in result.sentences] == ["supported", "off_topic"]
     assert "Meals" not in result.answer and len(result.citations) == 1
+
+
+def test_a_sentence_cut_by_the_token_limit_is_not_a_claim(collection, backend) -> None:
+    question = "What is the nightly hotel limit in capital cities?"
+    generate = Scripted("The nightly hotel limit is 180 euros in capital cities. The nightly")
+    generate.reason = "length"
+    result = ask(collection, backend, question, generate)
+    assert [s.verdict for s in result.sentences] == ["supported", "no_claim"]
+    assert result.sentences[1].missing == ["(cut by max_tokens)"]
+    generate.reason = "stop"
+    assert ask(collection, backend, question, generate).sentences[1].missing != [
+        "(cut by max_tokens)"
+    ]

@@ -110,7 +110,8 @@ def ask(
     generated_text = generate(build_messages(question, hits))
     generated = time.perf_counter()
     result.timings["generation_ms"] = round((generated - retrieved) * 1000, 1)
-    check(result, hits, generated_text, min_support, keep_unsupported)
+    cut = getattr(generate, "reason", None) == "length"
+    check(result, hits, generated_text, min_support, keep_unsupported, cut=cut)
     result.timings["verification_ms"] = round((time.perf_counter() - generated) * 1000, 1)
     return result
 
@@ -121,6 +122,7 @@ def check(
     generated: str,
     min_support: float = verifying.DEFAULT_MIN_SUPPORT,
     keep_unsupported: bool = False,
+    cut: bool = False,
 ) -> AskResult:
     """Verify ``generated`` (written from ``hits``, numbered from 1) and set the result's
     answer, citations and sentences: the second half of :func:`ask`, for callers that
@@ -130,6 +132,11 @@ def check(
     for sentence in result.sentences:
         if _is_abstention(sentence.text):
             sentence.verdict, sentence.citation = "no_claim", None
+    last = result.sentences[-1] if result.sentences else None
+    if cut and last is not None and last.text.rstrip()[-1:] not in '.!?…"»)':
+        # the token limit cut the last sentence: half a sentence can be "found" in a source
+        # and still say something else
+        last.verdict, last.citation, last.missing = "no_claim", None, ["(cut by max_tokens)"]
     _assemble(result, hits, keep_unsupported)
     return result
 

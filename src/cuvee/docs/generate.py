@@ -23,6 +23,7 @@ class EngineGenerator:
     def __init__(self, engine, max_tokens: int = MAX_ANSWER_TOKENS) -> None:
         self.engine = engine
         self.max_tokens = min(max_tokens, max(16, engine.context_length // 4))
+        self.reason = "stop"  # why the last answer ended: "length" when the limit cut it
 
     def fits(self, messages: list[dict]) -> bool:
         from cuvee.engine.base import Request
@@ -43,8 +44,10 @@ class EngineGenerator:
         for event in self.engine.submit(Request(messages=messages, params=params)):
             if isinstance(event, TokenEvent):
                 parts.append(event.text)
-            elif isinstance(event, Finished) and event.reason == "error":
-                raise CuveeError(f"generation failed: {event.error}")
+            elif isinstance(event, Finished):
+                if event.reason == "error":
+                    raise CuveeError(f"generation failed: {event.error}")
+                self.reason = event.reason
         return "".join(parts)
 
 
