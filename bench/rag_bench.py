@@ -193,7 +193,7 @@ def main() -> None:
         ingest(big, backend, [large])
         big_chunks = sum(d.chunks for d in big.documents())
         print(
-            f"10k index: {big_chunks} chunks in {time.perf_counter() - started:.0f} s", flush=True
+            f"large index: {big_chunks} chunks in {time.perf_counter() - started:.0f} s", flush=True
         )
         picks = random.Random(2).sample(all_questions, min(args.queries, len(all_questions)))
         results["retrieval_10k"] = {"chunks": big_chunks, **latency(big, backend, picks)}

@@ -230,7 +230,7 @@ class Collection:
                 blobs.append(blob)
             dim = self.dim
             vectors = (
-                np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(len(ids), dim)
+                np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(len(ids), dim).copy()
                 if ids
                 else np.zeros((0, dim), dtype=np.float32)
             )

@@ -16,6 +16,18 @@ from cuvee.docs.embedders import Backend
 from cuvee.docs.index import Collection
 from cuvee.docs.textnorm import fts_query, terms
 
+
+def _similarities(matrix: np.ndarray, vector: np.ndarray) -> np.ndarray:
+    """Cosine similarities (unit vectors: dot products), computed by torch rather than numpy:
+    numpy's BLAS keeps its own threads spinning after a call, and the next question's
+    embedding (torch's threads) then waits for them: 100 ms lost on one query in twenty."""
+    import torch
+
+    return torch.mv(
+        torch.from_numpy(matrix), torch.from_numpy(np.ascontiguousarray(vector))
+    ).numpy()
+
+
 RRF_K = 60
 CANDIDATES = 50
 
@@ -85,7 +97,7 @@ def retrieve(
     ids, matrix = collection.matrix()
     if len(ids):
         vector = question_vector if question_vector is not None else backend.embed([question])[0]
-        sims = matrix @ vector
+        sims = _similarities(matrix, vector)
         top = min(candidates, len(ids))
         best = np.argpartition(-sims, top - 1)[:top]
         best = best[np.argsort(-sims[best])]
