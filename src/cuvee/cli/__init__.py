@@ -45,7 +45,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "eval": (
         "cuvee.cli.eval",
         "eval",
-        "Evaluate models on instruction-following, task and pairwise suites.",
+        "Evaluate models: instruction following, tasks, pairwise, grounded answers.",
     ),
     "quickstart": (
         "cuvee.cli.quickstart",
@@ -80,7 +80,7 @@ class LazyGroup(click.Group):
 @click.group(
     cls=LazyGroup,
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
-    epilog="Example: cuvee models pull gemma3-270m && cuvee models show gemma3-270m --json",
+    epilog="Example: cuvee quickstart   (pull, fine-tune, evaluate, export, index, serve)",
 )
 @click.option(
     "--home",
