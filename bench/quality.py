@@ -29,10 +29,8 @@ from pathlib import Path
 
 from cuvee.cli import main as cuvee
 from cuvee.config import load_settings
-from cuvee.data.starter import load_starter
+from cuvee.data.starter import HELDOUT_SUITE, write_heldout_suite
 from cuvee.store import ModelStore
-
-HELDOUT_FILE = "starter-heldout.jsonl"
 
 
 def run_cuvee(*args: str) -> str:
@@ -45,18 +43,6 @@ def run_cuvee(*args: str) -> str:
             if exc.code:
                 raise RuntimeError(f"cuvee {' '.join(args)} exited {exc.code}") from exc
     return buffer.getvalue()
-
-
-def heldout_suite(path: Path) -> int:
-    """The starter set's held-out records as a `tasks` file scored by ROUGE-L."""
-    rows = []
-    for record in load_starter("heldout"):
-        messages = record.messages()
-        prompt = next(m["content"] for m in reversed(messages) if m["role"] == "user")
-        reference = next(m["content"] for m in reversed(messages) if m["role"] == "assistant")
-        rows.append({"task": "summarise", "prompt": prompt, "reference": reference})
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    return len(rows)
 
 
 def main() -> None:
@@ -108,8 +94,8 @@ def main() -> None:
     print(f"training: {json.dumps(training)}", flush=True)
 
     with tempfile.TemporaryDirectory() as tmp:
-        suite_file = Path(tmp) / HELDOUT_FILE
-        items = heldout_suite(suite_file)
+        suite_file = Path(tmp) / HELDOUT_SUITE
+        items = write_heldout_suite(suite_file)
         print(f"held-out slice: {items} records", flush=True)
         started = time.perf_counter()
         out = run_cuvee(
@@ -127,7 +113,7 @@ def main() -> None:
     document = json.loads(out.strip().splitlines()[-1])
 
     rows = []
-    heldout = f"tasks:{HELDOUT_FILE}"
+    heldout = f"tasks:{HELDOUT_SUITE}"
     for suite, metrics in (("instructions", None), (heldout, ["summary_rouge_l"])):
         base = document["results"][args.base][suite]["metrics"]
         tuned = document["results"][name][suite]["metrics"]

@@ -37,6 +37,8 @@ def test_quickstart_runs_every_step_then_skips_them(
     (collection,) = json.loads(listed)
     assert collection["name"] == "sample" and collection["documents"] == 6
     assert "cuvee ask sample" in out and "rag:sample" in out
+    # base and tune compared on instruction following and on the starter set's held-out slice
+    assert "instructions (v" in out and "tasks:starter-heldout.jsonl" in out
 
     hashing.embedded.clear()
     code, out, err = run_cli(capsys, *args)

@@ -6,8 +6,9 @@ the commands it teaches:
 
 1. pull the base model (``cuvee models pull``);
 2. fine-tune it on the bundled starter set within a time budget (``cuvee train``);
-3. evaluate base and fine-tune on a slice of the ``instructions`` suite (``cuvee eval``; the
-   results are cached, so a second run is instant);
+3. evaluate base and fine-tune on a slice of the ``instructions`` suite and of the starter
+   set's held-out records (``cuvee eval``; the results are cached, so a second run is
+   instant);
 4. export the fine-tune to GGUF q8_0 (``cuvee export``), what the engine runs;
 5. index the bundled document set into the ``sample`` collection (``cuvee docs add``;
    unchanged files are skipped by hash);
@@ -90,8 +91,21 @@ def _train(plan: Plan) -> None:
 
 
 def _evaluate(plan: Plan) -> None:
+    from cuvee.data.starter import HELDOUT_SUITE, write_heldout_suite
+
+    heldout = plan.settings.home / "quickstart" / HELDOUT_SUITE
+    write_heldout_suite(heldout)
     invoke(
-        plan, "eval", plan.base, plan.name, "--suite", EVAL_SUITE, "--limit", str(plan.eval_limit)
+        plan,
+        "eval",
+        plan.base,
+        plan.name,
+        "--suite",
+        EVAL_SUITE,
+        "--suite",
+        f"tasks={heldout}",
+        "--limit",
+        str(plan.eval_limit),
     )
 
 

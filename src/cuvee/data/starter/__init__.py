@@ -46,3 +46,23 @@ def load_starter(split: str = "train") -> list[Conversation]:
             raise DataError(f"bundled starter data is damaged: {result.problems[0]}")
         records += [r for r in result.records if split == "all" or (r.split or "train") == split]
     return records
+
+
+HELDOUT_SUITE = "starter-heldout.jsonl"
+
+
+def write_heldout_suite(path: Path) -> int:
+    """The held-out records as a `cuvee eval` tasks file scored by ROUGE-L against the
+    reference answer (``--suite tasks=PATH``): how close a model comes to what the starter set
+    teaches, on records no fine-tune saw. Returns the number of records."""
+    import json
+
+    rows = []
+    for record in load_starter("heldout"):
+        messages = record.messages()
+        prompt = next(m["content"] for m in reversed(messages) if m["role"] == "user")
+        reference = next(m["content"] for m in reversed(messages) if m["role"] == "assistant")
+        rows.append({"task": "summarise", "prompt": prompt, "reference": reference})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), "utf-8")
+    return len(rows)
