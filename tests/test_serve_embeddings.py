@@ -403,3 +403,17 @@ def test_the_packaged_model_ranks_similar_sentences_together() -> None:
     similar, unrelated = float(vectors[0] @ vectors[1]), float(vectors[0] @ vectors[2])
     assert similar > unrelated + 0.2, (similar, unrelated)
     assert tokens > 20
+
+
+def test_document_search_shares_the_served_embedder(tiny_bert_dir: Path) -> None:
+    """One copy of the embedding model serves /v1/embeddings and document search."""
+    from dataclasses import replace
+
+    settings = replace(load_settings(), embedding_model=str(tiny_bert_dir))
+    registry = ModelRegistry(settings, opener=_no_engine, names=lambda: ["fake"])
+    app = create_app(settings, registry, Authenticator(None))
+    state = app.state.cuvee
+    backend = state.docs.backend()
+    assert backend._embedder is state.embeddings.get()
+    vectors = backend.embed(["a question", "another one"])
+    assert vectors.shape == (2, backend.dim)

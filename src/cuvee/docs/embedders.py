@@ -20,7 +20,7 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -66,11 +66,12 @@ class LocalBackend:
     precision: str = "auto"
     batch_size: int = 16
     name: str | None = None
+    embedder: Any = None  # an Embedder of this directory already loaded (the server's)
 
     def __post_init__(self) -> None:
         from cuvee.embeddings import Embedder, embedding_model_id
 
-        self._embedder = Embedder(self.directory, batch_size=self.batch_size)
+        self._embedder = self.embedder or Embedder(self.directory, batch_size=self.batch_size)
         self.dim = self._embedder.dim
         if self.precision == "auto":
             self.precision = "bf16" if _bf16_native() else "fp32"
@@ -150,15 +151,17 @@ class OpenAIBackend:
         return matrix / np.maximum(norms, 1e-12)
 
 
-def _open_local(spec: str) -> Backend:
+def _open_local(spec: str, embedder: Any = None) -> Backend:
     from cuvee.embeddings import DEFAULT_EMBEDDING_MODEL_ID, default_embedding_model_dir
 
     if spec:
-        return LocalBackend(Path(spec).expanduser())
-    return LocalBackend(default_embedding_model_dir(), name=DEFAULT_EMBEDDING_MODEL_ID)
+        return LocalBackend(Path(spec).expanduser(), embedder=embedder)
+    return LocalBackend(
+        default_embedding_model_dir(), name=DEFAULT_EMBEDDING_MODEL_ID, embedder=embedder
+    )
 
 
-def _open_openai(spec: str) -> Backend:
+def _open_openai(spec: str, embedder: Any = None) -> Backend:
     rest = spec.removeprefix("openai:")
     base_url, sep, model = rest.partition("#")
     if not sep or not base_url or not model:
@@ -167,12 +170,14 @@ def _open_openai(spec: str) -> Backend:
 
 
 # prefix -> factory; the empty prefix is a local directory (or the packaged default)
-EMBEDDERS: dict[str, Callable[[str], Backend]] = {"openai:": _open_openai, "": _open_local}
+EMBEDDERS: dict[str, Callable[..., Backend]] = {"openai:": _open_openai, "": _open_local}
 
 
-def open_backend(spec: str | None) -> Backend:
+def open_backend(spec: str | None, embedder: Any = None) -> Backend:
     """The backend for a setting value (``None``: the packaged all-MiniLM-L6-v2). Loading one
-    takes a second or more: callers that embed repeatedly (the server) keep it."""
+    takes a second or more: callers that embed repeatedly (the server) keep it, and a server
+    that already loaded the same model for /v1/embeddings passes that ``embedder`` (a local
+    backend uses it instead of loading a second copy)."""
     key = str(spec or "")
     prefix = next(p for p in EMBEDDERS if key.startswith(p))
-    return EMBEDDERS[prefix](key)
+    return EMBEDDERS[prefix](key, embedder=embedder)

@@ -99,15 +99,20 @@ def create_app(
     ``request_log`` writes a JSON line per /v1 request (None: no request log); ``docs``
     serves the document collections (default: those under ``settings.home``, searched with
     ``settings.embedding_model``; tests inject a fake embedder and answerer)."""
+    embeddings = EmbeddingService.from_settings(settings, embedder_factory)
+    if docs is None:
+        docs = DocsService.from_settings(
+            settings, _shared_backend(settings, embeddings) if embedder_factory is None else None
+        )
     state = ServerState(
         settings=settings,
         registry=registry,
         auth=auth or Authenticator(None),
         metrics=metrics or Metrics(),
         capacity=Capacity(max_queue),
-        embeddings=EmbeddingService.from_settings(settings, embedder_factory),
+        embeddings=embeddings,
         default_max_tokens=default_max_tokens,
-        docs=docs or DocsService.from_settings(settings),
+        docs=docs,
     )
     state.metrics.track_loaded(lambda: len(registry.loaded()))
     if request_log is not None:
@@ -345,3 +350,17 @@ async def _preload(state: ServerState) -> None:
         log.error("preloading models failed: %s", state.preload_error)
     else:
         state.preload_error = ""
+
+
+def _shared_backend(settings: Any, embeddings: EmbeddingService):
+    """Document search with the embedder /v1/embeddings serves: one copy of the model in
+    memory, not two (a local model only; an endpoint has nothing to share)."""
+
+    def factory():
+        from cuvee.docs.embedders import open_backend
+
+        spec = getattr(settings, "embedding_model", None)
+        shared = None if str(spec or "").startswith("openai:") else embeddings.get()
+        return open_backend(spec, embedder=shared)
+
+    return factory
