@@ -349,3 +349,16 @@ def test_a_sentence_cut_by_the_token_limit_is_not_a_claim(collection, backend) -
     assert ask(collection, backend, question, generate).sentences[1].missing != [
         "(cut by max_tokens)"
     ]
+
+
+def test_sentence_citations_use_the_answers_numbers(collection, backend) -> None:
+    question = "What is the nightly hotel limit in capital cities?"
+    generate = Scripted(
+        "Meals are reimbursed up to 45 euros per day while travelling [4]. "
+        "The nightly hotel limit is 180 euros in capital cities [3]. "
+        "The nightly hotel limit is 180 euros in capital cities [3]."
+    )
+    result = ask(collection, backend, question, generate)
+    numbers = [s.citation.n if s.citation else None for s in result.sentences]
+    assert numbers == [0, 1, 1]  # left out (off topic), then the answer's own [1] twice
+    assert result.answer.count("[1]") == 1

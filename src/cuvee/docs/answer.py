@@ -224,6 +224,10 @@ def _assemble(result: AskResult, hits: list[Hit], keep_unsupported: bool) -> Non
             parts.append(f"{_ended(sentence.text)} [unsupported]")
     result.answer = " ".join(parts)
     result.abstained = False
+    for sentence in result.sentences:  # one numbering: the answer's, 0 for what it left out
+        if sentence.citation is not None:
+            cite = sentence.citation
+            sentence.citation.n = numbering.get((cite.doc, cite.start, cite.end), 0)
 
 
 def _is_abstention(text: str) -> bool:

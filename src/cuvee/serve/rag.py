@@ -284,6 +284,7 @@ class DocsService:
             inode = path.stat().st_ino
         except (DocsError, OSError):  # not even a valid name, or no such file
             with self._lock:
+                # dropped from the cache: its connection closes once no request holds it
                 self._collections.pop(name, None)
             raise collection_not_found(name, param) from None
         with self._lock:
@@ -301,6 +302,7 @@ class DocsService:
 
     def describe(self, name: str) -> dict[str, Any]:
         """The ``rag:NAME`` model object (cuvee's extra fields beside OpenAI's)."""
+        loaded = name in self._collections  # before open() below, which loads it
         created = 0
         with contextlib.suppress(Exception):
             created = int(self.open(name, None, "model").stats()["created"])
@@ -311,7 +313,7 @@ class DocsService:
             "owned_by": "cuvee",
             "kind": "rag",
             "collection": name,
-            "loaded": name in self._collections,
+            "loaded": loaded,
         }
 
     # -- the embedding backend ------------------------------------------------------------
