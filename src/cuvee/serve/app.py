@@ -202,11 +202,7 @@ def create_app(
             state.auth.limiter.admit(key)
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         formatter = ChatFormatter(body.model, body.n, include_usage, bool(body.logprobs), tool_plan)
-        generation = await start(state, body.model, plan, key, started)
-        note(request, generation=generation)
-        if body.stream:
-            return stream(generation, request, formatter, include_usage)
-        return await collect(generation, request, formatter)
+        return await _generate(state, request, body, plan, key, started, formatter)
 
     @app.post("/v1/completions")
     async def completions(request: HTTPRequest, key: Key) -> Response:
@@ -222,11 +218,7 @@ def create_app(
         formatter = CompletionFormatter(
             body.model, prompts, body.n, body.echo, include_usage, body.logprobs
         )
-        generation = await start(state, body.model, plan, key, started)
-        note(request, generation=generation)
-        if body.stream:
-            return stream(generation, request, formatter, include_usage)
-        return await collect(generation, request, formatter)
+        return await _generate(state, request, body, plan, key, started, formatter)
 
     @app.post("/v1/embeddings")
     async def embeddings(request: HTTPRequest, key: Key) -> JSONResponse:
@@ -364,3 +356,13 @@ def _shared_backend(settings: Any, embeddings: EmbeddingService):
         return open_backend(spec, embedder=shared)
 
     return factory
+
+
+async def _generate(state, request, body, plan, key, started: float, formatter) -> Response:
+    """Start the engine requests of a chat or completion and answer: a stream, or the whole
+    response once every choice has finished."""
+    generation = await start(state, body.model, plan, key, started)
+    note(request, generation=generation)
+    if body.stream:
+        return stream(generation, request, formatter, formatter.include_usage)
+    return await collect(generation, request, formatter)

@@ -77,10 +77,19 @@ class Envelope:
             "choices": choices,
         }
 
-    def chunk(self, obj: str, choices: list[dict[str, Any]]) -> dict[str, Any]:
-        chunk = self.wrap(obj, choices)
+    # the ``object`` of a stream chunk ("chat.completion.chunk", "text_completion")
+    chunk_object = ""
+
+    def chunk(self, choices: list[dict[str, Any]]) -> dict[str, Any]:
+        chunk = self.wrap(self.chunk_object, choices)
         if self.include_usage:
             chunk["usage"] = None
+        return chunk
+
+    def usage_chunk(self, usage: dict[str, int]) -> dict[str, Any]:
+        """The last chunk of a stream that asked for usage: no choices, the usage."""
+        chunk = self.chunk([])
+        chunk["usage"] = usage
         return chunk
 
 

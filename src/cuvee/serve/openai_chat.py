@@ -223,6 +223,8 @@ class ChatFormatter(Envelope):
     id, type and name with empty arguments, then the arguments, as OpenAI streams them) or,
     if it is no call after all, as content."""
 
+    chunk_object = "chat.completion.chunk"
+
     def __init__(
         self,
         model: str,
@@ -240,9 +242,6 @@ class ChatFormatter(Envelope):
         # holding: the answer may still be a call (always, under a constrained tool_choice)
         self.holding = [tool_plan is not None for _ in range(n)]
 
-    def _chunk(self, choices: list[dict[str, Any]]) -> dict[str, Any]:
-        return self.chunk("chat.completion.chunk", choices)
-
     def _logprobs(self, entries: list[TokenLogprob]) -> dict[str, Any] | None:
         if not self.logprobs:
             return None
@@ -251,7 +250,7 @@ class ChatFormatter(Envelope):
     def _choice(
         self, index: int, delta: dict[str, Any], lps: list[TokenLogprob], reason: str | None
     ) -> dict[str, Any]:
-        return self._chunk(
+        return self.chunk(
             [
                 {
                     "index": index,
@@ -300,11 +299,6 @@ class ChatFormatter(Envelope):
         if self.tool_plan is None or not self.holding[index] or reason == "length":
             return None
         return tools.parse_calls(self.seen[index], self.tool_plan)
-
-    def usage_chunk(self, usage: dict[str, int]) -> dict[str, Any]:
-        chunk = self._chunk([])
-        chunk["usage"] = usage
-        return chunk
 
     def response(
         self,

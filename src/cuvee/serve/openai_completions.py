@@ -64,6 +64,8 @@ def completion_plan(body: CompletionRequest) -> tuple[Plan, list[str]]:
 class CompletionFormatter(Envelope):
     """``text_completion`` objects (whole or as stream chunks), one id per response."""
 
+    chunk_object = "text_completion"
+
     def __init__(
         self,
         model: str,
@@ -80,9 +82,6 @@ class CompletionFormatter(Envelope):
         self.logprobs = logprobs
         self.held = [Held() for _ in range(len(prompts) * n)]
         self.offsets = [0] * (len(prompts) * n)  # characters of each choice's text so far
-
-    def _chunk(self, choices: list[dict[str, Any]]) -> dict[str, Any]:
-        return self.chunk("text_completion", choices)
 
     def _logprobs(self, index: int, entries: list[TokenLogprob]) -> dict[str, Any] | None:
         """The legacy shape; ``text_offset`` counts characters from the choice's start."""
@@ -109,7 +108,7 @@ class CompletionFormatter(Envelope):
         if not self.echo:
             return []
         return [
-            self._chunk([self._choice(i, self.prompts[i // self.n], None)])
+            self.chunk([self._choice(i, self.prompts[i // self.n], None)])
             for i in range(len(self.prompts) * self.n)
         ]
 
@@ -119,16 +118,11 @@ class CompletionFormatter(Envelope):
         if not held.text:
             return []  # logprobs of held-back bytes go with the text they end up in
         text, lps = held.take()
-        return [self._chunk([self._choice(index, text, None, lps)])]
+        return [self.chunk([self._choice(index, text, None, lps)])]
 
     def finish(self, index: int, reason: str) -> list[dict[str, Any]]:
         text, lps = self.held[index].take()
-        return [self._chunk([self._choice(index, text, reason, lps)])]
-
-    def usage_chunk(self, usage: dict[str, int]) -> dict[str, Any]:
-        chunk = self._chunk([])
-        chunk["usage"] = usage
-        return chunk
+        return [self.chunk([self._choice(index, text, reason, lps)])]
 
     def response(
         self,
