@@ -15,7 +15,6 @@ question must be embedded by the same model, or the similarities mean nothing. T
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from cuvee.errors import ConfigError, DocsError
+from cuvee.store import sha256_file
 
 Progress = Callable[[int], None]
 
@@ -52,11 +52,7 @@ def _weights_digest(directory: Path) -> str:
     for name in ("model.safetensors", "pytorch_model.bin", "model.onnx"):
         path = directory / name
         if path.is_file():
-            digest = hashlib.sha256()
-            with path.open("rb") as handle:
-                for block in iter(lambda: handle.read(1 << 20), b""):
-                    digest.update(block)
-            return digest.hexdigest()[:12]
+            return sha256_file(path)[:12]
     return "noweights"
 
 

@@ -9,7 +9,6 @@ unchanged (or is listed and skipped with ``skip_errors``)."""
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from cuvee.docs.embedders import Backend
 from cuvee.docs.index import Collection, NewDocument, embedding_text
 from cuvee.errors import DocsError
 from cuvee.progress import Reporter, SilentReporter
+from cuvee.store import sha256_file
 
 
 @dataclass
@@ -70,14 +70,6 @@ def expand(paths: list[Path]) -> tuple[list[Path], list[Path]]:
     return list(dict.fromkeys(files)), folders
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def ingest(
     collection: Collection,
     backend: Backend,
@@ -97,7 +89,7 @@ def ingest(
 
     todo: list[tuple[Path, str, bool]] = []
     for path in files:
-        digest = _sha256(path)
+        digest = sha256_file(path)
         previous = known.get(str(path))
         if previous is not None and previous.sha256 == digest:
             report.unchanged.append(str(path))
