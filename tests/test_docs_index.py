@@ -214,6 +214,9 @@ def test_qa_file_errors_name_the_line(tmp_path: Path) -> None:
     path.write_text('{"question": "q", "answers": ["x"]}\n')
     with pytest.raises(DocsError, match="gold 'docs'"):
         load_qa(path)
+    path.write_bytes(b'{"question": "caf\xe9?"}\n')  # Latin-1, not UTF-8
+    with pytest.raises(DocsError, match="cannot read the QA file"):
+        load_qa(path)
 
 
 def test_evaluation_on_the_shipped_qa_set(collection, backend) -> None:

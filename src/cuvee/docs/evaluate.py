@@ -18,7 +18,6 @@ recall (an abstention is correct on an unanswerable question)."""
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +27,7 @@ from cuvee.docs.embedders import Backend
 from cuvee.docs.index import Collection
 from cuvee.docs.textnorm import words
 from cuvee.errors import DocsError
+from cuvee.jsonl import read_objects
 from cuvee.progress import Reporter, SilentReporter
 
 
@@ -48,16 +48,8 @@ def load_qa(path: Path) -> list[QAItem]:
         raise DocsError(f"{path}: no such QA file")
     items: list[QAItem] = []
     seen: set[str] = set()
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
+    for number, row in read_objects(path, DocsError, "QA file"):
         where = f"{path}:{number}"
-        try:
-            row = json.loads(line)
-        except ValueError as exc:
-            raise DocsError(f"{where}: not valid JSON: {exc}") from exc
-        if not isinstance(row, dict):
-            raise DocsError(f"{where}: expected a JSON object")
         question = row.get("question")
         if not isinstance(question, str) or not question.strip():
             raise DocsError(f"{where}: 'question' must be a non-empty string")

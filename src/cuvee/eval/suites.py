@@ -7,7 +7,6 @@ from __future__ import annotations
 import difflib
 import hashlib
 import importlib
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from importlib.resources import files
@@ -15,6 +14,7 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from cuvee.errors import CuveeError
+from cuvee.jsonl import read_objects
 
 
 class EvalError(CuveeError):
@@ -196,22 +196,9 @@ def detect_suite(path: Path) -> Suite:
 
 
 def read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(line number, record) for each non-blank line; a line that is not a JSON object raises
-    EvalError naming the file and line."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise EvalError(f"{path}: cannot read the suite file: {exc}") from exc
-    for number, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise EvalError(f"{path}:{number}: not valid JSON: {exc.msg}") from exc
-        if not isinstance(record, dict):
-            raise EvalError(f"{path}:{number}: expected a JSON object")
-        yield number, record
+    """(line number, record) for each non-blank line; a bad line raises EvalError naming the
+    file and line."""
+    return read_objects(path, EvalError, "suite file")
 
 
 def require(record: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
