@@ -14,7 +14,7 @@ from cuvee.data.records import Conversation, Origin, Turn
 from cuvee.errors import ConfigError
 from cuvee.tokenizer import load_tokenizer
 from cuvee.train.encode import IGNORE, Encoder
-from cuvee.train.loss import linear_cross_entropy
+from cuvee.train.loss import Workspace, linear_cross_entropy
 from cuvee.train.packing import assign_bins, pack
 from cuvee.train.recipe import Recipe, build_recipe, parse_duration, shipped_recipes
 from cuvee.train.sft import Schedule, lr_at
@@ -217,6 +217,36 @@ def test_chunked_loss_matches_plain_cross_entropy(softcap: float | None) -> None
     torch.testing.assert_close(loss, ref, rtol=1e-5, atol=1e-4)
     torch.testing.assert_close(hidden.grad, h2.grad, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(weight.grad, w2.grad, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("train_head", [False, True])
+def test_replaced_head_rows_match_a_spliced_head(train_head: bool) -> None:
+    """Rows replaced by trainable values (turn tokens over a frozen head) give the loss and
+    gradients of a head with those rows spliced in; one workspace reused across calls."""
+    torch.manual_seed(1)
+    index = torch.tensor([7, 4001])
+    ws = Workspace()
+    for _call in range(2):
+        hidden = torch.randn(40, 8, requires_grad=True)
+        weight = torch.randn(5000, 8, requires_grad=train_head)
+        values = torch.randn(2, 8, requires_grad=True)
+        targets = torch.randint(0, 5000, (40,))
+        targets[:3] = torch.tensor([7, 4001, 7])
+        loss = linear_cross_entropy(
+            hidden, weight, targets, row_index=index, row_values=values, workspace=ws
+        )
+        (loss * 0.5).backward()
+        h2, v2 = hidden.detach().clone().requires_grad_(), values.detach().clone().requires_grad_()
+        w2 = weight.detach().clone().requires_grad_(train_head)
+        spliced = w2.index_copy(0, index, v2)
+        ref = torch.nn.functional.cross_entropy(h2 @ spliced.t(), targets, reduction="sum")
+        (ref * 0.5).backward()
+        torch.testing.assert_close(loss, ref, rtol=1e-5, atol=1e-4)
+        torch.testing.assert_close(hidden.grad, h2.grad, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(values.grad, v2.grad, rtol=1e-4, atol=1e-5)
+        if train_head:
+            torch.testing.assert_close(weight.grad, w2.grad, rtol=1e-4, atol=1e-5)
+            assert not weight.grad[index].any()
 
 
 def test_loss_with_frozen_head_gives_no_weight_gradient() -> None:

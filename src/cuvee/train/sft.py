@@ -35,7 +35,7 @@ from cuvee.train.data import load_data, split_records
 from cuvee.train.display import Display, SilentDisplay
 from cuvee.train.encode import IGNORE, Encoder
 from cuvee.train.lineage import DataSource
-from cuvee.train.loss import linear_cross_entropy
+from cuvee.train.loss import Workspace, linear_cross_entropy
 from cuvee.train.packing import Row, pack
 from cuvee.train.parallel import Single
 from cuvee.train.parallel import choose as choose_parallel
@@ -88,6 +88,7 @@ class SFTLoss(torch.nn.Module):
         self.compute_dtype = compute_dtype
         lm = _causal_lm(model)
         self.softcap = getattr(lm.config, "final_logit_softcapping", None)
+        self.workspace = Workspace()
 
     def forward(self, input_ids, position_ids, labels) -> torch.Tensor:
         lm = _causal_lm(self.model)
@@ -103,6 +104,7 @@ class SFTLoss(torch.nn.Module):
             compute_dtype=self.compute_dtype,
             row_index=row_index,
             row_values=row_values,
+            workspace=self.workspace,
         )
 
 
