@@ -21,14 +21,30 @@ class FastDropout(torch.nn.Module):
         self.threshold = round(p * _SCALE)
         self.p = self.threshold / _SCALE
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.threshold == 0:
+    @property
+    def active(self) -> bool:
+        return self.training and self.threshold > 0
+
+    @property
+    def keep_scale(self) -> float:
+        """What kept elements are multiplied by (1 when inactive)."""
+        return 1.0 / (1.0 - self.p) if self.active else 1.0
+
+    def zero_dropped(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` with the dropped elements zeroed but the kept ones not yet rescaled: a caller
+        that feeds a linear map can apply ``keep_scale`` to its much smaller output instead."""
+        if not self.active:
             return x
         n = x.numel()
         bits = torch.empty((n + 1) // 2, dtype=torch.int32, device=x.device).random_()
+        # random_ fills int32 with [0, 2^31): the high half of each draw has 15 random bits.
         halves = bits.view(torch.int16)[:n].view(x.shape)
-        keep = (halves & 0x7FFF) >= self.threshold
-        return x * keep * (1.0 / (1.0 - self.p))
+        return x.masked_fill((halves & 0x7FFF) < self.threshold, 0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.active:
+            return x
+        return self.zero_dropped(x) * self.keep_scale
 
     def extra_repr(self) -> str:
         return f"p={self.p}"

@@ -1,0 +1,158 @@
+"""The CPU fast paths of training compute what the plain paths compute: the cheap LoRA dropout,
+the lean LoRA forward and eager attention over packed rows."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from cuvee.train.dropout import FastDropout, replace_dropout
+from cuvee.train.lora_forward import lean_lora_forward
+
+
+def test_fast_dropout_drops_at_the_rate_asked_and_rescales_the_rest() -> None:
+    torch.manual_seed(0)
+    drop = FastDropout(0.1)
+    x = torch.ones(1_000_001)
+    y = drop(x)
+    dropped = (y == 0).float().mean().item()
+    assert abs(dropped - 0.1) < 0.002
+    kept = y[y != 0]
+    torch.testing.assert_close(kept, torch.full_like(kept, 1 / 0.9))
+    # The halves of each 32-bit draw are both used: neither half is biased.
+    assert abs((y[0::2] == 0).float().mean().item() - 0.1) < 0.003
+    assert abs((y[1::2] == 0).float().mean().item() - 0.1) < 0.003
+    drop.eval()
+    assert drop(x) is x and drop.keep_scale == 1.0
+    assert FastDropout(0.0)(x) is x
+
+
+def _lora_model(directory: Path, dropout: float):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(directory, attn_implementation="sdpa")
+    targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    model = get_peft_model(
+        model, LoraConfig(r=4, lora_alpha=8, lora_dropout=dropout, target_modules=targets)
+    )
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_()  # peft starts B at zero, which would hide a wrong adapter path
+    replace_dropout(model)
+    model.train()
+    return model
+
+
+def _loss_and_grads(model, ids: torch.Tensor, seed: int):
+    torch.manual_seed(seed)
+    ids_embeds = model.get_input_embeddings()(ids).detach().requires_grad_()
+    logits = model(inputs_embeds=ids_embeds, use_cache=False).logits
+    loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), ids.flatten())
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+    model.zero_grad()
+    return logits.detach(), grads, ids_embeds.grad
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.2])
+def test_lean_lora_forward_matches_peft(tiny_gemma_dir: Path, dropout: float) -> None:
+    model = _lora_model(tiny_gemma_dir, dropout)
+    ids = torch.randint(3, 64, (2, 12))
+    ref_logits, ref_grads, ref_input = _loss_and_grads(model, ids, seed=5)
+    assert lean_lora_forward(model) == 14  # 7 targets x 2 layers
+    assert lean_lora_forward(model) == 0  # not wrapped twice
+    logits, grads, input_grad = _loss_and_grads(model, ids, seed=5)
+    torch.testing.assert_close(logits, ref_logits, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(input_grad, ref_input, rtol=1e-4, atol=1e-6)
+    assert grads.keys() == ref_grads.keys() and len(grads) == 28
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, ref_grads[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_lean_lora_forward_leaves_disabled_adapters_to_peft(tiny_gemma_dir: Path) -> None:
+    model = _lora_model(tiny_gemma_dir, 0.0)
+    ids = torch.randint(3, 64, (1, 8))
+    with model.disable_adapter(), torch.no_grad():
+        base = model(input_ids=ids, use_cache=False).logits
+    lean_lora_forward(model)
+    with torch.no_grad():
+        adapted = model(input_ids=ids, use_cache=False).logits
+        with model.disable_adapter():
+            again = model(input_ids=ids, use_cache=False).logits
+    torch.testing.assert_close(again, base)
+    assert not torch.allclose(adapted, base)
+
+
+@pytest.mark.parametrize("family", ["gemma", "llama"])
+def test_eager_attention_gives_the_sdpa_loss_and_gradients_on_packed_rows(
+    family: str, tiny_gemma_dir: Path, tiny_llama_dir: Path
+) -> None:
+    """Training on a CPU switches to transformers' eager attention: on packed rows (examples
+    longer than the tiny Gemma's 16-token sliding window included) it gives the loss and
+    gradients of the sdpa attention the model loads with."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from cuvee.train.encode import IGNORE, Example
+    from cuvee.train.packing import pack
+    from cuvee.train.sft import SFTLoss, _causal_lm
+
+    directory = tiny_gemma_dir if family == "gemma" else tiny_llama_dir
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(directory, attn_implementation="sdpa")
+    model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_()
+    gen = torch.Generator().manual_seed(1)
+
+    def example(n: int) -> Example:
+        ids = torch.randint(3, 60, (n,), generator=gen).tolist()
+        return Example(ids, [IGNORE] * (n // 3) + ids[n // 3 + 1 :] + [IGNORE])
+
+    rows = pack([example(n) for n in (20, 7, 12, 30, 3, 25)], 40, 0)
+    assert any(len(set(r.position_ids)) < len(r.position_ids) for r in rows)  # some packed
+    batch = {
+        "input_ids": torch.tensor([r.input_ids for r in rows]),
+        "position_ids": torch.tensor([r.position_ids for r in rows]),
+        "labels": torch.tensor([r.labels for r in rows]),
+    }
+
+    def run():
+        loss = SFTLoss(model, torch.float32)(**batch)
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+        model.zero_grad()
+        return loss.detach(), grads
+
+    ref_loss, ref_grads = run()
+    _causal_lm(model).set_attn_implementation("eager")
+    loss, grads = run()
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-5)
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, ref_grads[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_cpu_training_builds_the_model_with_the_fast_paths(
+    tiny_gemma_dir: Path, tmp_path: Path
+) -> None:
+    from cuvee.train.recipe import Recipe
+    from cuvee.train.sft import build_model, prepare
+    from helpers import store_tiny, write_data
+
+    _, store = store_tiny(tiny_gemma_dir)
+    data = write_data(tmp_path / "d.jsonl", 6)
+    recipe = Recipe(
+        base="tiny", data=[str(data)], name="x", seq_len=32, lora_dropout=0.1, eval_split="none"
+    )
+    model = build_model(store, prepare(store, recipe), "fp32", torch.device("cpu"))
+    assert model.config._attn_implementation == "eager"
+    lora = [m for m in model.modules() if hasattr(m, "lora_A")]
+    assert lora and all(hasattr(m, "_peft_forward") for m in lora)
+    assert all(isinstance(m.lora_dropout["default"], FastDropout) for m in lora)
