@@ -17,6 +17,8 @@ def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("CUVEE_HOME", str(home))
     monkeypatch.delenv("CUVEE_CONFIG", raising=False)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    # Compiling kernels costs seconds per model shape; the tests that need it turn it on.
+    monkeypatch.setenv("CUVEE_TRAIN_COMPILE", "off")
     return home
 
 

@@ -88,13 +88,14 @@ def test_lean_lora_forward_leaves_disabled_adapters_to_peft(tiny_gemma_dir: Path
     assert not torch.allclose(adapted, base)
 
 
+@pytest.mark.parametrize("attention", ["eager", "compiled"])
 @pytest.mark.parametrize("family", ["gemma", "llama"])
 def test_eager_attention_gives_the_sdpa_loss_and_gradients_on_packed_rows(
-    family: str, tiny_gemma_dir: Path, tiny_llama_dir: Path
+    family: str, attention: str, tiny_gemma_dir: Path, tiny_llama_dir: Path
 ) -> None:
-    """Training on a CPU switches to transformers' eager attention: on packed rows (examples
-    longer than the tiny Gemma's 16-token sliding window included) it gives the loss and
-    gradients of the sdpa attention the model loads with."""
+    """Training on a CPU switches to transformers' eager attention, compiled when kernels are:
+    on packed rows (examples longer than the tiny Gemma's 16-token sliding window included)
+    either gives the loss and gradients of the sdpa attention the model loads with."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
@@ -132,7 +133,12 @@ def test_eager_attention_gives_the_sdpa_loss_and_gradients_on_packed_rows(
         return loss.detach(), grads
 
     ref_loss, ref_grads = run()
-    _causal_lm(model).set_attn_implementation("eager")
+    if attention == "eager":
+        _causal_lm(model).set_attn_implementation("eager")
+    else:
+        from cuvee.train.kernels import Kernels
+
+        assert Kernels().compile_attention(_causal_lm(model))
     loss, grads = run()
     torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-5)
     for name, grad in grads.items():
@@ -156,3 +162,87 @@ def test_cpu_training_builds_the_model_with_the_fast_paths(
     lora = [m for m in model.modules() if hasattr(m, "lora_A")]
     assert lora and all(hasattr(m, "_peft_forward") for m in lora)
     assert all(isinstance(m.lora_dropout["default"], FastDropout) for m in lora)
+
+
+# ---------------------------------------------------------------------------- compiled kernels
+
+
+def test_hashed_dropout_compiled_matches_eager_and_drops_at_the_rate_asked() -> None:
+    from cuvee.train.kernels import Kernels, hashed_zero_dropped
+
+    kernels = Kernels()
+    threshold = round(0.1 * 32768)
+    x = torch.randn(300, 640, requires_grad=True)
+    torch.manual_seed(3)
+    y = kernels.zero_dropped(x, threshold)
+    torch.manual_seed(3)
+    seed = torch.randint(0, 2**31 - 1, (), dtype=torch.int32)
+    assert torch.equal(y, hashed_zero_dropped(x.detach(), seed, threshold))
+    assert abs((y == 0).float().mean().item() - 0.1) < 0.005
+    y.backward(torch.ones_like(y))
+    assert torch.equal(x.grad == 0, y == 0)  # dropped elements get no gradient
+    # Another draw of the seed gives another, unrelated mask; rows of other lengths compile
+    # to the same loop (rows are dynamic).
+    z = kernels.zero_dropped(torch.randn(77, 640), threshold)
+    agree = ((z[:77] == 0) == (y[:77].detach() == 0)).float().mean().item()
+    assert agree < 0.9
+
+
+def test_compiled_norms_compute_what_the_model_computes(tiny_gemma_dir: Path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    from cuvee.train.kernels import Kernels
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(tiny_gemma_dir)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.normal_()
+    ids = torch.randint(3, 64, (2, 10))
+    ref = model(input_ids=ids, use_cache=False).logits
+    ref.sum().backward()
+    ref_grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    assert Kernels().compile_norms(model) == 2 * 4 + 2 * 2 + 1  # 4 + q/k per layer, final
+    out = model(input_ids=ids, use_cache=False).logits
+    out.sum().backward()
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, ref_grads[name], rtol=1e-4, atol=1e-4)
+
+
+def test_training_with_compiled_kernels_resumes_exactly(
+    tiny_gemma_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cuvee.config import load_settings
+    from cuvee.store import ModelStore
+    from cuvee.train.recipe import Recipe
+    from cuvee.train.sft import Interrupted, find_run, train
+    from helpers import store_tiny, write_data
+
+    monkeypatch.setenv("CUVEE_TRAIN_COMPILE", "on")
+    store_tiny(tiny_gemma_dir)
+    settings = load_settings()
+    data = write_data(tmp_path / "d.jsonl", 30)
+
+    def recipe(name: str) -> Recipe:
+        return Recipe(
+            base="tiny",
+            data=[str(data)],
+            name=name,
+            seq_len=32,
+            batch_size=2,
+            max_steps=4,
+            lora_dropout=0.1,
+            eval_split="none",
+            save_every=2,
+        )
+
+    whole = train(settings, recipe("tuned"))
+    assert whole.summary["hardware"]["kernels"] == "compiled"
+    ModelStore(settings.models_dir).remove("tuned")
+    with pytest.raises(Interrupted):
+        train(settings, recipe("tuned"), stop_after_step=2)
+    resumed = train(settings, recipe("tuned"), resume_dir=find_run(settings, "tuned"))
+    assert resumed.losses == pytest.approx(whole.losses, rel=1e-5, abs=1e-6)

@@ -4,22 +4,29 @@ torch's dropout draws one Bernoulli sample per element; on a 2-core CPU that is 
 step (every adapted layer draws its own mask). This one draws 32 random bits per two elements
 and compares 15-bit halves with a threshold: the same distribution with the drop probability
 rounded to a multiple of 1/32768, from the same torch generator (so seeded runs and resumes stay
-exact)."""
+exact). Given compiled kernels (`kernels.Kernels`), the mask comes from their fused hash instead.
+"""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
+
+if TYPE_CHECKING:
+    from cuvee.train.kernels import Kernels
 
 _SCALE = 1 << 15
 
 
 class FastDropout(torch.nn.Module):
-    def __init__(self, p: float) -> None:
+    def __init__(self, p: float, kernels: Kernels | None = None) -> None:
         super().__init__()
         if not 0 <= p < 1:
             raise ValueError("dropout probability must be in [0, 1)")
         self.threshold = round(p * _SCALE)
         self.p = self.threshold / _SCALE
+        self.kernels = kernels
 
     @property
     def active(self) -> bool:
@@ -35,6 +42,8 @@ class FastDropout(torch.nn.Module):
         that feeds a linear map can apply ``keep_scale`` to its much smaller output instead."""
         if not self.active:
             return x
+        if self.kernels is not None:
+            return self.kernels.zero_dropped(x, self.threshold)
         n = x.numel()
         bits = torch.empty((n + 1) // 2, dtype=torch.int32, device=x.device).random_()
         # random_ fills int32 with [0, 2^31): the high half of each draw has 15 random bits.
@@ -50,7 +59,7 @@ class FastDropout(torch.nn.Module):
         return f"p={self.p}"
 
 
-def replace_dropout(model: torch.nn.Module) -> int:
+def replace_dropout(model: torch.nn.Module, kernels: Kernels | None = None) -> int:
     """Swap the nn.Dropout of every LoRA adapter for FastDropout; returns how many."""
     count = 0
     for module in model.modules():
@@ -59,6 +68,6 @@ def replace_dropout(model: torch.nn.Module) -> int:
             continue
         for key, drop in adapters.items():
             if isinstance(drop, torch.nn.Dropout):
-                adapters[key] = FastDropout(drop.p)
+                adapters[key] = FastDropout(drop.p, kernels)
                 count += 1
     return count

@@ -34,6 +34,8 @@ from cuvee.train import checkpoint as ckpt
 from cuvee.train.data import load_data, split_records
 from cuvee.train.display import Display, SilentDisplay
 from cuvee.train.encode import IGNORE, Encoder
+from cuvee.train.kernels import Kernels
+from cuvee.train.kernels import choose as choose_kernels
 from cuvee.train.lineage import DataSource
 from cuvee.train.loss import Workspace, linear_cross_entropy
 from cuvee.train.packing import Row, pack
@@ -291,7 +293,13 @@ def _precision(recipe: Recipe, device_type: str) -> str:
     return recipe.precision
 
 
-def build_model(store: ModelStore, prepared: Prepared, precision: str, device: torch.device):
+def build_model(
+    store: ModelStore,
+    prepared: Prepared,
+    precision: str,
+    device: torch.device,
+    kernels: Kernels | None = None,
+):
     """The base with LoRA adapters (base frozen, stored in bf16 when training in bf16), or the
     whole model in fp32 for full fine-tuning (master weights stay fp32; autocast runs bf16)."""
     recipe = prepared.recipe
@@ -333,8 +341,11 @@ def build_model(store: ModelStore, prepared: Prepared, precision: str, device: t
             from cuvee.train.dropout import replace_dropout
             from cuvee.train.lora_forward import lean_lora_forward
 
-            replace_dropout(model)
+            replace_dropout(model, kernels)
             lean_lora_forward(model)
+            if kernels is not None:
+                kernels.compile_norms(model)
+                kernels.compile_attention(_causal_lm(model))
         if precision == "bf16":
             # peft casts each adapter's input up to the adapters' fp32 and autocast casts it
             # back down for the matmul: two copies of every activation, per adapted layer.
@@ -440,7 +451,10 @@ def train(
         run_dir.mkdir(parents=True, exist_ok=True)
         _write_recipe(run_dir, recipe)
 
-    model = build_model(store, prepared, precision, device)
+    kernels, kernels_line = choose_kernels(
+        settings.train_compile, device.type, recipe.method == "lora"
+    )
+    model = build_model(store, prepared, precision, device, kernels)
     compute_dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     loss_fn = SFTLoss(model, compute_dtype)
     trainable_names = {n for n, p in model.named_parameters() if p.requires_grad}
@@ -498,12 +512,14 @@ def train(
     )
     trackers = open_trackers(run_dir, recipe.report_to, recipe.resolved()) if dist.main else []
     hw = hardware(device.type, dist.world)
+    hw["kernels"] = "compiled" if kernels is not None else "plain"
     display.message(
         f"{recipe.method} on {recipe.base}: {n_trainable:,} trainable parameters, "
         f"{prepared.train_records} train / {prepared.eval_records} eval records "
         f"({prepared.split_how}), {len(prepared.train_rows)} packed rows of {recipe.seq_len}, "
         f"{precision} on {device.type}; run {run_dir}"
     )
+    display.message(kernels_line)
     budget = recipe.time_budget_s
     eval_seconds = 0.0
     if state["base_eval_loss"] is None and prepared.eval_rows:
