@@ -219,6 +219,16 @@ def test_chunked_loss_matches_plain_cross_entropy(softcap: float | None) -> None
     torch.testing.assert_close(weight.grad, w2.grad, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_in_place_softmax_equals_torch_softmax(dtype: torch.dtype) -> None:
+    from cuvee.train.loss import _softmax_
+
+    x = (torch.randn(7, 70_000) * 4).to(dtype)
+    expected = torch.softmax(x, -1)
+    out = _softmax_(x)
+    assert out.data_ptr() == x.data_ptr() and torch.equal(out, expected)
+
+
 @pytest.mark.parametrize("train_head", [False, True])
 def test_replaced_head_rows_match_a_spliced_head(train_head: bool) -> None:
     """Rows replaced by trainable values (turn tokens over a frozen head) give the loss and
