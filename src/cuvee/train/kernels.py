@@ -52,7 +52,8 @@ def hashed_zero_dropped(x: torch.Tensor, seed: torch.Tensor, threshold: int) -> 
 
 
 class Kernels:
-    """The compiled functions of one training process (None when compilation is off)."""
+    """The compiled functions of one training process (`choose` gives None instead when
+    compilation is off)."""
 
     def __init__(self) -> None:
         self._dropout = torch.compile(hashed_zero_dropped)
