@@ -59,8 +59,9 @@ class Settings:
     train_compile: str = _setting(
         "auto",
         "CUVEE_TRAIN_COMPILE",
-        "fuse the norms and dropout of LoRA training on a CPU with torch.compile (needs a C++ "
-        "compiler; about 20 s at start, steps about 5% faster): auto (when it works), on, off",
+        "compile the norms, attention and dropout of LoRA training on a CPU with torch.compile "
+        "(needs a C++ compiler; about 20 s at start, then steps about 15% faster): auto (when "
+        "it works), on, off",
         choices=("auto", "on", "off"),
     )
     price_gpu_hour: float = _setting(
