@@ -246,3 +246,61 @@ def test_training_with_compiled_kernels_resumes_exactly(
         train(settings, recipe("tuned"), stop_after_step=2)
     resumed = train(settings, recipe("tuned"), resume_dir=find_run(settings, "tuned"))
     assert resumed.losses == pytest.approx(whole.losses, rel=1e-5, abs=1e-6)
+
+
+def test_a_kernel_that_fails_to_compile_falls_back_to_its_original_once() -> None:
+    import warnings
+
+    from cuvee.train.kernels import Guarded
+
+    def double(x: torch.Tensor) -> torch.Tensor:
+        return x * 2
+
+    kernel = Guarded(double)
+
+    def no_compiler(*args, **kwargs):
+        raise torch._dynamo.exc.InternalTorchDynamoError("no C++ compiler")
+
+    kernel.compiled = no_compiler
+    with pytest.warns(RuntimeWarning, match=r"compiling \S*double failed \(no C\+\+ compiler\)"):
+        out = kernel(torch.ones(3))
+    assert torch.equal(out, torch.full((3,), 2.0)) and kernel.compiled is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no second warning
+        assert torch.equal(kernel(torch.ones(2)), torch.full((2,), 2.0))
+
+    other = Guarded(double)
+
+    def user_error(*args, **kwargs):
+        raise ValueError("shapes do not match")
+
+    other.compiled = user_error
+    with pytest.raises(ValueError, match="shapes"):
+        other(torch.ones(3))
+
+
+def test_the_held_out_pass_runs_the_kernels_uncompiled(tiny_gemma_dir: Path) -> None:
+    """Its no-grad shapes would otherwise use up the compiled variants torch keeps per
+    function, leaving the training steps' shapes to run uncompiled."""
+    from contextlib import nullcontext
+
+    from torch._dynamo.utils import counters
+    from transformers import AutoModelForCausalLM
+
+    from cuvee.train.encode import IGNORE, Example
+    from cuvee.train.kernels import Kernels
+    from cuvee.train.packing import pack
+    from cuvee.train.sft import SFTLoss, evaluate
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_gemma_dir)
+    kernels = Kernels()
+    assert kernels.compile_norms(model)
+    rows = pack(
+        [Example(list(range(3, 3 + n)), [IGNORE, *range(4, 3 + n)]) for n in (9, 14, 5)],
+        20,
+        0,
+    )
+    before = counters["stats"]["unique_graphs"]
+    loss = evaluate(SFTLoss(model, torch.float32), rows, 2, torch.device("cpu"), nullcontext)
+    assert loss is not None and loss > 0
+    assert counters["stats"]["unique_graphs"] == before

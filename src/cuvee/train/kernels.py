@@ -17,12 +17,14 @@ passes. Compiled, each becomes one or two vectorised loops:
   generator (`dropout.FastDropout`).
 
 Compilation needs a C++ compiler. Whether to use it is the `train_compile` setting: auto (on a
-CPU, when a probe compiles), on (an error if it cannot), off."""
+CPU, when a probe compiles), on (an error if it cannot), off. A kernel that still fails to
+compile later runs uncompiled from then on, with a warning (`Guarded`)."""
 
 from __future__ import annotations
 
 import importlib
 import types
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -51,12 +53,39 @@ def hashed_zero_dropped(x: torch.Tensor, seed: torch.Tensor, threshold: int) -> 
     return torch.where((bits & 0x7FFF) < threshold, torch.zeros((), dtype=x.dtype), x)
 
 
+class Guarded:
+    """A compiled function beside its eager original. The first time compiling it fails, the
+    original takes over for good, with one warning: a compiler problem the start-up probe did
+    not catch slows the run instead of stopping it. Errors that are not the compiler's are
+    raised again by the original."""
+
+    def __init__(self, eager: Callable) -> None:
+        self.eager = eager
+        self.compiled: Callable | None = torch.compile(eager)
+
+    def __call__(self, *args, **kwargs):
+        if self.compiled is not None:
+            try:
+                return self.compiled(*args, **kwargs)
+            except torch._dynamo.exc.TorchDynamoException as exc:
+                self.compiled = None
+                name = getattr(self.eager, "__qualname__", repr(self.eager))
+                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+                warnings.warn(
+                    f"compiling {name} failed ({first}); it runs uncompiled from now on "
+                    "(CUVEE_TRAIN_COMPILE=off skips compiling altogether)",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+        return self.eager(*args, **kwargs)
+
+
 class Kernels:
     """The compiled functions of one training process (`choose` gives None instead when
     compilation is off)."""
 
     def __init__(self) -> None:
-        self._dropout = torch.compile(hashed_zero_dropped)
+        self._dropout = Guarded(hashed_zero_dropped)
         self._forwards: dict[type, Callable] = {}
         self._attention: dict[str, Callable] = {}
 
@@ -75,7 +104,7 @@ class Kernels:
             if "RMSNorm" not in cls.__name__ or "forward" in module.__dict__:
                 continue
             if cls not in self._forwards:
-                self._forwards[cls] = torch.compile(cls.forward)
+                self._forwards[cls] = Guarded(cls.forward)
             module.forward = types.MethodType(self._forwards[cls], module)
             count += 1
         return count
@@ -85,7 +114,7 @@ class Kernels:
         name = type(module).__module__
         if name not in self._attention:
             eager = importlib.import_module(name).eager_attention_forward
-            self._attention[name] = torch.compile(eager)
+            self._attention[name] = Guarded(eager)
         return self._attention[name](module, *args, **kwargs)
 
     def compile_attention(self, model: torch.nn.Module) -> bool:

@@ -361,7 +361,10 @@ def evaluate(loss_fn: SFTLoss, rows: list[Row], batch_size: int, device, autocas
         return None
     loss_fn.eval()
     total, count = 0.0, 0
-    with torch.no_grad(), autocast():
+    # Compiled kernels run their originals here: the held-out pass is a small share of the
+    # time, and its no-grad shapes would otherwise each take one of the compiled variants
+    # torch keeps per function (8), leaving the training steps' shapes uncompiled.
+    with torch.no_grad(), autocast(), torch.compiler.set_stance("force_eager"):
         for i in range(0, len(rows), batch_size):
             chunk = rows[i : i + batch_size]
             total += float(loss_fn(**_tensors(chunk, device)))
