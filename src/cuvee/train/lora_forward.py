@@ -5,7 +5,7 @@ the sum adds, full-width activations (2048 wide in an MLP) in the forward pass a
 backward one, and dropout rescales its full-width input. Here the scaling and dropout's 1/(1-p)
 multiply the rank-wide intermediate instead (r = 16 columns), and lora_B's product is
 accumulated straight into the base layer's output (an in-place addmm). The same function up to
-float rounding; the measured effect is in the note of the commit that added it.
+float rounding; measured on a gemma3-270m LoRA step on a 2-core CPU, about 2% faster.
 
 Only plain LoRA on nn.Linear is changed (no DoRA or other variants, no LoRA bias, no
 fan_in_fan_out); anything else, and any call peft routes specially (merged or disabled adapters,
