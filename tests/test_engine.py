@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import llama_cpp
 import numpy as np
 import pytest
 import torch
@@ -250,6 +251,24 @@ def test_json_schema_becomes_a_grammar(engine) -> None:
     assert json.loads(result.text) in ("hello", "world")
     with pytest.raises(ConfigError, match="not both"):
         SamplingParams(grammar='root ::= "a"', json_schema={"type": "string"}).validate()
+
+
+def test_plain_greedy_takes_the_argmax_and_agrees_with_the_greedy_sampler(
+    engine, monkeypatch
+) -> None:
+    plain = engine._make_sampler(Request(prompt="x", params=greedy()))
+    penalised = engine._make_sampler(Request(prompt="x", params=greedy(repeat_penalty=1.3)))
+    shaped = engine._make_sampler(
+        Request(prompt="x", params=greedy(json_schema={"type": "string"}))
+    )
+    flags = [plain[1], penalised[1], shaped[1]]
+    for chain, _ in (plain, penalised, shaped):
+        llama_cpp.llama_sampler_free(chain)
+    assert flags == [True, False, False]  # only the bare greedy chain is bypassed
+    fast = [run(engine, prompt, greedy(16)).token_ids for prompt in PROMPTS]
+    original = engine._make_sampler
+    monkeypatch.setattr(engine, "_make_sampler", lambda request: (original(request)[0], False))
+    assert [run(engine, prompt, greedy(16)).token_ids for prompt in PROMPTS] == fast
 
 
 def test_sampling_respects_top_k_one_as_greedy(engine) -> None:
