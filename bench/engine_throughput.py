@@ -9,7 +9,12 @@ Measured in one run, on gemma3-270m Q4_K_M from the store by default, greedy dec
 (b) aggregate decode tokens/s with 1, 4, 8 and 16 concurrent streams (steady state: tokens
     produced while all streams are decoding, over that time; median of repeats);
 (c) time to first token (p50) of a ~200-token prompt, on an idle engine and while 8 streams
-    decode.
+    decode;
+(d) the ceilings no scheduler can pass on this file and thread count: bare ``llama_decode``
+    calls with nothing around them, timing a step of one token, of 16 sequences with one token
+    each (so 16-stream aggregate over single stream can be at most their ratio), and of one
+    sequence with k tokens all needing logits (what verifying k drafted tokens would cost in
+    speculative decoding).
 
     python bench/engine_throughput.py [--quick] [--model PATH.gguf] [--threads 2]
 
@@ -161,6 +166,60 @@ def ttft_loaded(engine, samples: int, n_streams: int = 8) -> list[float]:
         drain.join()
 
 
+def bare_decode_ms(model: Path, threads: int, repeats: int) -> dict[str, float]:
+    """Median milliseconds of bare llama_decode steps (see (d) above), over sequences that
+    already hold 100 prompt tokens each."""
+    import llama_cpp as llama
+
+    with captured_stderr():
+        lm = llama.llama_model_load_from_file(
+            str(model).encode(), llama.llama_model_default_params()
+        )
+        cparams = llama.llama_context_default_params()
+        cparams.n_ctx, cparams.n_seq_max = 16 * 1024, 16
+        cparams.n_batch = cparams.n_ubatch = 512
+        cparams.n_threads = cparams.n_threads_batch = threads
+        ctx = llama.llama_init_from_model(lm, cparams)
+    memory = llama.llama_get_memory(ctx)
+    batch = llama.llama_batch_init(512, 0, 1)
+    prompt = 100
+
+    def step(items: list[tuple[int, int, int, bool]]) -> float:
+        for i, (token, pos, seq, logits) in enumerate(items):
+            batch.token[i], batch.pos[i], batch.n_seq_id[i] = token, pos, 1
+            batch.seq_id[i][0], batch.logits[i] = seq, logits
+        batch.n_tokens = len(items)
+        started = time.perf_counter()
+        if llama.llama_decode(ctx, batch) != 0:
+            raise RuntimeError("llama_decode failed")
+        return time.perf_counter() - started
+
+    def timed(items: list[tuple[int, int, int, bool]]) -> float:
+        times = []
+        for _ in range(repeats):
+            times.append(step(items))
+            for seq in {item[2] for item in items}:  # back to the prompt alone
+                llama.llama_memory_seq_rm(memory, seq, prompt, -1)
+        return round(statistics.median(times) * 1000, 2)
+
+    try:
+        for seq in range(16):
+            step([(1000 + 7 * j + seq, j, seq, j == prompt - 1) for j in range(prompt)])
+        out = {
+            "1_token": timed([(2000, prompt, 0, True)]),
+            "16_sequences": timed([(2000 + s, prompt, s, True) for s in range(16)]),
+        }
+        for k in (2, 4, 8):
+            out[f"1_sequence_{k}_tokens"] = timed(
+                [(2000 + j, prompt + j, 0, True) for j in range(k)]
+            )
+        return out
+    finally:
+        llama.llama_batch_free(batch)
+        llama.llama_free(ctx)
+        llama.llama_model_free(lm)
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", type=Path, default=None, help="a GGUF file")
@@ -215,6 +274,14 @@ def main(argv: list[str] | None = None) -> None:
     idle_p50, loaded_p50 = statistics.median(idle), statistics.median(loaded)
     print(f"(c) TTFT p50, {n_long}-token prompt: idle {idle_p50 * 1000:.0f} ms, "
           f"8 streams decoding {loaded_p50 * 1000:.0f} ms")  # fmt: skip
+    bare = bare_decode_ms(model, args.threads, 9 if args.quick else 21)
+    ceiling = 16 * bare["1_token"] / bare["16_sequences"]
+    print(f"(d) bare llama_decode: 1 token {bare['1_token']:.1f} ms "
+          f"({1000 / bare['1_token']:.1f} tok/s); 16 sequences x 1 token "
+          f"{bare['16_sequences']:.1f} ms ({16000 / bare['16_sequences']:.1f} tok/s): "
+          f"16-stream ceiling {ceiling:.2f}x single")  # fmt: skip
+    print("    1 sequence, k tokens with logits: " + ", ".join(
+        f"k={k} {bare[f'1_sequence_{k}_tokens']:.1f} ms" for k in (2, 4, 8)))  # fmt: skip
     figures = {
         "model": str(model),
         "threads": args.threads,
@@ -233,6 +300,9 @@ def main(argv: list[str] | None = None) -> None:
         "ttft_idle_ms": [round(t * 1000, 1) for t in idle],
         "ttft_loaded_ms": [round(t * 1000, 1) for t in loaded],
         "ttft_loaded_over_idle": round(loaded_p50 / idle_p50, 3),
+        "bare_decode_ms": bare,
+        "bare_single_tok_s": round(1000 / bare["1_token"], 2),
+        "bare_concurrency16_ceiling": round(ceiling, 3),
         "goals": {
             "single_stream_ratio": 1.5,
             "concurrency16_ratio": 3.5,
