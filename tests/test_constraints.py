@@ -11,6 +11,7 @@ from cuvee.data.constraints import (
     count_words,
     get_constraint,
 )
+from cuvee.eval.instructions import build_checker
 
 PROSE = (
     "Photosynthesis is the process plants use to turn light into chemical energy. "
@@ -66,6 +67,13 @@ LETTER = (
     "Best regards,\nThe Support Team"
 )
 CODE = "```python\ndef add(a, b):\n    return a + b\n```\n\nCall it as add(2, 3), which returns 5."
+TEMPLATE = (
+    "Dear [Landlord's Name],\n\n"
+    "I am writing to give notice that I will move out of [Address] on [Move-out Date]. Please "
+    "let me know when you can inspect the flat so that the deposit of [Deposit Amount] can be "
+    "returned.\n\n"
+    "Yours sincerely,\n[Your Name]"
+)
 
 PAIRS = [
     ("Explain how photosynthesis works.", PROSE),
@@ -78,6 +86,7 @@ PAIRS = [
     ("Reply to Sam, who asked where order 4512 is.", LETTER),
     ("What is 12 times 12?", "144"),
     ("Write a Python function that adds two numbers.", CODE),
+    ("Write a template letter giving notice to a landlord.", TEMPLATE),
 ]
 SEEDS = range(6)
 
@@ -117,12 +126,15 @@ def test_every_constraint_is_exercised_by_the_pairs() -> None:
 
 def test_transforms_keep_realistic_pairs_rather_than_dropping_them() -> None:
     # Defensive dropping in augment_pair must not be what keeps the first test green.
-    for _, response in PAIRS:
+    for instruction, response in PAIRS:
         for seed in SEEDS:
             rng = random.Random(seed)
             for cid, cls in CONSTRAINTS.items():
                 constraint = cls()
-                kwargs = constraint.sample_kwargs(response, rng)
+                if constraint.needs_instruction:
+                    kwargs = constraint.sample_kwargs(response, rng, instruction=instruction)
+                else:
+                    kwargs = constraint.sample_kwargs(response, rng)
                 if kwargs is not None:
                     new_response = constraint.transform(response, kwargs)
                     assert constraint.check(new_response, kwargs), (cid, kwargs, new_response)
@@ -352,6 +364,103 @@ CASES = [
             "SECTION 1\nA\nSECTION 2\nB",
         ],
     ),
+    (
+        "keywords:existence",
+        {"keywords": ["glucose", "Oxygen"]},
+        "OXYGEN and glucose are both involved.",
+        # IFEval would accept "Glucoses" (it searches substrings); whole words are wanted here.
+        ["Only glucose here.", "Glucoses and oxygen.", ""],
+    ),
+    (
+        "keywords:forbidden_words",
+        {"forbidden_words": ["advice", "doctor"]},
+        "The doctors' advisory says rest.",
+        ["Ask a Doctor.", "My ADVICE: rest.", "Take doctor-approved cream."],
+    ),
+    (
+        "keywords:frequency",
+        {"keyword": "art", "frequency": 2, "relation": "less than"},
+        "Art is long.",
+        # IFEval counts substrings, so "Start" holds an "art" too.
+        ["Art and art.", "Start the art."],
+    ),
+    (
+        "keywords:frequency",
+        {"keyword": "art", "frequency": 2, "relation": "at least"},
+        "ART, art and more.",
+        ["Start the art.", "Art."],
+    ),
+    (
+        "keywords:letter_frequency",
+        {"letter": "z", "let_frequency": 3, "let_relation": "at least"},
+        "Zany zebras buzz.",
+        ["Lazy days.", "zz", ""],
+    ),
+    (
+        "keywords:letter_frequency",
+        {"letter": "e", "let_frequency": 2, "let_relation": "less than"},
+        "A cat sat on a mat.",
+        ["EvE", "Tree", "Hi there"],
+    ),
+    (
+        "length_constraints:number_sentences",
+        {"num_sentences": 3, "relation": "at least"},
+        DOCTOR,
+        ["Dr. Smith came. He left.", "One sentence only."],
+    ),
+    (
+        "length_constraints:number_sentences",
+        {"num_sentences": 2, "relation": "less than"},
+        "Mr. Jones arrived at 5 p.m. on Monday.",
+        ["It rained. We stayed in."],
+    ),
+    (
+        "change_case:capital_word_frequency",
+        {"capital_frequency": 3, "capital_relation": "at least"},
+        # IFEval's tokens: "I", "DO" and "N'T" are all upper case.
+        "I said DON'T.",
+        ["x-RAY and 42 and U.s.", "NASA and I."],
+    ),
+    (
+        "change_case:capital_word_frequency",
+        {"capital_frequency": 1, "capital_relation": "less than"},
+        "no capitals at all here.",
+        ["A cat sat.", "i like NASA."],
+    ),
+    (
+        "detectable_format:number_highlighted_sections",
+        {"num_highlights": 2},
+        "*One* and **two** here.",
+        ["*One* only.", "* a bullet\n* another bullet", "** ** and * *", "*spans\nlines*"],
+    ),
+    (
+        "length_constraints:nth_paragraph_first_word",
+        {"num_paragraphs": 2, "nth_paragraph": 2, "first_word": "meanwhile"},
+        'The shop opened.\n\n"Meanwhile, the street filled up.',
+        [
+            "The shop opened.\n\nMeanwhile it rained.\n\nThe end.",
+            # IFEval's quirk: the empty piece lowers the count but still takes index 2.
+            "The shop opened.\n\n\n\nMeanwhile it rained.",
+            "The shop opened.\nMeanwhile it rained.",
+            "The shop opened.\n\nMeanwhiles it rained.",
+        ],
+    ),
+    (
+        "combination:repeat_prompt",
+        {"prompt_to_repeat": "Name two rivers in Europe."},
+        "name two rivers in Europe.\n\nThe Danube and the Rhine.",
+        [
+            "Sure! Name two rivers in Europe.\n\nThe Danube.",
+            "Name two rivers in Europe.",
+            "Name two rivers.\n\nThe Danube.",
+        ],
+    ),
+    (
+        "detectable_content:number_placeholders",
+        {"num_placeholders": 2},
+        "Dear [name], see you on [date].",
+        ["See [this link](https://x.org) and [1].", "- [x] done\n- [ ] todo", "Dear [name]."],
+    ),
 ]
 
 
@@ -400,3 +509,236 @@ def test_number_words_rejects_unknown_relation() -> None:
         check_constraint(
             "length_constraints:number_words", "a b", {"relation": "exactly", "num_words": 2}
         )
+
+
+# --- the constraints added for IFEval's keyword, length, emphasis and prompt instructions ---
+
+NEW_IDS = {
+    "keywords:existence",
+    "keywords:forbidden_words",
+    "keywords:frequency",
+    "keywords:letter_frequency",
+    "length_constraints:number_sentences",
+    "change_case:capital_word_frequency",
+    "detectable_format:number_highlighted_sections",
+    "length_constraints:nth_paragraph_first_word",
+    "combination:repeat_prompt",
+    "detectable_content:number_placeholders",
+}
+# More shapes of answer, each with a trap for one of the new constraints: markdown bold and
+# bullets, acronyms and "I", runs of blank lines, inline code and a URL, a template, a poem.
+ROUTER = (
+    "**Step 1:** Unplug the router.\n\n**Step 2:** Wait 30 seconds, then plug it back in.\n\n"
+    "* If the light is RED, call your ISP.\n* Otherwise, you're done!"
+)
+NASA = (
+    "NASA (the U.S. space agency) runs missions like Apollo and Artemis. I think its budget is "
+    "about $25 billion. It also funds research at universities.\n\n\n\n"
+    "In short: NASA explores space."
+)
+RECURSION = (
+    "Recursion is when a function calls itself. For example, `fact(n)` calls `fact(n - 1)`. "
+    "See https://en.wikipedia.org/wiki/Recursion for more.\n\n"
+    "Each call must move toward a base case; otherwise the program never stops."
+)
+MEETING = (
+    "Subject: Meeting request\n\nHi [Name],\n\nCould we meet on [Date] at [Time] to discuss "
+    "[Topic]? Let me know what works.\n\nThanks,\n[Your Name]"
+)
+HAIKU = "Soft rain on the roof\nwhispers to the sleeping town\npuddles hold the sky"
+SCORER_PAIRS = [
+    *PAIRS,
+    ("How do I reset my router?", ROUTER),
+    ("Describe what NASA does.", NASA),
+    ("Explain recursion in programming.", RECURSION),
+    ("Write an email template asking for a meeting.", MEETING),
+    ("Write a haiku about rain.", HAIKU),
+]
+
+
+def eval_strict(constraint_id: str, kwargs: dict, prompt: str, response: str) -> bool:
+    """The eval's strict verdict, built and applied as `InstructionsSuite.score` does."""
+    checker = build_checker(constraint_id, kwargs, prompt, "test")
+    return bool(response.strip()) and bool(checker.check_following(response))
+
+
+@pytest.mark.parametrize("instruction,response", SCORER_PAIRS)
+def test_new_variants_pass_the_eval_scorer(instruction: str, response: str) -> None:
+    for seed in SEEDS:
+        for new_instruction, new_response, cid, kwargs in augment_pair(
+            instruction, response, random.Random(seed), ids=sorted(NEW_IDS)
+        ):
+            assert eval_strict(cid, kwargs, new_instruction, new_response), (cid, kwargs)
+            assert check_constraint(cid, new_response, kwargs)
+
+
+def test_scorer_pairs_exercise_every_new_id() -> None:
+    seen = {
+        cid
+        for instruction, response in SCORER_PAIRS
+        for seed in SEEDS
+        for _, _, cid, _ in augment_pair(
+            instruction, response, random.Random(seed), ids=sorted(NEW_IDS)
+        )
+    }
+    assert seen == NEW_IDS
+
+
+def test_repeat_prompt_receives_the_instruction_without_the_constraint_sentence() -> None:
+    instruction = "Summarise this note:\n\nThe meeting moved to Friday at noon."
+    [(new_instruction, new_response, cid, kwargs)] = augment_pair(
+        instruction,
+        "It is now on Friday at noon.",
+        random.Random(0),
+        ids=["combination:repeat_prompt"],
+    )
+    describe = get_constraint(cid).describe(kwargs)
+    assert kwargs == {"prompt_to_repeat": instruction}
+    assert new_instruction == f"{instruction}\n\n{describe}"
+    assert new_response == f"{instruction}\n\nIt is now on Friday at noon."
+    # Without an instruction there is nothing to repeat.
+    constraint = get_constraint(cid)
+    assert constraint.sample_kwargs("An answer.", random.Random(0)) is None
+    assert constraint.sample_kwargs("An answer.", random.Random(0), instruction="  ") is None
+
+
+def test_constraints_without_the_hook_get_no_instruction(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[tuple] = []
+
+    def two_arguments(self: object, response: str, rng: random.Random) -> dict:
+        calls.append((response,))
+        return {}
+
+    monkeypatch.setattr(CONSTRAINTS["startend:quotation"], "sample_kwargs", two_arguments)
+    variants = augment_pair("Q?", "Answer.", random.Random(0), ids=["startend:quotation"])
+    assert calls == [("Answer.",)]
+    assert [v[1] for v in variants] == ['"Answer."']
+    assert not CONSTRAINTS["startend:quotation"].needs_instruction
+
+
+def test_forbidden_words_prefer_words_of_the_instruction() -> None:
+    constraint = get_constraint("keywords:forbidden_words")
+    chosen = set()
+    for seed in SEEDS:
+        kwargs = constraint.sample_kwargs(
+            DOCTOR, random.Random(seed), instruction="Summarise the doctor's advice."
+        )
+        assert kwargs is not None
+        chosen.update(kwargs["forbidden_words"])
+        assert kwargs["forbidden_words"] == sorted(set(kwargs["forbidden_words"]))
+        assert constraint.check(DOCTOR, kwargs)
+    assert {"doctor", "advice"} <= chosen
+    assert "summarise" not in chosen  # a request verb, not a word of the topic
+
+
+def test_keywords_are_content_words_the_response_uses() -> None:
+    constraint = get_constraint("keywords:existence")
+    for seed in SEEDS:
+        kwargs = constraint.sample_kwargs(PROSE, random.Random(seed))
+        assert kwargs is not None and 1 <= len(kwargs["keywords"]) <= 3
+        for word in kwargs["keywords"]:
+            assert len(word) >= 4 and word.lower() in {w.lower() for w in words(PROSE)}
+            assert word.lower() not in {"that", "then", "from", "some", "with"}
+    assert constraint.sample_kwargs("144", random.Random(0)) is None
+
+
+def test_keyword_frequency_skips_words_inside_longer_words() -> None:
+    response = "A star is born. The starry sky has one bright star tonight."
+    constraint = get_constraint("keywords:frequency")
+    for seed in range(20):
+        kwargs = constraint.sample_kwargs(response, random.Random(seed))
+        assert kwargs is not None
+        # "star" is 2 words but 3 substrings, so whichever way it is counted would disagree.
+        assert kwargs["keyword"] != "star"
+        assert constraint.check(response, kwargs)
+
+
+def test_number_sentences_keeps_a_margin_of_one() -> None:
+    constraint = get_constraint("length_constraints:number_sentences")
+    relations = set()
+    for seed in range(20):
+        kwargs = constraint.sample_kwargs(ESSAY, random.Random(seed))
+        assert kwargs is not None
+        relations.add(kwargs["relation"])
+        if kwargs["relation"] == "at least":
+            assert 2 <= kwargs["num_sentences"] <= 9 - 1  # ESSAY has 9 sentences
+        else:
+            assert kwargs["num_sentences"] >= 9 + 2
+    assert relations == {"at least", "less than"}
+    assert constraint.sample_kwargs(CODE, random.Random(0)) is None
+
+
+def test_capital_words_emphasise_the_most_frequent_words() -> None:
+    constraint = get_constraint("change_case:capital_word_frequency")
+    kwargs = {"capital_relation": "at least", "capital_frequency": 2}
+    # "energy" is used three times, "glucose" and "light" twice: the longer word wins the tie.
+    # Only the first occurrence of each is capitalised.
+    assert constraint.transform(PROSE, kwargs) == PROSE.replace(
+        "chemical energy", "chemical ENERGY"
+    ).replace("build glucose", "build GLUCOSE")
+    assert constraint.transform(PROSE, {**kwargs, "capital_relation": "less than"}) == PROSE
+    # Code, JSON keys and quoted text are case-sensitive: only "less than" is offered there.
+    data = '{"station": "Fellgate", "wind": "gusting northerly"}'
+    for response in (CODE, data):
+        for seed in SEEDS:
+            kwargs = constraint.sample_kwargs(response, random.Random(seed))
+            assert kwargs is not None and kwargs["capital_relation"] == "less than"
+
+
+def test_highlights_wrap_opening_clauses_and_keep_the_markdown() -> None:
+    constraint = get_constraint("detectable_format:number_highlighted_sections")
+    expected = ESSAY
+    for phrase in (
+        "Teams that once met every morning now coordinate through chat",
+        "People report more time with family",
+        "New hires can struggle to learn the unwritten rules of a team",
+    ):
+        expected = expected.replace(phrase, f"*{phrase}*")
+    # One opening clause from each third of the response; the text is otherwise unchanged.
+    assert constraint.transform(ESSAY, {"num_highlights": 3}) == expected
+    lines = constraint.transform(EXERCISE, {"num_highlights": 2}).splitlines()
+    assert "- *It strengthens the heart and lowers blood pressure*." in lines
+    assert "- *It helps you sleep more deeply*." in lines
+    assert lines[0] == "## Benefits of exercise"
+    for response, _ in variants_for(RECURSION, "detectable_format:number_highlighted_sections"):
+        assert "*See" not in response and "`*" not in response
+    # Existing asterisks (bullets, bold) would be miscounted by IFEval's pattern.
+    assert constraint.sample_kwargs(ROUTER, random.Random(0)) is None
+
+
+def test_nth_paragraph_uses_the_responses_paragraphs() -> None:
+    constraint = get_constraint("length_constraints:nth_paragraph_first_word")
+    kwargs = constraint.sample_kwargs(NASA, random.Random(0))
+    assert kwargs is not None and kwargs["num_paragraphs"] == 2
+    assert kwargs["first_word"] in {"nasa", "in"}
+    # The run of blank lines becomes one, which is what IFEval's split on "\n\n" needs.
+    assert constraint.transform(NASA, kwargs) == NASA.replace("\n\n\n\n", "\n\n")
+    # A single paragraph of sentences is divided between sentences.
+    divided = constraint.transform(
+        PROSE, {"num_paragraphs": 3, "nth_paragraph": 2, "first_word": "that"}
+    )
+    assert divided.split("\n\n")[1].startswith("That energy splits water")
+    assert words(divided) == words(PROSE)
+    # "Dr." is read by IFEval as "dr"; such a paragraph is never the one to name.
+    for seed in range(20):
+        kwargs = constraint.sample_kwargs(DOCTOR, random.Random(seed))
+        assert kwargs is None or kwargs["first_word"] != "dr"
+
+
+def test_placeholders_only_for_templates() -> None:
+    constraint = get_constraint("detectable_content:number_placeholders")
+    assert constraint.sample_kwargs(LETTER, random.Random(0)) is None
+    counts = {
+        constraint.sample_kwargs(TEMPLATE, random.Random(seed))["num_placeholders"]
+        for seed in range(20)
+    }
+    assert counts <= {3, 4, 5} and 5 in counts  # TEMPLATE has five placeholders
+    assert constraint.transform(TEMPLATE, {"num_placeholders": 5}) == TEMPLATE
+
+
+@pytest.mark.parametrize(
+    "constraint_id,kwargs,passing", [case[:3] for case in CASES if case[0] in NEW_IDS]
+)
+def test_new_checks_imply_the_eval_verdict(constraint_id: str, kwargs: dict, passing: str) -> None:
+    # The checks here equal IFEval's or are stricter, so what passes here passes the eval.
+    assert eval_strict(constraint_id, kwargs, "Prompt.", passing)

@@ -50,6 +50,10 @@ class Constraint(ABC):
     """
 
     id: ClassVar[str] = ""
+    # Constraints about the request itself (repeat it, avoid its words) set this, and then
+    # `augment_pair` passes the original instruction to `sample_kwargs` as `instruction=`.
+    # The others keep the two-argument call, so they need not know the hook exists.
+    needs_instruction: ClassVar[bool] = False
 
     @abstractmethod
     def describe(self, kwargs: Kwargs) -> str:
@@ -90,7 +94,8 @@ def augment_pair(
     """One (new_instruction, new_response, constraint_id, kwargs) variant per applicable id.
 
     Ids are tried in the given order (default: registration order) so a seeded `rng` gives
-    reproducible output.
+    reproducible output. Constraints with `needs_instruction` also see `instruction` as it is
+    here, without the constraint sentence.
     """
     # Resolve every id first so a typo fails loudly instead of silently producing fewer variants.
     constraints = [get_constraint(i) for i in (list(CONSTRAINTS) if ids is None else ids)]
@@ -99,7 +104,10 @@ def augment_pair(
     joiner = "\n\n" if "\n" in instruction.strip() else " "
     variants: list[Variant] = []
     for constraint in constraints:
-        kwargs = constraint.sample_kwargs(response, rng)
+        if constraint.needs_instruction:
+            kwargs = constraint.sample_kwargs(response, rng, instruction=instruction)
+        else:
+            kwargs = constraint.sample_kwargs(response, rng)
         if kwargs is None:
             continue
         new_response = constraint.transform(response, kwargs)
@@ -114,8 +122,9 @@ def augment_pair(
 # --- text analysis shared by several constraints -------------------------------------------
 
 # Same tokenizer as IFEval's `count_words` (nltk RegexpTokenizer(r"\w+")), without nltk:
-# "don't" is two words and "7,000" is two. IFEval's sentence counting uses nltk's punkt
-# model instead, which is why no sentence-count constraint is offered here.
+# "don't" is two words and "7,000" is two. Sentences and the words of capital_word_frequency
+# are counted differently (a punkt model, NLTK's Treebank tokenizer); for those the
+# constraints below ask the eval's own checker helpers, see `_ifeval_util`.
 _WORD_RE = re.compile(r"\w+")
 _LIST_ITEM_RE = re.compile(r"^(?P<indent>[ \t]*)(?:[-*+•]|\d{1,3}[.)])[ \t]+(?P<body>\S.*)$")
 # Lines that make a block more than running prose: list items, headings, tables, quotes.
@@ -762,3 +771,654 @@ class MultipleSections(Constraint):
         splitter = re.escape(str(kwargs["section_spliter"]).strip())
         headers = re.findall(rf"^[ \t#*_]*{splitter}[ \t]?\d+", response, flags=re.MULTILINE)
         return len(headers) == int(kwargs["num_sections"])
+
+
+# --- word, letter and sentence counts -------------------------------------------------------
+
+
+def _ifeval_util() -> Any:
+    """if-verifiable's helper module exactly as the eval runs it (sentences split by nupunkt,
+    words by NLTK's Treebank tokenizer). Counting through it rather than re-implementing the
+    counts means a variant passes here only if it also passes the eval's scorer. Imported on
+    first use: the checkers pull in nltk and langdetect, which the other constraints never need.
+    """
+    from if_verifiable.ifeval import instructions_util
+
+    from cuvee.eval.instructions import offline_checkers
+
+    offline_checkers()  # routes instructions_util's sentence splitting to nupunkt
+    return instructions_util
+
+
+def _count_sentences(text: str) -> int:
+    return int(_ifeval_util().count_sentences(text))
+
+
+def _count_capital_words(text: str) -> int:
+    # IFEval's rule: Treebank tokens for which str.isupper holds, so "I", a sentence-initial
+    # "A", "U.S." and the "N'T" of "DON'T" all count, while "x-RAY" and "42" do not.
+    return sum(token.isupper() for token in _ifeval_util().nltk.word_tokenize(text))
+
+
+# Frequent words that say nothing about a response's topic, so they make poor keywords; all
+# of at least four letters, since shorter words are never candidates anyway.
+# fmt: off
+_COMMON_WORDS = frozenset({
+    "about", "above", "across", "after", "again", "against", "also", "although", "always",
+    "among", "another", "anyone", "anything", "around", "because", "been", "before", "being",
+    "below", "between", "both", "cannot", "could", "does", "doing", "done", "down", "during",
+    "each", "either", "else", "even", "ever", "every", "everyone", "everything", "from",
+    "further", "have", "having", "here", "however", "instead", "into", "itself", "just", "like",
+    "made", "make", "many", "might", "more", "most", "much", "must", "neither", "never", "next",
+    "often", "once", "only", "onto", "other", "others", "over", "quite", "rather", "really",
+    "same", "shall", "should", "since", "some", "someone", "something", "still", "such", "than",
+    "that", "their", "theirs", "them", "then", "there", "these", "they", "this", "those",
+    "through", "thus", "together", "under", "until", "upon", "usually", "very", "want", "well",
+    "were", "what", "whatever", "when", "where", "whether", "which", "while", "whom", "whose",
+    "will", "with", "within", "without", "would", "your", "yours", "yourself",
+})
+# Request verbs and fillers of instructions ("Please explain briefly..."): forbidding one
+# of them would be a pointless constraint.
+_REQUEST_WORDS = frozenset({
+    "answer", "brief", "briefly", "describe", "explain", "give", "help", "know", "list",
+    "please", "provide", "question", "reply", "respond", "response", "short", "simple",
+    "summarise", "summarize", "tell", "thanks", "write",
+})
+# Plausible words for keywords:forbidden_words when the instruction offers none: the fillers
+# and clichés a writer is typically asked to do without.
+_FILLER_WORDS = (
+    "actually", "amazing", "basically", "crucial", "definitely", "essential", "example",
+    "important", "interesting", "literally", "overall", "really", "simply", "thing", "things",
+    "truly", "unique", "very",
+)
+# fmt: on
+_CONTENT_WORD_RE = re.compile(r"\b[A-Za-z]{4,}\b")
+_INLINE_CODE_RE = re.compile(r"`[^`\n]*`")
+_URL_RE = re.compile(r"\S+://\S+")
+
+
+def _prose(text: str) -> str:
+    """The text without code and URLs, whose identifiers are not words of the answer."""
+    return _URL_RE.sub(" ", _INLINE_CODE_RE.sub(" ", _CODE_BLOCK_RE.sub(" ", text)))
+
+
+def _content_words(text: str) -> list[str]:
+    """Distinct topic words of the prose, in order of first appearance.
+
+    A word seen in lowercase anywhere is given in lowercase; one only ever capitalised
+    ("Canberra") keeps its capital, so an instruction names it as the answer writes it.
+    """
+    forms: dict[str, str] = {}
+    for word in _CONTENT_WORD_RE.findall(_prose(text)):
+        key = word.lower()
+        if key in _COMMON_WORDS:
+            continue
+        if word == key or key not in forms:
+            forms[key] = word
+    return list(forms.values())
+
+
+def _whole_word_re(word: str) -> re.Pattern[str]:
+    return re.compile(rf"\b{re.escape(word)}\b", re.IGNORECASE)
+
+
+def _quoted_list(words: Sequence[str], conjunction: str) -> str:
+    quoted = [f'"{w}"' for w in words]
+    if len(quoted) == 1:
+        return quoted[0]
+    return f"{', '.join(quoted[:-1])} {conjunction} {quoted[-1]}"
+
+
+def _times(n: int) -> str:
+    return {1: "once", 2: "twice"}.get(n, f"{n} times")
+
+
+def _check_relation(count: int, relation: str, threshold: int) -> bool:
+    if relation == "less than":
+        return count < threshold
+    if relation == "at least":
+        return count >= threshold
+    raise ValueError(f"relation must be one of {_RELATIONS}, got {relation!r}")
+
+
+_MAX_KEYWORDS = 3
+
+
+@register("keywords:existence")
+class KeywordsExistence(Constraint):
+    """Keywords are words the response already uses, so the response is kept as it is.
+
+    IFEval only looks for each keyword as a case-insensitive substring (and as a regex); the
+    check here wants whole words, which implies IFEval's test for the alphabetic words used.
+    """
+
+    def describe(self, kwargs: Kwargs) -> str:
+        words = list(kwargs["keywords"])
+        noun = "word" if len(words) == 1 else "words"
+        return f"Be sure to use the {noun} {_quoted_list(words, 'and')} in your answer."
+
+    def sample_kwargs(self, response: str, rng: random.Random) -> Kwargs | None:
+        words = _content_words(response)
+        if not words:
+            return None
+        k = rng.randint(1, min(_MAX_KEYWORDS, len(words)))
+        # Sorted as IFEval sorts them, so the description reads the same in both.
+        return {"keywords": sorted(rng.sample(words, k))}
+
+    def transform(self, response: str, kwargs: Kwargs) -> str:
+        return response
+
+    def check(self, response: str, kwargs: Kwargs) -> bool:
+        words = list(kwargs["keywords"])
+        return bool(words) and all(_whole_word_re(w).search(response) for w in words)
+
+
+@register("keywords:forbidden_words")
+class ForbiddenWords(Constraint):
+    """Words the response does not use; preferably words of the instruction itself, which a
+    writer would naturally reach for ("Summarise the doctor's advice" without "doctor"), and
+    otherwise common fillers. The response is kept as it is."""
+
+    needs_instruction = True
+
+    def describe(self, kwargs: Kwargs) -> str:
+        words = list(kwargs["forbidden_words"])
+        noun = "word" if len(words) == 1 else "words"
+        return f"Do not use the {noun} {_quoted_list(words, 'or')} anywhere in your answer."
+
+    def sample_kwargs(
+        self, response: str, rng: random.Random, instruction: str | None = None
+    ) -> Kwargs | None:
+        if not response.strip():
+            return None
+
+        def absent(word: str) -> bool:
+            return not _whole_word_re(word).search(response)
+
+        from_instruction = [
+            w.lower()
+            for w in _content_words(instruction or "")
+            if w.lower() not in _REQUEST_WORDS and absent(w)
+        ]
+        fillers = [w for w in _FILLER_WORDS if absent(w)]
+        k = rng.randint(1, _MAX_KEYWORDS)
+        chosen = rng.sample(from_instruction, min(k, len(from_instruction)))
+        chosen += rng.sample(fillers, min(k - len(chosen), len(fillers)))
+        return {"forbidden_words": sorted(set(chosen))} if chosen else None
+
+    def transform(self, response: str, kwargs: Kwargs) -> str:
+        return response
+
+    def check(self, response: str, kwargs: Kwargs) -> bool:
+        # IFEval's rule: no whole-word, case-insensitive occurrence.
+        return not any(_whole_word_re(w).search(response) for w in kwargs["forbidden_words"])
+
+
+def _keyword_counts(response: str, keyword: str) -> tuple[int, int]:
+    """(whole-word count, substring count); IFEval counts substrings, so "art" in "start"."""
+    substrings = len(re.findall(re.escape(keyword), response, flags=re.IGNORECASE))
+    return len(_whole_word_re(keyword).findall(response)), substrings
+
+
+@register("keywords:frequency")
+class KeywordFrequency(Constraint):
+    """A word of the response with a bound its current count meets; the response is kept.
+
+    Only words whose whole-word and substring counts agree are chosen, and the check wants
+    both counts to satisfy the bound, so it holds whichever way a scorer counts.
+    """
+
+    def describe(self, kwargs: Kwargs) -> str:
+        word, n = kwargs["keyword"], int(kwargs["frequency"])
+        if kwargs["relation"] == "at least":
+            return f'Use the word "{word}" at least {_times(n)} in your answer.'
+        return f'Use the word "{word}" fewer than {n} times in your answer.'
+
+    def sample_kwargs(self, response: str, rng: random.Random) -> Kwargs | None:
+        counts: dict[str, int] = {}
+        for word in _content_words(response):
+            whole, substrings = _keyword_counts(response, word)
+            if whole == substrings:
+                counts[word] = whole
+        if not counts:
+            return None
+        # A word used repeatedly makes a bound that means something.
+        repeated = [w for w, c in counts.items() if c >= 2]
+        word = rng.choice(repeated or list(counts))
+        count = counts[word]
+        if rng.random() < 0.5:
+            return {
+                "keyword": word,
+                "frequency": rng.randint(max(1, count - 1), count),
+                "relation": "at least",
+            }
+        return {"keyword": word, "frequency": count + rng.randint(1, 2), "relation": "less than"}
+
+    def transform(self, response: str, kwargs: Kwargs) -> str:
+        return response
+
+    def check(self, response: str, kwargs: Kwargs) -> bool:
+        counts = _keyword_counts(response, str(kwargs["keyword"]).strip())
+        return all(_check_relation(c, kwargs["relation"], int(kwargs["frequency"])) for c in counts)
+
+
+# Letters that turn up at most this often make a bound a writer can actually keep track of.
+_MAX_TRACKED_LETTERS = 20
+
+
+@register("keywords:letter_frequency")
+class LetterFrequency(Constraint):
+    """A bound on one letter that the response already meets; the response is kept as it is."""
+
+    def describe(self, kwargs: Kwargs) -> str:
+        letter, n = kwargs["letter"], int(kwargs["let_frequency"])
+        if kwargs["let_relation"] == "at least":
+            bound = f"at least {_times(n)}"
+        else:
+            bound = f"fewer than {n} times"
+        return (
+            f'The letter "{letter}" must appear {bound} in your answer '
+            "(capital and small letters both count)."
+        )
+
+    def sample_kwargs(self, response: str, rng: random.Random) -> Kwargs | None:
+        lowered = response.lower()
+        counts = {ch: lowered.count(ch) for ch in "abcdefghijklmnopqrstuvwxyz"}
+        present = [ch for ch, c in counts.items() if c >= 1]
+        if not present:
+            return None
+        letter = rng.choice([ch for ch in present if counts[ch] <= _MAX_TRACKED_LETTERS] or present)
+        count = counts[letter]
+        if rng.random() < 0.5:
+            return {
+                "letter": letter,
+                "let_frequency": rng.randint(max(1, count - 3), count),
+                "let_relation": "at least",
+            }
+        return {
+            "letter": letter,
+            "let_frequency": count + rng.randint(1, 3),
+            "let_relation": "less than",
+        }
+
+    def transform(self, response: str, kwargs: Kwargs) -> str:
+        return response
+
+    def check(self, response: str, kwargs: Kwargs) -> bool:
+        # IFEval counts characters of the lowercased response, so "A" and "a" are both an "a".
+        count = response.lower().count(str(kwargs["letter"]).lower())
+        return _check_relation(count, kwargs["let_relation"], int(kwargs["let_frequency"]))
+
+
+@register("length_constraints:number_sentences")
+class NumberSentences(Constraint):
+    """A sentence bound the response meets with a margin of one, since sentence splitters
+    disagree on abbreviations, list items and headings. Sentences are counted as the eval
+    counts them; the response is kept as it is."""
+
+    def describe(self, kwargs: Kwargs) -> str:
+        n = int(kwargs["num_sentences"])
+        noun = "sentence" if n == 1 else "sentences"
+        if kwargs["relation"] == "at least":
+            return f"Your answer should be at least {n} {noun} long."
+        return f"Keep your answer to fewer than {n} {noun}."
+
+    def sample_kwargs(self, response: str, rng: random.Random) -> Kwargs | None:
+        if _has_code_block(response) or not response.strip():
+            return None
+        count = _count_sentences(response)
+        # "At least one sentence" would ask for nothing, so "at least" starts at two.
+        if count >= 3 and rng.random() < 0.5:
+            return {
+                "relation": "at least",
+                "num_sentences": rng.randint(max(2, count - 3), count - 1),
+            }
+        return {"relation": "less than", "num_sentences": rng.randint(count + 2, count + 4)}
+
+    def transform(self, response: str, kwargs: Kwargs) -> str:
+        return response
+
+    def check(self, response: str, kwargs: Kwargs) -> bool:
+        return _check_relation(
+            _count_sentences(response), kwargs["relation"], int(kwargs["num_sentences"])
+        )
+
+
+_MAX_EMPHASISED = 4
+# Lowercase words of five letters or more standing alone: uppercased, each stays one token.
+# Words touching a double quote are left alone, being mostly JSON keys or quoted text.
+_EMPHASIS_WORD_RE = re.compile(r"(?<![\w'’*\"-])[a-z]{5,}(?![\w'’*\"-])")
+
+
+def _emphasis_words(response: str) -> list[re.Match[str]]:
+    """The first occurrence of each topic word, most frequent and then longest first (long
+    words tend to carry the topic); none in data (JSON, XML) or case-sensitive text (code,
+    URLs), whose values must not change."""
+    if not _case_change_safe(response) or response.lstrip()[:1] in ("{", "[", "<"):
+        return []
+    first: dict[str, re.Match[str]] = {}
+    frequency: dict[str, int] = {}
+    for match in _EMPHASIS_WORD_RE.finditer(response):
+        word = match.group()
+        if word in _COMMON_WORDS:
+            continue
+        first.setdefault(word, match)
+        frequency[word] = frequency.get(word, 0) + 1
+    ranked = sorted(first, key=lambda w: (-frequency[w], -len(w), first[w].start()))
+    return [first[w] for w in ranked]
+
+
+@register("change_case:capital_word_frequency")
+class CapitalWordFrequency(Constraint):
+    """For "at least N" the response's most frequent topic words are capitalised once each, as a
+    writer would for emphasis; "less than N" keeps the response. Counted as IFEval counts (see
+    `_count_capital_words`), which includes "I" and acronyms."""
+
+    def describe(self, kwargs: Kwargs) -> str:
+        n = int(kwargs["capital_frequency"])
+        if kwargs["capital_relation"] == "at least":
+            words = "one word" if n == 1 else f"{n} words"
+            return f"Write at least {words} of your answer entirely in capital letters."
+        if n == 1:
+            return "Do not write any word of your answer entirely in capital letters."
+        most = n - 1
+        noun = "word" if most == 1 else "words"
+        return f"Write no more than {most} {noun} of your answer entirely in capital letters."
+
+    def sample_kwargs(self, response: str, rng: random.Random) -> Kwargs | None:
+        if not response.strip():
+            return None
+        count = _count_capital_words(response)
+        candidates = _emphasis_words(response)
+        if candidates and rng.random() < 0.5:
+            added = rng.randint(1, min(_MAX_EMPHASISED, len(candidates)))
+            return {"capital_relation": "at least", "capital_frequency": count + added}
+        return {"capital_relation": "less than", "capital_frequency": count + rng.randint(1, 3)}
+
+    def transform(self, response: str, kwargs: Kwargs) -> str:
+        if kwargs["capital_relation"] != "at least":
+            return response
+        missing = int(kwargs["capital_frequency"]) - _count_capital_words(response)
+        if missing <= 0:
+            return response
+        out = response
+        # Right to left, so earlier offsets stay valid.
+        for match in sorted(_emphasis_words(response)[:missing], key=lambda m: -m.start()):
+            out = out[: match.start()] + match.group().upper() + out[match.end() :]
+        return out
+
+    def check(self, response: str, kwargs: Kwargs) -> bool:
+        return _check_relation(
+            _count_capital_words(response),
+            kwargs["capital_relation"],
+            int(kwargs["capital_frequency"]),
+        )
+
+
+_MAX_HIGHLIGHTS = 4
+_HIGHLIGHT_MAX_WORDS = 14
+# Where a sentence's first clause ends: punctuation followed by a space, so "7,000" and
+# "10:30" stay whole.
+_CLAUSE_END_RE = re.compile(r"[,;:](?=\s|$)|[()—–]|\s-\s")
+# Characters that would interfere with markdown emphasis or quoting around a phrase.
+_UNHIGHLIGHTABLE = set('*_`[]<>|#"“”')
+# A finished sentence, or the colon introducing a list; unterminated lines are mostly
+# salutations, sign-offs and names, which are no phrases to emphasise.
+_TERMINATED_RE = re.compile(r"[.!?:][\"'”’)]*\s*$")
+
+
+def _highlight_spans(response: str) -> list[tuple[int, int]]:
+    """(start, end) offsets of phrases that can be wrapped in *...*: the first clause of each
+    sentence of prose lines and list items; headings, tables and quotes are left alone."""
+    spans: list[tuple[int, int]] = []
+    for line in re.finditer(r"[^\n]+", response):
+        text = line.group()
+        if re.match(r"\s*[#|>]", text):
+            continue
+        item = _LIST_ITEM_RE.match(text)
+        body_start = item.start("body") if item else len(text) - len(text.lstrip())
+        body = text[body_start:]
+        ends = _sentence_ends(body)
+        for start in [0, *(e for e in ends if e < len(body))]:
+            start += len(body[start:]) - len(body[start:].lstrip())
+            sentence = body[start : next((e for e in ends if e > start), len(body))]
+            # Code and URLs must not end up inside, or cut by, the asterisks.
+            if (
+                not (item or _TERMINATED_RE.search(sentence))
+                or "`" in sentence
+                or "://" in sentence
+            ):
+                continue
+            clause = _CLAUSE_END_RE.split(sentence, maxsplit=1)[0]
+            clause = clause.rstrip().rstrip(".!?…").rstrip()
+            n_words = count_words(clause)
+            if (
+                2 <= n_words <= _HIGHLIGHT_MAX_WORDS
+                and clause[0].isalnum()
+                and clause[-1].isalnum()
+                and not _UNHIGHLIGHTABLE.intersection(clause)
+            ):
+                offset = line.start() + body_start + start
+                spans.append((offset, offset + len(clause)))
+    return spans
+
+
+def _spread(items: Sequence[Any], n: int) -> list[Any]:
+    """n items spread evenly over the sequence (one from the middle of each n-th part)."""
+    return [items[(2 * i + 1) * len(items) // (2 * n)] for i in range(n)]
+
+
+@register("detectable_format:number_highlighted_sections")
+class NumberHighlightedSections(Constraint):
+    """Wraps the opening clause of n sentences, spread over the response, in *italics*.
+
+    IFEval counts every non-empty *...* and **...** on one line, so bold counts too, and a
+    "* item" bullet followed by another asterisk on its line miscounts. Responses that already
+    use asterisks are therefore skipped, and the check counts as IFEval does.
+    """
+
+    def describe(self, kwargs: Kwargs) -> str:
+        n = int(kwargs["num_highlights"])
+        phrases = "one key phrase" if n == 1 else f"{n} key phrases"
+        return (
+            f"Emphasise at least {phrases} by wrapping each in single asterisks, "
+            "like *this phrase*."
+        )
+
+    def sample_kwargs(self, response: str, rng: random.Random) -> Kwargs | None:
+        if "*" in response or _has_code_block(response):
+            return None
+        spans = _highlight_spans(response)
+        if not spans:
+            return None
+        return {"num_highlights": rng.randint(1, min(_MAX_HIGHLIGHTS, len(spans)))}
+
+    def transform(self, response: str, kwargs: Kwargs) -> str:
+        spans = _highlight_spans(response)
+        n = int(kwargs["num_highlights"])
+        if not 1 <= n <= len(spans):
+            return response
+        out = response
+        for start, end in reversed(_spread(spans, n)):
+            out = f"{out[:start]}*{out[start:end]}*{out[end:]}"
+        return out
+
+    def check(self, response: str, kwargs: Kwargs) -> bool:
+        singles = re.findall(r"\*[^\n*]*\*", response)
+        doubles = re.findall(r"\*\*[^\n*]*\*\*", response)
+        count = sum(bool(h.strip("*").strip()) for h in singles)
+        count += sum(bool(h[2:-2].strip()) for h in doubles)
+        return count >= int(kwargs["num_highlights"])
+
+
+_ORDINALS = ("first", "second", "third", "fourth", "fifth", "sixth", "seventh", "eighth")
+# IFEval reads a paragraph's first word up to the first of these characters.
+_FIRST_WORD_STOPS = ".,?!'\""
+# A first word IFEval reads exactly as written: letters, then at most closing punctuation.
+_PLAIN_FIRST_WORD_RE = re.compile(r"[A-Za-z]+[.,?!]?")
+
+
+def _plain_first_word(paragraph: str) -> bool:
+    """Whether IFEval reads the paragraph's first word as a writer would: letters, then at
+    most closing punctuation, and no abbreviation ("Dr." would have to be asked for as "dr")."""
+    token = paragraph.split()[0]
+    return bool(_PLAIN_FIRST_WORD_RE.fullmatch(token)) and not (
+        token.endswith(".") and _is_abbreviation(token)
+    )
+
+
+def _ifeval_first_word(paragraph: str) -> str:
+    """IFEval's reading of a paragraph's first word: leading quotes dropped, cut at the first
+    punctuation mark, lowercased ("Don't" -> "don", "**Bold**" -> "**bold**")."""
+    words = paragraph.split()
+    if not words:
+        return ""
+    word = words[0].lstrip("'").lstrip('"')
+    for i, ch in enumerate(word):
+        if ch in _FIRST_WORD_STOPS:
+            return word[:i].lower()
+    return word.lower()
+
+
+def _blank_line_paragraphs(response: str, n: int | None = None) -> list[str] | None:
+    """The response's paragraphs when written with exactly one blank line between them.
+
+    With n given, a single paragraph of plain sentences may be divided into n; otherwise
+    (and for any response with two blocks or more) the response's own paragraphs are used.
+    """
+    if _has_code_block(response):
+        return None
+    blocks = _blocks(response)
+    if len(blocks) >= 2 and (n is None or n == len(blocks)):
+        return blocks
+    if len(blocks) == 1 and n is not None and n >= 2:
+        return _chunks(blocks[0], n) if _is_sentence_prose(blocks[0]) else None
+    return None
+
+
+@register("length_constraints:nth_paragraph_first_word")
+class NthParagraphFirstWord(Constraint):
+    """The response's own paragraphs (one blank line between them) with the first word the nth
+    one already has, or a single paragraph of sentences divided into 2-4.
+
+    IFEval splits on "\\n\\n" exactly, so blank-line runs are normalised to one, and it compares
+    the first word only up to its first punctuation mark, so paragraphs opening with anything
+    but a plain word ("Don't", "1.", "##") are never the nth.
+    """
+
+    def describe(self, kwargs: Kwargs) -> str:
+        n, nth = int(kwargs["num_paragraphs"]), int(kwargs["nth_paragraph"])
+        which = _ORDINALS[nth - 1] if nth <= len(_ORDINALS) else f"number {nth}"
+        return (
+            f"Write exactly {n} paragraphs, with a blank line between one paragraph and the "
+            f'next, and begin the {which} paragraph with the word "{kwargs["first_word"]}".'
+        )
+
+    def sample_kwargs(self, response: str, rng: random.Random) -> Kwargs | None:
+        paragraphs = _blank_line_paragraphs(response)
+        if paragraphs is None:
+            n = _sample_chunk_count(response, rng)
+            paragraphs = None if n is None else _blank_line_paragraphs(response, n)
+        if paragraphs is None or not 2 <= len(paragraphs) <= _MAX_CHUNKS:
+            return None
+        usable = [i for i, p in enumerate(paragraphs, 1) if _plain_first_word(p)]
+        if not usable:
+            return None
+        nth = rng.choice(usable)
+        return {
+            "num_paragraphs": len(paragraphs),
+            "nth_paragraph": nth,
+            "first_word": _ifeval_first_word(paragraphs[nth - 1]),
+        }
+
+    def transform(self, response: str, kwargs: Kwargs) -> str:
+        paragraphs = _blank_line_paragraphs(response, int(kwargs["num_paragraphs"]))
+        return response if paragraphs is None else "\n\n".join(paragraphs)
+
+    def check(self, response: str, kwargs: Kwargs) -> bool:
+        # IFEval's rule, quirks included: empty pieces lower the count but still take an index.
+        pieces = response.split("\n\n")
+        count = sum(1 for p in pieces if p.strip())
+        nth = int(kwargs["nth_paragraph"])
+        if not 1 <= nth <= count or not pieces[nth - 1].strip():
+            return False
+        return (
+            count == int(kwargs["num_paragraphs"])
+            and _ifeval_first_word(pieces[nth - 1].strip()) == str(kwargs["first_word"]).lower()
+        )
+
+
+# Longer requests (an embedded document) would make the repetition most of the answer.
+_MAX_REPEATED_WORDS = 60
+
+
+@register("combination:repeat_prompt")
+class RepeatPrompt(Constraint):
+    """The answer opens with the request, verbatim, then a blank line and the original answer.
+    `prompt_to_repeat` is the instruction without the constraint sentence, as in IFEval."""
+
+    needs_instruction = True
+
+    def describe(self, kwargs: Kwargs) -> str:
+        return (
+            "Before you answer, copy the request above exactly as written, word for word, and "
+            "only then give your answer. Write nothing before the copied request, and leave "
+            "this sentence out of the copy."
+        )
+
+    def sample_kwargs(
+        self, response: str, rng: random.Random, instruction: str | None = None
+    ) -> Kwargs | None:
+        prompt = (instruction or "").strip()
+        if not prompt or not response.strip() or _has_code_block(prompt):
+            return None
+        if count_words(prompt) > _MAX_REPEATED_WORDS:
+            return None
+        return {"prompt_to_repeat": prompt}
+
+    def transform(self, response: str, kwargs: Kwargs) -> str:
+        prompt = str(kwargs["prompt_to_repeat"]).strip()
+        if self.check(response, kwargs):
+            return response
+        return f"{prompt}\n\n{response.strip()}"
+
+    def check(self, response: str, kwargs: Kwargs) -> bool:
+        # IFEval's rule (case-insensitive prefix), and stricter: an answer must follow.
+        text, prompt = response.strip().lower(), str(kwargs["prompt_to_repeat"]).strip().lower()
+        return bool(prompt) and text.startswith(prompt) and bool(text[len(prompt) :].strip())
+
+
+# A square-bracketed field to fill in ("[Your Name]", "[date]"); not "[1]" citations, not
+# "[text](url)" links, not "[x]" checkboxes.
+_PLACEHOLDER_RE = re.compile(r"\[[A-Za-z][^\[\]\n]{1,40}\](?!\()")
+_MAX_PLACEHOLDERS = 6
+
+
+@register("detectable_content:number_placeholders")
+class NumberPlaceholders(Constraint):
+    """Only for responses that are already templates: the bound is met by their own
+    placeholders. Turning the names and dates of a real answer into placeholders would
+    contradict instructions that state them ("Reply to Sam...").
+
+    Stricter than IFEval, which counts every "[...]" including links and citations.
+    """
+
+    def describe(self, kwargs: Kwargs) -> str:
+        n = int(kwargs["num_placeholders"])
+        noun = "placeholder" if n == 1 else "placeholders"
+        return (
+            f"Leave at least {n} {noun} in square brackets, such as [date], for details to be "
+            "filled in later."
+        )
+
+    def sample_kwargs(self, response: str, rng: random.Random) -> Kwargs | None:
+        most = min(len(_PLACEHOLDER_RE.findall(response)), _MAX_PLACEHOLDERS)
+        if most == 0:
+            return None
+        return {"num_placeholders": rng.randint(max(1, most - 2), most)}
+
+    def transform(self, response: str, kwargs: Kwargs) -> str:
+        return response
+
+    def check(self, response: str, kwargs: Kwargs) -> bool:
+        return len(_PLACEHOLDER_RE.findall(response)) >= int(kwargs["num_placeholders"])
