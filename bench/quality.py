@@ -67,10 +67,9 @@ def main() -> None:
         started = time.perf_counter()
         run_cuvee(
             "train",
+            "starter-lora-cpu",
             "--base",
             args.base,
-            "--data",
-            "starter",
             "--name",
             name,
             "--time-budget",

@@ -50,6 +50,7 @@ def test_flags_override_the_recipe_and_none_means_unset(tmp_path: Path) -> None:
         ("method: qlora\n", "method"),
         ("time_budget: soon\n", "time_budget"),
         ("eval_split: 0.9\n", "eval_split"),
+        ("augment: 9\n", "augment"),
         ("- a list\n", "mapping"),
     ],
 )
@@ -59,6 +60,31 @@ def test_bad_recipes_name_the_key(tmp_path: Path, text: str, needle: str) -> Non
     with pytest.raises(ConfigError) as err:
         build_recipe(path)
     assert needle in str(err.value) and str(path) in str(err.value)
+
+
+def test_augment_adds_checked_variants_to_the_training_records_only() -> None:
+    from cuvee.data.constraints import check_constraint
+    from cuvee.data.starter import load_starter
+    from cuvee.train.data import augment_train, split_records
+
+    records = load_starter("all")
+    split = split_records(records, "auto", 42, 200)
+    assert augment_train(split, 0, 42) is split
+    augmented = augment_train(split, 1, 42)
+    assert augmented.eval == split.eval  # held-out answers are never rewritten into training
+    assert augmented.train[: len(split.train)] == split.train
+    variants = augmented.train[len(split.train) :]
+    assert len(split.train) // 2 < len(variants) <= len(split.train)
+    assert f"{len(variants)} format-constrained variants" in augmented.how
+    held_out = {r.turns[-2].content for r in split.eval}
+    for variant in variants:
+        constraint = variant.metadata["constraint"]
+        assert check_constraint(constraint["id"], variant.turns[-1].content, constraint["kwargs"])
+        assert not any(variant.turns[-2].content.startswith(h) for h in held_out)
+    assert augment_train(split, 1, 42).train == augmented.train  # seeded: the same run twice
+    # the shipped CPU recipe uses it, and the flag reaches the recipe
+    assert build_recipe("starter-lora-cpu").augment == 1
+    assert build_recipe(None, {"augment": 2}).augment == 2
 
 
 def test_unknown_recipe_name_lists_the_shipped_ones() -> None:

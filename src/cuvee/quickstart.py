@@ -5,7 +5,8 @@ that runs the same code as the command a user would type, so the quickstart neve
 the commands it teaches:
 
 1. pull the base model (``cuvee models pull``);
-2. fine-tune it on the bundled starter set within a time budget (``cuvee train``);
+2. fine-tune it on the bundled starter set within a time budget (``cuvee train
+   starter-lora-cpu``: the shipped recipe, with format-constrained variants of the records);
 3. evaluate base and fine-tune on a slice of the ``instructions`` suite and of the starter
    set's held-out records (``cuvee eval``; the results are cached, so a second run is
    instant);
@@ -25,6 +26,7 @@ from typing import Any
 import click
 
 SAMPLE_COLLECTION = "sample"
+STARTER_RECIPE = "starter-lora-cpu"
 EVAL_SUITE = "instructions"
 
 
@@ -79,10 +81,9 @@ def _train(plan: Plan) -> None:
     invoke(
         plan,
         "train",
+        STARTER_RECIPE,
         "--base",
         plan.base,
-        "--data",
-        "starter",
         "--name",
         plan.name,
         "--time-budget",

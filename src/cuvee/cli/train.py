@@ -23,6 +23,7 @@ _KNOBS = (
     "lora_r",
     "lora_alpha",
     "eval_split",
+    "augment",
     "seed",
     "precision",
 )
@@ -69,6 +70,11 @@ def _list_recipes() -> None:
 @click.option("--lora-alpha", type=int, help="LoRA scaling numerator.")
 @click.option("--lora-targets", help="Comma-separated module names, or all-linear.")
 @click.option("--eval-split", help="Held-out fraction (0.05), auto, or none.")
+@click.option(
+    "--augment",
+    type=click.IntRange(0, 4),
+    help="Add N format-constrained variants of each training record (0 turns it off).",
+)
 @click.option("--seed", type=int, help="Seed for data order, splits and initialisation.")
 @click.option("--precision", type=click.Choice(["auto", "bf16", "fp32"]))
 @click.option("--train-on-prompt", is_flag=True, default=None, help="Learn prompt tokens too.")

@@ -106,3 +106,16 @@ def split_records(
     if heldout:
         how += f"; {len(heldout)} records labelled heldout also left out"
     return Split(train, evals, how)
+
+
+def augment_train(split: Split, per_record: int, seed: int) -> Split:
+    """The split with up to ``per_record`` format-constrained variants of each training record
+    added after the originals (the evaluation records stay as they are: a rewritten copy of a
+    held-out answer in the training set would leak it)."""
+    if per_record <= 0:
+        return split
+    from cuvee.data.augment import augment_records
+
+    variants = list(augment_records(split.train, per_record=per_record, seed=seed))
+    how = f"{split.how}; {len(variants)} format-constrained variants added for training"
+    return Split(split.train + variants, split.eval, how)

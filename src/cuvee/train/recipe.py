@@ -61,6 +61,11 @@ class Recipe(BaseModel):
     grad_accum: int = Field(1, ge=1)
     packing: bool = True
     train_on_prompt: bool = False
+    # Constrained variants added per training record (0: none): the instruction gains a
+    # verifiable format rule (lowercase, N bullets, JSON, a postscript ...) and the answer is
+    # rewritten to obey it, so the model learns to follow such rules (`cuvee data augment`).
+    # Held-out records are never augmented.
+    augment: int = Field(0, ge=0, le=4)
 
     lora_r: int = Field(16, ge=1)
     lora_alpha: int = Field(32, ge=1)

@@ -31,7 +31,7 @@ from cuvee.model_loading import load_causal_lm
 from cuvee.store import ModelStore, StoredModel, check_name
 from cuvee.tokenizer import load_tokenizer, special_tokens
 from cuvee.train import checkpoint as ckpt
-from cuvee.train.data import load_data, split_records
+from cuvee.train.data import augment_train, load_data, split_records
 from cuvee.train.display import Display, SilentDisplay
 from cuvee.train.encode import IGNORE, Encoder
 from cuvee.train.kernels import Kernels
@@ -257,6 +257,7 @@ def prepare(store: ModelStore, recipe: Recipe) -> Prepared:
     template = get_template(base.manifest.chat_template)
     records, sources = load_data(recipe.data)
     split = split_records(records, recipe.eval_split, recipe.seed, recipe.max_eval_records)
+    split = augment_train(split, recipe.augment, recipe.seed)
     if not split.train:
         raise ConfigError("no training records left after holding out the evaluation set")
     tokenizer = load_tokenizer(base.path)
