@@ -1,6 +1,7 @@
 import json
 import random
 import re
+from pathlib import Path
 
 import pytest
 
@@ -111,7 +112,8 @@ def test_every_variant_passes_its_own_check(instruction: str, response: str) -> 
         assert len({cid for _, _, cid, _ in variants}) == len(variants)
         for new_instruction, new_response, cid, kwargs in variants:
             assert check_constraint(cid, new_response, kwargs), (cid, kwargs, new_response)
-            assert new_instruction == f"{instruction} {get_constraint(cid).describe(kwargs)}"
+            phrasings = get_constraint(cid).phrasings(kwargs)
+            assert new_instruction in [f"{instruction} {p}" for p in phrasings]
 
 
 def test_every_constraint_is_exercised_by_the_pairs() -> None:
@@ -151,9 +153,9 @@ def test_multiline_instruction_gets_constraint_as_its_own_paragraph() -> None:
     variants = augment_pair(
         instruction, "A cat sat down.", random.Random(0), ids=["startend:quotation"]
     )
-    assert (
-        variants[0][0] == instruction + "\n\nWrap your entire response with double quotation marks."
-    )
+    # Which phrasing is appended depends on the rng; each is its own paragraph.
+    phrasings = get_constraint("startend:quotation").phrasings({})
+    assert variants[0][0] in [f"{instruction}\n\n{p}" for p in phrasings]
 
 
 def test_ids_restrict_variants_and_code_is_left_alone() -> None:
@@ -592,9 +594,9 @@ def test_repeat_prompt_receives_the_instruction_without_the_constraint_sentence(
         random.Random(0),
         ids=["combination:repeat_prompt"],
     )
-    describe = get_constraint(cid).describe(kwargs)
+    phrasings = get_constraint(cid).phrasings(kwargs)
     assert kwargs == {"prompt_to_repeat": instruction}
-    assert new_instruction == f"{instruction}\n\n{describe}"
+    assert new_instruction in [f"{instruction}\n\n{p}" for p in phrasings]
     assert new_response == f"{instruction}\n\nIt is now on Friday at noon."
     # Without an instruction there is nothing to repeat.
     constraint = get_constraint(cid)
@@ -742,3 +744,212 @@ def test_placeholders_only_for_templates() -> None:
 def test_new_checks_imply_the_eval_verdict(constraint_id: str, kwargs: dict, passing: str) -> None:
     # The checks here equal IFEval's or are stricter, so what passes here passes the eval.
     assert eval_strict(constraint_id, kwargs, "Prompt.", passing)
+
+
+# --- phrasings: several wordings of each rule, so a model learns the rule, not one sentence ---
+
+FIXTURE = Path(__file__).parents[1] / "src/cuvee/eval/fixtures/instructions.jsonl"
+AT_LEAST = ("at least", "no fewer than", "or more", "minimum")
+LESS_THAN = ("less than", "fewer than", "under", "shorter than", "below")
+# fmt: off
+NUMBER_WORDS = (
+    "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
+    "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen",
+    "nineteen", "twenty",
+)
+ORDINALS = ("first", "second", "third", "fourth", "fifth", "sixth", "seventh", "eighth")
+# fmt: on
+WHOLE_WORDS = {*NUMBER_WORDS, "once", "twice", *AT_LEAST, *LESS_THAN}
+# Edge cases the sampled kwargs may not reach.
+EXTRA_KWARGS = [
+    (
+        "change_case:capital_word_frequency",
+        {"capital_relation": "less than", "capital_frequency": 1},
+    ),
+    (
+        "change_case:capital_word_frequency",
+        {"capital_relation": "less than", "capital_frequency": 2},
+    ),
+    (
+        "change_case:capital_word_frequency",
+        {"capital_relation": "at least", "capital_frequency": 1},
+    ),
+    ("keywords:frequency", {"keyword": "river", "frequency": 1, "relation": "at least"}),
+    ("keywords:letter_frequency", {"letter": "q", "let_frequency": 1, "let_relation": "at least"}),
+    ("length_constraints:number_sentences", {"relation": "less than", "num_sentences": 2}),
+    ("keywords:existence", {"keywords": ["river"]}),
+    ("keywords:forbidden_words", {"forbidden_words": ["river", "lake", "sea"]}),
+]
+
+
+def fixture_records() -> list[dict]:
+    return [json.loads(line) for line in FIXTURE.read_text().splitlines() if line.strip()]
+
+
+def sampled_kwargs() -> list[tuple[str, dict]]:
+    """kwargs from the hand-written cases, from sampling on every pair, and a few edge cases."""
+    found = [(cid, kwargs) for cid, kwargs, *_ in CASES] + EXTRA_KWARGS
+    for instruction, response in SCORER_PAIRS:
+        for seed in SEEDS:
+            found += [
+                (cid, kwargs)
+                for _, _, cid, kwargs in augment_pair(instruction, response, random.Random(seed))
+            ]
+    return found
+
+
+def number_forms(n: int) -> set[str]:
+    forms = {str(n), {1: "once", 2: "twice"}.get(n, str(n))}
+    return forms | ({NUMBER_WORDS[n]} if n < len(NUMBER_WORDS) else set())
+
+
+def expected_mentions(cid: str, kwargs: dict) -> tuple[list[str], list[set[str]]]:
+    """(strings every phrasing contains verbatim, sets of which each phrasing contains one,
+    compared in lower case and numbers as whole words)."""
+    relation = (
+        kwargs.get("relation") or kwargs.get("let_relation") or kwargs.get("capital_relation")
+    )
+    bound = {"at least": set(AT_LEAST), "less than": set(LESS_THAN)}.get(relation, set())
+    table: dict[str, tuple[list[str], list[set[str]]]] = {
+        "change_case:english_lowercase": ([], [{"english"}, {"lower", "uppercase", "capital"}]),
+        "change_case:english_capital": ([], [{"english"}, {"capital", "upper", "caps"}]),
+        "detectable_format:json_format": (["JSON"], []),
+        "detectable_format:title": (["<<", ">>"], [{"title"}]),
+        "punctuation:no_comma": ([], [{"comma"}]),
+        "startend:quotation": ([], [{"double quot"}]),
+        "combination:repeat_prompt": ([], [{"request"}, {"word for word", "verbatim", "exact"}]),
+    }
+    if cid in table:
+        return table[cid]
+    if cid == "detectable_format:number_bullet_lists":
+        return [], [number_forms(kwargs["num_bullets"]), {"bullet"}, {"*", "asterisk"}]
+    if cid == "startend:end_checker":
+        return [kwargs["end_phrase"]], []
+    if cid == "detectable_content:postscript":
+        return [kwargs["postscript_marker"]], []
+    if cid == "length_constraints:number_words":
+        return [], [number_forms(kwargs["num_words"]), {"word"}, bound]
+    if cid == "length_constraints:number_paragraphs":
+        return ["***"], [number_forms(kwargs["num_paragraphs"]), {"paragraph"}]
+    if cid == "detectable_format:multiple_sections":
+        return [kwargs["section_spliter"]], [number_forms(kwargs["num_sections"]), {"section"}]
+    if cid == "keywords:existence":
+        return [f'"{w}"' for w in kwargs["keywords"]], []
+    if cid == "keywords:forbidden_words":
+        return [f'"{w}"' for w in kwargs["forbidden_words"]], []
+    if cid == "keywords:frequency":
+        return [f'"{kwargs["keyword"]}"'], [number_forms(kwargs["frequency"]), bound]
+    if cid == "keywords:letter_frequency":
+        return [f'"{kwargs["letter"]}"'], [
+            number_forms(kwargs["let_frequency"]),
+            bound,
+            {"case", "capital"},
+        ]
+    if cid == "length_constraints:number_sentences":
+        return [], [number_forms(kwargs["num_sentences"]), {"sentence"}, bound]
+    if cid == "change_case:capital_word_frequency":
+        n = kwargs["capital_frequency"]
+        if relation == "at least":
+            return [], [number_forms(n), set(AT_LEAST)]
+        if n == 1:  # "fewer than one" reads better as "none"
+            return [], [{"any word", "no word", "zero", "a single word"}]
+        # "fewer than n", or "at most n - 1"
+        return [], [number_forms(n) | number_forms(n - 1), set(LESS_THAN) | {"at most", "no more"}]
+    if cid == "detectable_format:number_highlighted_sections":
+        return ["*"], [number_forms(kwargs["num_highlights"]), set(AT_LEAST)]
+    if cid == "length_constraints:nth_paragraph_first_word":
+        nth = kwargs["nth_paragraph"]
+        return [f'"{kwargs["first_word"]}"'], [
+            number_forms(kwargs["num_paragraphs"]),
+            {str(nth), ORDINALS[nth - 1]},
+            {"paragraph"},
+        ]
+    if cid == "detectable_content:number_placeholders":
+        return ["[", "]"], [number_forms(kwargs["num_placeholders"]), {"placeholder", "field"}]
+    raise AssertionError(f"no expectations for {cid}")
+
+
+def mentions(text: str, alternative: str) -> bool:
+    # Numbers and bounds as whole words, so "1" is not found in "10" nor "under" in "understand".
+    if alternative.isdigit() or alternative in WHOLE_WORDS:
+        return re.search(rf"(?<![\w.]){alternative}(?!\w)", text.lower()) is not None
+    return alternative in text.lower()
+
+
+def test_every_constraint_has_several_distinct_phrasings_led_by_describe() -> None:
+    seen = set()
+    for cid, kwargs in sampled_kwargs():
+        seen.add(cid)
+        constraint = get_constraint(cid)
+        phrasings = constraint.phrasings(kwargs)
+        assert len(phrasings) >= 4, cid
+        assert len({" ".join(p.lower().split()) for p in phrasings}) == len(phrasings), cid
+        assert all(p.strip() == p and p for p in phrasings), cid
+        assert phrasings[0] == constraint.describe(kwargs)
+    assert seen == set(CONSTRAINTS)
+
+
+def test_every_phrasing_states_the_parameters() -> None:
+    for cid, kwargs in sampled_kwargs():
+        exact, loose = expected_mentions(cid, kwargs)
+        for phrasing in get_constraint(cid).phrasings(kwargs):
+            for literal in exact:
+                assert literal in phrasing, (cid, kwargs, phrasing)
+            for alternatives in loose:
+                assert any(mentions(phrasing, a) for a in alternatives), (cid, kwargs, phrasing)
+
+
+def test_relations_are_never_mixed_up() -> None:
+    for cid, kwargs in sampled_kwargs():
+        relation = kwargs.get("relation") or kwargs.get("let_relation")
+        if relation is None:
+            continue
+        for phrasing in get_constraint(cid).phrasings(kwargs):
+            lowered = phrasing.lower()
+            if relation == "at least":
+                assert "less than" not in lowered and "under" not in lowered, phrasing
+                assert "fewer than" not in lowered.replace("no fewer than", ""), phrasing
+            else:
+                assert "at least" not in lowered and "or more" not in lowered, phrasing
+
+
+def test_augment_picks_phrasings_with_the_seeded_rng() -> None:
+    used: dict[str, set[int]] = {cid: set() for cid in CONSTRAINTS}
+    for instruction, response in SCORER_PAIRS:
+        for seed in range(12):
+            variants = augment_pair(instruction, response, random.Random(seed))
+            assert variants == augment_pair(instruction, response, random.Random(seed))
+            for new_instruction, _, cid, kwargs in variants:
+                phrasings = get_constraint(cid).phrasings(kwargs)
+                [index] = [
+                    i for i, p in enumerate(phrasings) if new_instruction == f"{instruction} {p}"
+                ]
+                used[cid].add(index)
+    assert all(len(indices) >= 2 for indices in used.values()), used
+
+
+def fixture_sentences() -> set[str]:
+    sentences = set()
+    for record in fixture_records():
+        for piece in re.split(r"(?<=[.!?;])\s+|\n", record["prompt"]):
+            piece = " ".join(piece.lower().split()).rstrip(".!?;:")
+            if piece:
+                sentences.add(piece)
+    return sentences
+
+
+def test_no_phrasing_reuses_an_eval_prompt_sentence() -> None:
+    sentences = fixture_sentences()
+    cases = sampled_kwargs()
+    # The eval's own parameters too, where a coincidence would be most likely.
+    for record in fixture_records():
+        cases += [
+            (cid, kwargs)
+            for cid, kwargs in zip(record["instruction_id_list"], record["kwargs"], strict=True)
+            if cid in CONSTRAINTS and cid != "combination:repeat_prompt"
+        ]
+    for cid, kwargs in cases:
+        for phrasing in get_constraint(cid).phrasings(kwargs):
+            text = " ".join(phrasing.lower().split())
+            for sentence in sentences:
+                assert sentence not in text, (cid, phrasing, sentence)

@@ -55,9 +55,20 @@ class Constraint(ABC):
     # The others keep the two-argument call, so they need not know the hook exists.
     needs_instruction: ClassVar[bool] = False
 
-    @abstractmethod
     def describe(self, kwargs: Kwargs) -> str:
-        """The sentence appended to an instruction to impose this constraint."""
+        """The sentence appended to an instruction to impose this constraint: the first of
+        `phrasings`. A subclass defines `phrasings`, or only `describe` for a single wording."""
+        if type(self).phrasings is Constraint.phrasings:
+            raise NotImplementedError(
+                f"{type(self).__name__} defines neither describe nor phrasings"
+            )
+        return self.phrasings(kwargs)[0]
+
+    def phrasings(self, kwargs: Kwargs) -> list[str]:
+        """Distinct wordings of exactly this requirement with these parameters, `describe`'s
+        first. `augment_pair` picks one per variant so that training does not tie the rule to
+        one fixed sentence."""
+        return [self.describe(kwargs)]
 
     @abstractmethod
     def sample_kwargs(self, response: str, rng: random.Random) -> Kwargs | None:
@@ -94,8 +105,9 @@ def augment_pair(
     """One (new_instruction, new_response, constraint_id, kwargs) variant per applicable id.
 
     Ids are tried in the given order (default: registration order) so a seeded `rng` gives
-    reproducible output. Constraints with `needs_instruction` also see `instruction` as it is
-    here, without the constraint sentence.
+    reproducible output, including which of the constraint's phrasings is appended.
+    Constraints with `needs_instruction` also see `instruction` as it is here, without the
+    constraint sentence.
     """
     # Resolve every id first so a typo fails loudly instead of silently producing fewer variants.
     constraints = [get_constraint(i) for i in (list(CONSTRAINTS) if ids is None else ids)]
@@ -114,7 +126,8 @@ def augment_pair(
         # Defensive: a training example that violates its own instruction is worse than none.
         if not new_response.strip() or not constraint.check(new_response, kwargs):
             continue
-        new_instruction = instruction.rstrip() + joiner + constraint.describe(kwargs)
+        sentence = rng.choice(constraint.phrasings(kwargs))
+        new_instruction = instruction.rstrip() + joiner + sentence
         variants.append((new_instruction, new_response, constraint.id, dict(kwargs)))
     return variants
 
@@ -137,6 +150,24 @@ _ABBREVIATIONS = frozenset({
     "approx", "fig", "no", "inc", "ltd", "co", "cf", "al",
 })
 # fmt: on
+
+
+# fmt: off
+_NUMBER_WORDS = (
+    "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
+    "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen",
+    "nineteen", "twenty",
+)
+# fmt: on
+
+
+def _spelled(n: int) -> str:
+    """A small count in words ("three"), larger ones in digits, as a writer would put them."""
+    return _NUMBER_WORDS[n] if 0 <= n < len(_NUMBER_WORDS) else str(n)
+
+
+def _plural(n: int, noun: str) -> str:
+    return noun if n == 1 else f"{noun}s"
 
 
 def count_words(text: str) -> int:
@@ -283,11 +314,16 @@ def _case_change_safe(response: str) -> bool:
 
 @register("change_case:english_lowercase")
 class EnglishLowercase(Constraint):
-    def describe(self, kwargs: Kwargs) -> str:
-        return (
+    def phrasings(self, kwargs: Kwargs) -> list[str]:
+        return [
             "Your entire response should be in English, and in all lowercase letters. "
-            "No capital letters are allowed."
-        )
+            "No capital letters are allowed.",
+            "Reply in English using lowercase letters only, without a single capital anywhere.",
+            "Please write your answer in English with every letter in lower case, even at the "
+            "start of sentences and in names.",
+            "Your answer must be in English and must not contain any uppercase letters.",
+            "English, all lower case, no capitals at all.",
+        ]
 
     def sample_kwargs(self, response: str, rng: random.Random) -> Kwargs | None:
         return {} if _case_change_safe(response) else None
@@ -303,8 +339,14 @@ class EnglishLowercase(Constraint):
 
 @register("change_case:english_capital")
 class EnglishCapital(Constraint):
-    def describe(self, kwargs: Kwargs) -> str:
-        return "Your entire response should be in English, and in all capital letters."
+    def phrasings(self, kwargs: Kwargs) -> list[str]:
+        return [
+            "Your entire response should be in English, and in all capital letters.",
+            "Respond in English and put every letter of the response in upper case.",
+            "Please answer in English using capital letters only, with no lowercase letters.",
+            "Every letter of your English answer has to be a capital letter.",
+            "In English and in all caps, from the first word to the last.",
+        ]
 
     def sample_kwargs(self, response: str, rng: random.Random) -> Kwargs | None:
         return {} if _case_change_safe(response) else None
@@ -323,11 +365,19 @@ _MAX_BULLETS = 10
 
 @register("detectable_format:number_bullet_lists")
 class NumberBulletLists(Constraint):
-    def describe(self, kwargs: Kwargs) -> str:
-        return (
-            f"Your answer must contain exactly {kwargs['num_bullets']} bullet points. "
-            "Use the markdown bullet points such as:\n* This is point 1.\n* This is point 2"
-        )
+    def phrasings(self, kwargs: Kwargs) -> list[str]:
+        n = int(kwargs["num_bullets"])
+        return [
+            f"Your answer must contain exactly {n} bullet points. "
+            "Use the markdown bullet points such as:\n* This is point 1.\n* This is point 2",
+            f"Present the answer as exactly {n} markdown bullet points, each on its own line "
+            'beginning with "* ".',
+            f"Please give exactly {_spelled(n)} bullet points in markdown, no more and no fewer, "
+            "for example:\n* A first point.\n* A second point.",
+            f"Use precisely {n} markdown bullets (lines that start with an asterisk and a space) "
+            "in your answer.",
+            f"Exactly {_spelled(n)} markdown bullet points, written as * item.",
+        ]
 
     def sample_kwargs(self, response: str, rng: random.Random) -> Kwargs | None:
         if _has_code_block(response):
@@ -383,11 +433,15 @@ def _parse_json_document(text: str) -> Any:
 
 @register("detectable_format:json_format")
 class JsonFormat(Constraint):
-    def describe(self, kwargs: Kwargs) -> str:
-        return (
+    def phrasings(self, kwargs: Kwargs) -> list[str]:
+        return [
             "Entire output should be wrapped in JSON format. "
-            "You can use markdown ticks such as ```."
-        )
+            "You can use markdown ticks such as ```.",
+            "Format the whole reply as JSON; a markdown code fence (```) around it is allowed.",
+            "Please return nothing but JSON, optionally inside a ```json code block.",
+            "Your complete answer has to be a JSON document, which may be fenced with ```.",
+            "JSON only, with or without ``` fences around it.",
+        ]
 
     def sample_kwargs(self, response: str, rng: random.Random) -> Kwargs | None:
         return {} if response.strip() else None
@@ -419,11 +473,18 @@ _END_PHRASES = (
 
 @register("startend:end_checker")
 class EndChecker(Constraint):
-    def describe(self, kwargs: Kwargs) -> str:
-        return (
-            f"Finish your response with this exact phrase {kwargs['end_phrase']}. "
-            "No other words should follow this phrase."
-        )
+    def phrasings(self, kwargs: Kwargs) -> list[str]:
+        phrase = kwargs["end_phrase"]
+        return [
+            f"Finish your response with this exact phrase {phrase}. "
+            "No other words should follow this phrase.",
+            f'The very last words of your answer must be "{phrase}", exactly as written here, '
+            "with nothing after them.",
+            f"Please close with this precise phrase and let nothing follow it: {phrase}",
+            f'Make "{phrase}" the final phrase of your reply, word for word, and add nothing '
+            "after it.",
+            f'End on exactly "{phrase}" and stop there.',
+        ]
 
     def sample_kwargs(self, response: str, rng: random.Random) -> Kwargs | None:
         return {"end_phrase": rng.choice(_END_PHRASES)} if response.strip() else None
@@ -509,11 +570,17 @@ def _derive_title(response: str) -> tuple[str, str]:
 
 @register("detectable_format:title")
 class Title(Constraint):
-    def describe(self, kwargs: Kwargs) -> str:
-        return (
+    def phrasings(self, kwargs: Kwargs) -> list[str]:
+        return [
             "Your answer must contain a title, wrapped in double angular brackets, "
-            "such as <<poem of joy>>."
-        )
+            "such as <<poem of joy>>.",
+            "Add a title to your answer and enclose it in double angle brackets, for example "
+            "<<a quiet harbour>>.",
+            "Please include a title written between << and >>, as in <<notes on spring>>.",
+            "Put a title in your reply using double angle brackets around it, e.g. "
+            "<<the long road>>.",
+            "A title in double angle brackets, like <<my title>>, is required.",
+        ]
 
     def sample_kwargs(self, response: str, rng: random.Random) -> Kwargs | None:
         # A title on a one-line answer would be longer than the answer itself.
@@ -554,8 +621,15 @@ class NoComma(Constraint):
     changes meaning.
     """
 
-    def describe(self, kwargs: Kwargs) -> str:
-        return "In your entire response, refrain from the use of any commas."
+    def phrasings(self, kwargs: Kwargs) -> list[str]:
+        return [
+            "In your entire response, refrain from the use of any commas.",
+            "Do not put a single comma anywhere in the answer.",
+            "Please write your reply without any commas at all.",
+            "Your answer must contain zero commas, so write large numbers as 5000 rather "
+            "than 5,000.",
+            "No commas, anywhere.",
+        ]
 
     def sample_kwargs(self, response: str, rng: random.Random) -> Kwargs | None:
         if _has_code_block(response) or "," in _strip_commas(response):
@@ -602,8 +676,24 @@ def _truncate_words(text: str, limit: int) -> str:
 class NumberWords(Constraint):
     """IFEval semantics: "less than" N means count < N, "at least" N means count >= N."""
 
-    def describe(self, kwargs: Kwargs) -> str:
-        return f"Answer with {kwargs['relation']} {kwargs['num_words']} words."
+    def phrasings(self, kwargs: Kwargs) -> list[str]:
+        relation, n = kwargs["relation"], int(kwargs["num_words"])
+        first = f"Answer with {relation} {n} words."
+        if relation == "at least":
+            return [
+                first,
+                f"Write no fewer than {n} words.",
+                f"Please make your answer at least {n} words long.",
+                f"Your answer must run to {n} words or more.",
+                f"A minimum of {n} words.",
+            ]
+        return [
+            first,
+            f"Keep your answer under {n} words.",
+            f"Please use fewer than {n} words in total.",
+            f"Your answer must be shorter than {n} words.",
+            f"Stay below {n} words.",
+        ]
 
     def sample_kwargs(self, response: str, rng: random.Random) -> Kwargs | None:
         n = count_words(response)
@@ -643,8 +733,15 @@ class NumberWords(Constraint):
 
 @register("startend:quotation")
 class Quotation(Constraint):
-    def describe(self, kwargs: Kwargs) -> str:
-        return "Wrap your entire response with double quotation marks."
+    def phrasings(self, kwargs: Kwargs) -> list[str]:
+        return [
+            "Wrap your entire response with double quotation marks.",
+            'Put the whole reply inside double quotes, so that it begins and ends with a " '
+            "character.",
+            "Please enclose the complete answer in one pair of double quotation marks.",
+            "Your answer must start with a double quotation mark and end with one.",
+            "All of it in double quotes, from start to finish.",
+        ]
 
     def sample_kwargs(self, response: str, rng: random.Random) -> Kwargs | None:
         return {} if response.strip() else None
@@ -683,11 +780,16 @@ def _postscript_pattern(marker: str) -> re.Pattern[str]:
 
 @register("detectable_content:postscript")
 class Postscript(Constraint):
-    def describe(self, kwargs: Kwargs) -> str:
-        return (
+    def phrasings(self, kwargs: Kwargs) -> list[str]:
+        marker = kwargs["postscript_marker"]
+        return [
             "At the end of your response, please explicitly add a postscript starting with "
-            f"{kwargs['postscript_marker']}"
-        )
+            f"{marker}",
+            f'After the main answer, add a postscript on a new line that opens with "{marker}".',
+            f'Please finish with a short extra note beginning with "{marker}" on its own line.',
+            f'Your answer must close with a postscript introduced by "{marker}".',
+            f'Add a "{marker}" note at the very end.',
+        ]
 
     def sample_kwargs(self, response: str, rng: random.Random) -> Kwargs | None:
         return {"postscript_marker": rng.choice(_POSTSCRIPT_MARKERS)} if response.strip() else None
@@ -705,11 +807,19 @@ class Postscript(Constraint):
 
 @register("length_constraints:number_paragraphs")
 class NumberParagraphs(Constraint):
-    def describe(self, kwargs: Kwargs) -> str:
-        return (
-            f"There should be {kwargs['num_paragraphs']} paragraphs. "
-            "Paragraphs are separated with the markdown divider: ***"
-        )
+    def phrasings(self, kwargs: Kwargs) -> list[str]:
+        n = int(kwargs["num_paragraphs"])
+        return [
+            f"There should be {n} paragraphs. "
+            "Paragraphs are separated with the markdown divider: ***",
+            f"Write exactly {n} paragraphs and put the markdown divider *** between each "
+            "paragraph and the next.",
+            f"Please split your answer into exactly {_spelled(n)} paragraphs, using *** on a "
+            "line of its own to separate them.",
+            f"Your answer must consist of exactly {n} paragraphs divided by the markdown "
+            "separator ***.",
+            f"Exactly {_spelled(n)} paragraphs, with *** between them.",
+        ]
 
     def sample_kwargs(self, response: str, rng: random.Random) -> Kwargs | None:
         # "***" already in the text (a divider, bold italics) would be counted as a separator.
@@ -743,13 +853,20 @@ class MultipleSections(Constraint):
     """Stricter than IFEval, which counts "Section N" anywhere and accepts >= N sections:
     here headers must open a line (markdown "#"/"**" allowed) and the count must be exact."""
 
-    def describe(self, kwargs: Kwargs) -> str:
-        splitter = kwargs["section_spliter"]
-        return (
-            f"Your response must have {kwargs['num_sections']} sections. Mark the beginning of "
+    def phrasings(self, kwargs: Kwargs) -> list[str]:
+        splitter, n = kwargs["section_spliter"], int(kwargs["num_sections"])
+        return [
+            f"Your response must have {n} sections. Mark the beginning of "
             f"each section with {splitter} X, such as:\n{splitter} 1\n[content of section 1]\n"
-            f"{splitter} 2\n[content of section 2]"
-        )
+            f"{splitter} 2\n[content of section 2]",
+            f"Divide your answer into exactly {n} sections, opening each one with a line "
+            f'"{splitter} X" where X is its number.',
+            f"Please organise the answer in exactly {_spelled(n)} sections, each headed "
+            f"{splitter} X (so the first starts with {splitter} 1).",
+            f"Your reply needs exactly {n} sections, headed {splitter} 1, {splitter} 2 and so on.",
+            f'Exactly {_spelled(n)} sections, each beginning with "{splitter} X", X being '
+            "its number.",
+        ]
 
     def sample_kwargs(self, response: str, rng: random.Random) -> Kwargs | None:
         # Existing "section 3" mentions would be miscounted by IFEval-style scorers.
@@ -892,10 +1009,17 @@ class KeywordsExistence(Constraint):
     check here wants whole words, which implies IFEval's test for the alphabetic words used.
     """
 
-    def describe(self, kwargs: Kwargs) -> str:
+    def phrasings(self, kwargs: Kwargs) -> list[str]:
         words = list(kwargs["keywords"])
-        noun = "word" if len(words) == 1 else "words"
-        return f"Be sure to use the {noun} {_quoted_list(words, 'and')} in your answer."
+        noun = _plural(len(words), "word")
+        listed = _quoted_list(words, "and")
+        return [
+            f"Be sure to use the {noun} {listed} in your answer.",
+            f"Include the {noun} {listed} somewhere in your response.",
+            f"Please make sure your reply mentions {listed}.",
+            f"Your answer must contain the {noun} {listed}.",
+            f"Required {noun}: {listed}.",
+        ]
 
     def sample_kwargs(self, response: str, rng: random.Random) -> Kwargs | None:
         words = _content_words(response)
@@ -921,10 +1045,17 @@ class ForbiddenWords(Constraint):
 
     needs_instruction = True
 
-    def describe(self, kwargs: Kwargs) -> str:
+    def phrasings(self, kwargs: Kwargs) -> list[str]:
         words = list(kwargs["forbidden_words"])
-        noun = "word" if len(words) == 1 else "words"
-        return f"Do not use the {noun} {_quoted_list(words, 'or')} anywhere in your answer."
+        noun = _plural(len(words), "word")
+        either = _quoted_list(words, "or")
+        return [
+            f"Do not use the {noun} {either} anywhere in your answer.",
+            f"Avoid the {noun} {either} entirely.",
+            f"Please reply without using {either}.",
+            f"Your answer must not contain the {noun} {either}.",
+            f"Off-limits {noun}: {_quoted_list(words, 'and')}.",
+        ]
 
     def sample_kwargs(
         self, response: str, rng: random.Random, instruction: str | None = None
@@ -968,11 +1099,24 @@ class KeywordFrequency(Constraint):
     both counts to satisfy the bound, so it holds whichever way a scorer counts.
     """
 
-    def describe(self, kwargs: Kwargs) -> str:
+    def phrasings(self, kwargs: Kwargs) -> list[str]:
         word, n = kwargs["keyword"], int(kwargs["frequency"])
         if kwargs["relation"] == "at least":
-            return f'Use the word "{word}" at least {_times(n)} in your answer.'
-        return f'Use the word "{word}" fewer than {n} times in your answer.'
+            return [
+                f'Use the word "{word}" at least {_times(n)} in your answer.',
+                f'The word "{word}" should appear {n} or more times in your reply.',
+                f'Please mention "{word}" no fewer than {_times(n)}.',
+                f'Your answer must contain the word "{word}" at least {_spelled(n)} '
+                f"{_plural(n, 'time')}.",
+                f'"{word}": at least {_times(n)}.',
+            ]
+        return [
+            f'Use the word "{word}" fewer than {n} times in your answer.',
+            f'The word "{word}" may appear in your reply, but fewer than {n} times.',
+            f'Please keep the number of times you write "{word}" below {n}.',
+            f'Your answer must contain the word "{word}" fewer than {_spelled(n)} times.',
+            f'Fewer than {n} uses of the word "{word}".',
+        ]
 
     def sample_kwargs(self, response: str, rng: random.Random) -> Kwargs | None:
         counts: dict[str, int] = {}
@@ -1010,16 +1154,31 @@ _MAX_TRACKED_LETTERS = 20
 class LetterFrequency(Constraint):
     """A bound on one letter that the response already meets; the response is kept as it is."""
 
-    def describe(self, kwargs: Kwargs) -> str:
+    def phrasings(self, kwargs: Kwargs) -> list[str]:
         letter, n = kwargs["letter"], int(kwargs["let_frequency"])
         if kwargs["let_relation"] == "at least":
             bound = f"at least {_times(n)}"
+            others = [
+                f'Use the letter "{letter}" {n} or more times, counting upper and lower case '
+                "alike.",
+                f'Please make sure "{letter}" occurs no fewer than {_times(n)} in your reply, '
+                "in either case.",
+                f'At least {_times(n)}: the letter "{letter}", capital or not.',
+            ]
         else:
             bound = f"fewer than {n} times"
-        return (
+            others = [
+                f'Use the letter "{letter}" fewer than {n} times, counting upper and lower case '
+                "alike.",
+                f'Please keep the letter "{letter}" to fewer than {_spelled(n)} occurrences in '
+                "your reply, in either case.",
+                f'Fewer than {n} of the letter "{letter}", capital or not.',
+            ]
+        return [
             f'The letter "{letter}" must appear {bound} in your answer '
-            "(capital and small letters both count)."
-        )
+            "(capital and small letters both count).",
+            *others,
+        ]
 
     def sample_kwargs(self, response: str, rng: random.Random) -> Kwargs | None:
         lowered = response.lower()
@@ -1056,12 +1215,24 @@ class NumberSentences(Constraint):
     disagree on abbreviations, list items and headings. Sentences are counted as the eval
     counts them; the response is kept as it is."""
 
-    def describe(self, kwargs: Kwargs) -> str:
+    def phrasings(self, kwargs: Kwargs) -> list[str]:
         n = int(kwargs["num_sentences"])
-        noun = "sentence" if n == 1 else "sentences"
+        noun = _plural(n, "sentence")
         if kwargs["relation"] == "at least":
-            return f"Your answer should be at least {n} {noun} long."
-        return f"Keep your answer to fewer than {n} {noun}."
+            return [
+                f"Your answer should be at least {n} {noun} long.",
+                f"Write no fewer than {_spelled(n)} {noun}.",
+                f"Please use {n} or more sentences in your reply.",
+                f"Your response must contain at least {n} {noun}.",
+                f"A minimum of {_spelled(n)} {noun}.",
+            ]
+        return [
+            f"Keep your answer to fewer than {n} {noun}.",
+            f"Use fewer than {_spelled(n)} {noun} in total.",
+            f"Please keep the reply under {n} {noun}.",
+            f"Your answer must be shorter than {n} {noun}.",
+            f"Fewer than {n} {noun}, please.",
+        ]
 
     def sample_kwargs(self, response: str, rng: random.Random) -> Kwargs | None:
         if _has_code_block(response) or not response.strip():
@@ -1114,16 +1285,35 @@ class CapitalWordFrequency(Constraint):
     writer would for emphasis; "less than N" keeps the response. Counted as IFEval counts (see
     `_count_capital_words`), which includes "I" and acronyms."""
 
-    def describe(self, kwargs: Kwargs) -> str:
+    def phrasings(self, kwargs: Kwargs) -> list[str]:
         n = int(kwargs["capital_frequency"])
         if kwargs["capital_relation"] == "at least":
             words = "one word" if n == 1 else f"{n} words"
-            return f"Write at least {words} of your answer entirely in capital letters."
+            return [
+                f"Write at least {words} of your answer entirely in capital letters.",
+                f"Put {n} or more words of your reply in full capitals, LIKE THIS.",
+                f"Please write at least {_spelled(n)} {_plural(n, 'word')} in all caps.",
+                f"Your answer must contain at least {n} {_plural(n, 'word')} whose letters are "
+                "all uppercase.",
+                f"At least {n} all-caps {_plural(n, 'word')}.",
+            ]
         if n == 1:
-            return "Do not write any word of your answer entirely in capital letters."
+            return [
+                "Do not write any word of your answer entirely in capital letters.",
+                "No word of your reply may be written in all caps.",
+                "Please use no words in full capitals at all, not even the pronoun I.",
+                "Your answer must not contain a single word whose letters are all uppercase.",
+                "Zero all-caps words.",
+            ]
         most = n - 1
-        noun = "word" if most == 1 else "words"
-        return f"Write no more than {most} {noun} of your answer entirely in capital letters."
+        return [
+            f"Write no more than {most} {_plural(most, 'word')} of your answer entirely in "
+            "capital letters.",
+            f"Fewer than {n} words of your reply may be written in all caps.",
+            f"Please keep the count of words in full capitals below {_spelled(n)}.",
+            f"Your answer must contain fewer than {n} words whose letters are all uppercase.",
+            f"At most {most} all-caps {_plural(most, 'word')}.",
+        ]
 
     def sample_kwargs(self, response: str, rng: random.Random) -> Kwargs | None:
         if not response.strip():
@@ -1217,13 +1407,19 @@ class NumberHighlightedSections(Constraint):
     use asterisks are therefore skipped, and the check counts as IFEval does.
     """
 
-    def describe(self, kwargs: Kwargs) -> str:
+    def phrasings(self, kwargs: Kwargs) -> list[str]:
         n = int(kwargs["num_highlights"])
         phrases = "one key phrase" if n == 1 else f"{n} key phrases"
-        return (
+        return [
             f"Emphasise at least {phrases} by wrapping each in single asterisks, "
-            "like *this phrase*."
-        )
+            "like *this phrase*.",
+            f"Italicise {n} or more important phrases with markdown asterisks, as in *an example*.",
+            f"Please mark at least {_spelled(n)} {_plural(n, 'phrase')} in italics by putting "
+            "an asterisk on each side, e.g. *a phrase*.",
+            f"Your answer must set at least {n} {_plural(n, 'phrase')} in markdown italics "
+            "(*like so*).",
+            f"At least {_spelled(n)} *italicised* {_plural(n, 'phrase')}.",
+        ]
 
     def sample_kwargs(self, response: str, rng: random.Random) -> Kwargs | None:
         if "*" in response or _has_code_block(response):
@@ -1306,13 +1502,22 @@ class NthParagraphFirstWord(Constraint):
     but a plain word ("Don't", "1.", "##") are never the nth.
     """
 
-    def describe(self, kwargs: Kwargs) -> str:
+    def phrasings(self, kwargs: Kwargs) -> list[str]:
         n, nth = int(kwargs["num_paragraphs"]), int(kwargs["nth_paragraph"])
         which = _ORDINALS[nth - 1] if nth <= len(_ORDINALS) else f"number {nth}"
-        return (
+        word = kwargs["first_word"]
+        return [
             f"Write exactly {n} paragraphs, with a blank line between one paragraph and the "
-            f'next, and begin the {which} paragraph with the word "{kwargs["first_word"]}".'
-        )
+            f'next, and begin the {which} paragraph with the word "{word}".',
+            f"Your answer must have exactly {n} paragraphs separated by blank lines, and its "
+            f'{which} paragraph must open with "{word}".',
+            f"Please write exactly {_spelled(n)} paragraphs, one empty line between each, and "
+            f'start paragraph {nth} with the word "{word}".',
+            f"Split the reply into exactly {n} paragraphs divided by blank lines; the first "
+            f'word of the {which} one has to be "{word}".',
+            f"Exactly {_spelled(n)} blank-line-separated paragraphs, the {which} starting "
+            f'with "{word}".',
+        ]
 
     def sample_kwargs(self, response: str, rng: random.Random) -> Kwargs | None:
         paragraphs = _blank_line_paragraphs(response)
@@ -1359,12 +1564,19 @@ class RepeatPrompt(Constraint):
 
     needs_instruction = True
 
-    def describe(self, kwargs: Kwargs) -> str:
-        return (
+    def phrasings(self, kwargs: Kwargs) -> list[str]:
+        return [
             "Before you answer, copy the request above exactly as written, word for word, and "
             "only then give your answer. Write nothing before the copied request, and leave "
-            "this sentence out of the copy."
-        )
+            "this sentence out of the copy.",
+            "Start your reply by restating the request above verbatim, without this sentence, "
+            "then answer it; put nothing in front of the restated request.",
+            "Please begin with an exact copy of the request (not including this instruction) "
+            "and follow it with your answer, with nothing ahead of the copy.",
+            "Your response must open with the request repeated word for word, minus this "
+            "sentence, and only after that give the answer itself.",
+            "Request first, copied verbatim and without this sentence; then your answer.",
+        ]
 
     def sample_kwargs(
         self, response: str, rng: random.Random, instruction: str | None = None
@@ -1403,13 +1615,18 @@ class NumberPlaceholders(Constraint):
     Stricter than IFEval, which counts every "[...]" including links and citations.
     """
 
-    def describe(self, kwargs: Kwargs) -> str:
+    def phrasings(self, kwargs: Kwargs) -> list[str]:
         n = int(kwargs["num_placeholders"])
-        noun = "placeholder" if n == 1 else "placeholders"
-        return (
+        noun = _plural(n, "placeholder")
+        return [
             f"Leave at least {n} {noun} in square brackets, such as [date], for details to be "
-            "filled in later."
-        )
+            "filled in later.",
+            f"Use {n} or more fill-in fields written in square brackets, like [company name].",
+            f"Please keep at least {_spelled(n)} bracketed {noun}, for example [address], for "
+            "details that are not known yet.",
+            f"Your answer must contain at least {n} {noun} of the form [field].",
+            f"At least {_spelled(n)} [square-bracket] {noun}.",
+        ]
 
     def sample_kwargs(self, response: str, rng: random.Random) -> Kwargs | None:
         most = min(len(_PLACEHOLDER_RE.findall(response)), _MAX_PLACEHOLDERS)
