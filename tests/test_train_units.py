@@ -17,7 +17,7 @@ from cuvee.train.encode import IGNORE, Encoder
 from cuvee.train.loss import Workspace, linear_cross_entropy
 from cuvee.train.packing import assign_bins, pack
 from cuvee.train.recipe import Recipe, build_recipe, parse_duration, shipped_recipes
-from cuvee.train.sft import Schedule, lr_at
+from cuvee.train.sft import Schedule, lr_at, plan_steps, replan_due
 
 # ---------------------------------------------------------------------------- recipes
 
@@ -380,3 +380,16 @@ def test_loss_module_matches_the_full_forward_with_trainable_turn_tokens(
     for n, p in model.named_parameters():
         if p.requires_grad:
             torch.testing.assert_close(p.grad, ref_grads[n], rtol=1e-4, atol=1e-5, msg=n)
+
+
+def test_a_time_budget_is_replanned_from_the_recent_pace() -> None:
+    due = [n for n in range(1, 101) if replan_due(n)]
+    assert due == [2, 12, 20, 40, 60, 80, 100]  # not only at the start
+    # a slow start (20 s a step, another job on the machine) plans few steps ...
+    early = plan_steps(done=12, seconds_left=1500, per_step=20.0, limit=1000)
+    assert early == 12 + 75
+    # ... and when the pace triples the plan grows to fill the budget, up to the epochs' limit
+    assert plan_steps(done=40, seconds_left=1100, per_step=6.5, limit=1000) == 40 + 169
+    assert plan_steps(done=40, seconds_left=1100, per_step=6.5, limit=150) == 150
+    # never fewer than already done, even with no time left
+    assert plan_steps(done=40, seconds_left=-30, per_step=6.5, limit=1000) == 40

@@ -51,8 +51,25 @@ from cuvee.train.throughput import (
 )
 from cuvee.train.tracking import check_trackers, open_trackers
 
-# Session step counts after which a time-budgeted run re-plans its number of steps.
+# Session step counts after which a time-budgeted run re-plans its number of steps, and then
+# every _REPLAN_EVERY steps from the pace of the last _REPLAN_EVERY: a slow spell at the start
+# (another job on the machine) must not fix the plan for the whole budget; a run planned at
+# 20 s/step while CI ran beside it stopped after 14 of its 30 minutes once the pace tripled.
 _REPLAN_AT = (2, 12)
+_REPLAN_EVERY = 20
+
+
+def replan_due(steps_this_session: int) -> bool:
+    return steps_this_session in _REPLAN_AT or (
+        steps_this_session > _REPLAN_AT[-1] and steps_this_session % _REPLAN_EVERY == 0
+    )
+
+
+def plan_steps(done: int, seconds_left: float, per_step: float, limit: int) -> int:
+    """Optimizer steps for the whole run: those done plus what fits in the time left at this
+    pace, at most ``limit`` (the epochs' or max_steps) and never fewer than already done."""
+    fit = done + max(0, int(seconds_left / max(per_step, 1e-9)))
+    return max(done, min(limit, fit))
 
 
 class Interrupted(CuveeError):
@@ -590,20 +607,23 @@ def train(
             meter.add(tokens, sup)
             step_times.append(time.perf_counter() - t_step)
 
-            if budget is not None and len(step_times) in _REPLAN_AT:
-                # Fit the schedule to the time budget once a step's cost is known (and again
-                # once it has settled), keeping time for the final evaluation and saving. A
-                # budgeted run's step count depends on the machine's speed, by design.
-                per_step = _mean(step_times[1:] or step_times)
+            if budget is not None and replan_due(len(step_times)):
+                # Fit the schedule to the time budget once a step's cost is known, again once
+                # it has settled, then from the recent pace; time is kept for the final
+                # evaluation and saving. A budgeted run's step count depends on the machine's
+                # speed, by design.
+                recent = step_times[1:] if len(step_times) <= _REPLAN_AT[-1] else step_times
+                per_step = _mean(recent[-_REPLAN_EVERY:] or step_times)
                 left = budget - meter.elapsed - 2 * eval_seconds - 15
-                fit = state["step"] + max(0, int(left / per_step))
                 limit = recipe.max_steps or schedule.steps_for_epochs
-                state["total_steps"] = max(state["step"], min(limit, fit))
-                warmup = max(1, math.ceil(recipe.warmup_ratio * state["total_steps"]))
-                display.message(
-                    f"time budget {recipe.time_budget}: {per_step:.1f} s/step, "
-                    f"planning {state['total_steps']} steps"
-                )
+                planned = plan_steps(state["step"], left, per_step, limit)
+                if planned != state["total_steps"]:
+                    state["total_steps"] = planned
+                    warmup = max(1, math.ceil(recipe.warmup_ratio * state["total_steps"]))
+                    display.message(
+                        f"time budget {recipe.time_budget}: {per_step:.1f} s/step, "
+                        f"planning {state['total_steps']} steps"
+                    )
 
             metrics: dict[str, Any] = {
                 "loss": step_loss,
