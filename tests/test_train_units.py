@@ -17,7 +17,7 @@ from cuvee.train.encode import IGNORE, Encoder
 from cuvee.train.loss import Workspace, linear_cross_entropy
 from cuvee.train.packing import assign_bins, pack
 from cuvee.train.recipe import Recipe, build_recipe, parse_duration, shipped_recipes
-from cuvee.train.sft import Schedule, lr_at, plan_steps, replan_due
+from cuvee.train.sft import Schedule, lr_at, plan_steps, replan_due, warmup_for
 
 # ---------------------------------------------------------------------------- recipes
 
@@ -393,3 +393,14 @@ def test_a_time_budget_is_replanned_from_the_recent_pace() -> None:
     assert plan_steps(done=40, seconds_left=1100, per_step=6.5, limit=150) == 150
     # never fewer than already done, even with no time left
     assert plan_steps(done=40, seconds_left=-30, per_step=6.5, limit=1000) == 40
+
+
+def test_a_replan_after_the_warmup_does_not_restart_it() -> None:
+    assert warmup_for(0.05, 80, step=0) == 4
+    assert warmup_for(0.05, 400, step=3, current=4) == 20  # still ramping: follows the plan
+    assert warmup_for(0.05, 400, step=40, current=4) == 4  # past it: kept
+    peak = 1e-3
+    # at step 10 of a plan grown from 80 to 400 steps: near the peak, where restarting the
+    # ramp would have dropped it to 11/20 of it
+    assert lr_at(10, 400, warmup_for(0.05, 400, 10, 4), peak) > peak * 0.99
+    assert lr_at(10, 400, warmup_for(0.05, 400, 10), peak) < peak * 0.6

@@ -65,6 +65,14 @@ def replan_due(steps_this_session: int) -> bool:
     )
 
 
+def warmup_for(ratio: float, total: int, step: int, current: int | None = None) -> int:
+    """Warm-up steps for a plan of ``total`` steps. A re-plan after the warm-up has ended keeps
+    it as it was: a plan that grew must not send the learning rate back into the ramp."""
+    if current is not None and step >= current:
+        return current
+    return max(1, math.ceil(ratio * total))
+
+
 def plan_steps(done: int, seconds_left: float, per_step: float, limit: int) -> int:
     """Optimizer steps for the whole run: those done plus what fits in the time left at this
     pace, at most ``limit`` (the epochs' or max_steps) and never fewer than already done."""
@@ -563,7 +571,10 @@ def train(
         display.message("stopping after this step to save a checkpoint (Ctrl-C again to abort)")
 
     previous = signal.signal(signal.SIGINT, _on_sigint) if _main_thread() else None
-    warmup = max(1, math.ceil(recipe.warmup_ratio * state["total_steps"]))
+    # kept in the state: a resumed run goes on with the warm-up it had, whatever re-plans did
+    state["warmup"] = state.get("warmup") or warmup_for(
+        recipe.warmup_ratio, state["total_steps"], 0
+    )
     session_start_step = state["step"]
     step_times: list[float] = []
     interrupted = False
@@ -576,7 +587,7 @@ def train(
             global_sup = sum(
                 prepared.train_rows[i].supervised for slot in slots for rows in slot for i in rows
             )
-            lr = lr_at(step, state["total_steps"], warmup, recipe.lr)
+            lr = lr_at(step, state["total_steps"], state["warmup"], recipe.lr)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             loss_sum, tokens, sup = 0.0, 0, 0
@@ -619,7 +630,9 @@ def train(
                 planned = plan_steps(state["step"], left, per_step, limit)
                 if planned != state["total_steps"]:
                     state["total_steps"] = planned
-                    warmup = max(1, math.ceil(recipe.warmup_ratio * state["total_steps"]))
+                    state["warmup"] = warmup_for(
+                        recipe.warmup_ratio, planned, state["step"], state["warmup"]
+                    )
                     display.message(
                         f"time budget {recipe.time_budget}: {per_step:.1f} s/step, "
                         f"planning {state['total_steps']} steps"
