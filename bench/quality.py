@@ -30,6 +30,7 @@ from pathlib import Path
 from cuvee.cli import main as cuvee
 from cuvee.config import load_settings
 from cuvee.data.starter import HELDOUT_SUITE, write_heldout_suite
+from cuvee.quickstart import STARTER_RECIPE
 from cuvee.store import ModelStore
 
 
@@ -67,7 +68,7 @@ def main() -> None:
         started = time.perf_counter()
         run_cuvee(
             "train",
-            "starter-lora-cpu",
+            STARTER_RECIPE,
             "--base",
             args.base,
             "--name",
