@@ -148,6 +148,45 @@ def test_augment_is_deterministic_per_seed() -> None:
         assert first == augment_pair(instruction, response, random.Random(7))
 
 
+def test_two_sentence_answers_can_be_split_into_paragraphs_sections_and_bullets() -> None:
+    # Most instruction-set answers are two or three sentences; they must still teach structure.
+    short = "The sun is a star at the centre of our solar system. It is mostly hydrogen and helium."
+    for cid, key in (
+        ("length_constraints:number_paragraphs", "num_paragraphs"),
+        ("detectable_format:multiple_sections", "num_sections"),
+        ("detectable_format:number_bullet_lists", "num_bullets"),
+    ):
+        constraint = get_constraint(cid)
+        kwargs = constraint.sample_kwargs(short, random.Random(0))
+        assert kwargs is not None and kwargs[key] == 2, cid
+        new_response = constraint.transform(short, kwargs)
+        assert constraint.check(new_response, kwargs) and new_response != short
+    # one sentence is still one paragraph: nothing to divide
+    one = "The sun is a star at the centre of our solar system."
+    assert (
+        get_constraint("length_constraints:number_paragraphs").sample_kwargs(one, random.Random(0))
+        is None
+    )
+
+
+def test_augment_records_balances_the_constraint_types() -> None:
+    from collections import Counter
+
+    from cuvee.data.augment import augment_records
+    from cuvee.data.starter import load_starter
+
+    records = load_starter("train")
+    made = Counter(
+        v.metadata["constraint"]["id"] for v in augment_records(records, per_record=1, seed=3)
+    )
+    # types that need several sentences (paragraphs, sections) are not crowded out by those
+    # that any answer allows (lowercase): every type the set allows is made about equally often
+    assert {"length_constraints:number_paragraphs", "detectable_format:multiple_sections"} <= set(
+        made
+    )
+    assert max(made.values()) - min(made.values()) <= 1, made
+
+
 def test_multiline_instruction_gets_constraint_as_its_own_paragraph() -> None:
     instruction = "Summarise this text:\n\nThe cat sat on the mat."
     variants = augment_pair(

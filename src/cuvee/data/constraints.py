@@ -290,8 +290,9 @@ def _sample_chunk_count(response: str, rng: random.Random) -> int | None:
     if len(paragraphs) > _MAX_CHUNKS:
         return rng.randint(4, _MAX_CHUNKS)
     if len(paragraphs) == 1 and _is_sentence_prose(paragraphs[0]):
-        # Two sentences per chunk at least, so each chunk reads like a paragraph.
-        most = min(4, len(_split_sentences(paragraphs[0])) // 2)
+        # A sentence per chunk is enough: short answers (most of an instruction set has two or
+        # three sentences) would otherwise never teach paragraphs, sections or dividers.
+        most = min(4, len(_split_sentences(paragraphs[0])))
         if most >= 2:
             return rng.randint(2, most)
     return None
@@ -358,7 +359,7 @@ class EnglishCapital(Constraint):
         return response.isupper()
 
 
-_MIN_PROSE_BULLETS = 3
+_MIN_PROSE_BULLETS = 2
 _BULLET_LIKE_RE = re.compile(r"^\s*(?:\*[^*]|-)")
 _MAX_BULLETS = 10
 
