@@ -83,7 +83,7 @@ def test_augment_adds_checked_variants_to_the_training_records_only() -> None:
         assert not any(variant.turns[-2].content.startswith(h) for h in held_out)
     assert augment_train(split, 1, 42).train == augmented.train  # seeded: the same run twice
     # the shipped CPU recipe uses it, and the flag reaches the recipe
-    assert build_recipe("starter-lora-cpu").augment == 2
+    assert build_recipe("starter-lora-cpu").augment == 4
     assert build_recipe(None, {"augment": 2}).augment == 2
 
 
