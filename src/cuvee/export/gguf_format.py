@@ -73,7 +73,6 @@ _PROBE = [
 def fidelity(source: ExportSource, path: Path) -> dict:
     """How often the GGUF's most likely next token equals the unquantized model's, over a
     fixed short conversation in the model's chat template."""
-    import llama_cpp
     import torch
 
     from cuvee.tokenizer import load_tokenizer
@@ -83,15 +82,32 @@ def fidelity(source: ExportSource, path: Path) -> dict:
     ids = load_tokenizer(source.files_dir).encode(text, add_special_tokens=False).ids
     with torch.no_grad():
         reference = source.merged(torch.tensor([ids])).logits[0].argmax(-1).tolist()
-    with captured_stderr():
-        llm = llama_cpp.Llama(
-            model_path=str(path), n_ctx=len(ids) + 8, logits_all=True, verbose=False
-        )
-        llm.eval(ids)
-        got = [int(np.argmax(row)) for row in llm.scores[: len(ids)]]
-        llm.close()
+    got = gguf_logits(path, ids).argmax(-1).tolist()
     same = sum(a == b for a, b in zip(reference, got, strict=True))
     return {"probe_tokens": len(ids), "top1_agreement": round(same / len(ids), 4)}
+
+
+def gguf_logits(path: Path, ids: list[int]) -> np.ndarray:
+    """llama.cpp's logits for every position of ``ids`` (one row per token), read from a GGUF;
+    the one place the probes of exports and of conversions open a model in llama.cpp."""
+    import llama_cpp
+
+    with captured_stderr() as log:
+        try:
+            llm = llama_cpp.Llama(
+                model_path=str(path), n_ctx=len(ids) + 8, logits_all=True, verbose=False
+            )
+        except ValueError:
+            llm = None
+    if llm is None:
+        tail = "\n".join("".join(log).strip().splitlines()[-5:])
+        raise ModelFileError(f"llama.cpp cannot load {path.name}" + (f":\n{tail}" if tail else ""))
+    try:
+        with captured_stderr():
+            llm.eval(ids)
+        return np.array(llm.scores[: len(ids)], dtype=np.float32)
+    finally:
+        llm.close()
 
 
 def quantize(src: Path, dst: Path, quant: str, threads: int | None = None) -> None:
