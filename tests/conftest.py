@@ -10,11 +10,40 @@ import pytest
 SPECIAL_TOKENS = ["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>"]
 
 
+# What `make test` (CUVEE_REQUIRE_CORE=1) refuses to run without: a broken build of one of these
+# would otherwise turn dozens of tests into quiet skips and the run green.
+CORE_MODULES = ("llama_cpp", "torch", "transformers", "peft", "fastapi", "gguf", "onnxruntime")
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    import importlib
+    import os
+
+    if os.environ.get("CUVEE_REQUIRE_CORE") != "1":
+        return
+    broken = []
+    for name in CORE_MODULES:
+        try:
+            importlib.import_module(name)
+        except Exception as exc:  # an ImportError, or a native library that fails to load
+            broken.append(f"{name}: {exc!r}")
+    if broken:
+        pytest.exit("core dependencies do not import:\n  " + "\n  ".join(broken), returncode=3)
+
+
+@pytest.fixture(scope="session")
+def machine_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One CUVEE_CACHE for the whole run: the engine probe runs once, not once per test."""
+    return tmp_path_factory.mktemp("cuvee-cache")
+
+
 @pytest.fixture(autouse=True)
-def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Every test gets its own CUVEE_HOME; nothing touches the user's ~/.cuvee."""
+def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, machine_cache: Path) -> Path:
+    """Every test gets its own CUVEE_HOME; nothing touches the user's ~/.cuvee or ~/.cache."""
     home = tmp_path / "cuvee-home"
     monkeypatch.setenv("CUVEE_HOME", str(home))
+    monkeypatch.setenv("CUVEE_CACHE", str(machine_cache))
+    monkeypatch.delenv("CUVEE_ENGINE_REPACK", raising=False)
     monkeypatch.delenv("CUVEE_CONFIG", raising=False)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     # Compiling kernels costs seconds per model shape; the tests that need it turn it on.

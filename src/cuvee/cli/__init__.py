@@ -53,6 +53,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "The whole recipe: pull, fine-tune, evaluate, export, index and serve.",
     ),
     "keys": ("cuvee.cli.keys", "keys", "Create, list and revoke API keys for the server."),
+    "doctor": (
+        "cuvee.cli.doctor",
+        "doctor",
+        "Check this machine and install (CPU, builds, engine probe); paste into bug reports.",
+    ),
     "config": (
         "cuvee.cli.config",
         "config",

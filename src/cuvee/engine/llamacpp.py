@@ -37,6 +37,7 @@ from cuvee.engine.base import (
     penalty_window,
     top_logprobs,
 )
+from cuvee.engine.probe import engine_verdict
 from cuvee.errors import ConfigError, ModelFileError
 from cuvee.native import captured_stderr
 
@@ -147,9 +148,13 @@ class LlamaCppEngine:
         self._model = self._ctx = None
         self._adapters: dict[str | None, Any] = {None: None}
         _init_backend()
+        # Probed once per machine and build in a child process: where weight repacking
+        # crashes (llama.cpp's AMX kernels on many Xeons) the engine runs without it.
+        repack = engine_verdict().repack
         with captured_stderr():
             mparams = llama.llama_model_default_params()
             mparams.n_gpu_layers = n_gpu_layers
+            mparams.use_extra_bufts = repack
             self._model = llama.llama_model_load_from_file(str(path).encode(), mparams)
         if not self._model:
             raise ModelFileError(f"llama.cpp cannot load {path}", hint=_native_tail() or None)
