@@ -1,9 +1,10 @@
 """The FastAPI app: routes wired to explicit state (:class:`ServerState`), nothing global.
 
 Order of checks on a generation request, so a client learns the most useful thing first:
-API key (401), body (400, naming the parameter), model (404, also for a model the key may not
-use), parameters the server cannot honour (400), the key's rate limits (429 with Retry-After),
-the server's queue (503), then the prompt against the context (400 context_length_exceeded).
+body size (413, before any of it is parsed: ``serve_max_body_mb``), API key (401), body (400,
+naming the parameter), model (404, also for a model the key may not use), parameters the
+server cannot honour (400), the key's rate limits (429 with Retry-After), the server's queue
+(503), then the prompt against the context (400 context_length_exceeded).
 
 /health (the process answers), /ready (preloaded models are loaded) and /metrics need no key:
 probes and Prometheus scrape them.
@@ -34,6 +35,7 @@ from starlette.requests import Request as HTTPRequest
 
 from cuvee import __version__
 from cuvee.serve import errors
+from cuvee.serve.bodylimit import BodyLimitMiddleware
 from cuvee.serve.generation import collect, start, stream
 from cuvee.serve.keys import ApiKey, Authenticator
 from cuvee.serve.metrics import Metrics, MetricsMiddleware
@@ -56,6 +58,8 @@ from cuvee.serve.schemas import (
     CompletionRequest,
     EmbeddingRequest,
     RetrieveRequest,
+    request_body,
+    with_body_schemas,
 )
 from cuvee.serve.state import Capacity, ServerState
 
@@ -135,6 +139,9 @@ def create_app(
     app = FastAPI(title="cuvee", version=__version__, lifespan=lifespan)
     app.state.cuvee = state  # read by the key dependency, and by tests
     errors.install_handlers(app)
+    # innermost of the three, so the metrics and the request log count its 413s too
+    max_bytes = int(settings.serve_max_body_mb * 1_000_000)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=max_bytes)
     app.add_middleware(MetricsMiddleware, metrics=state.metrics)
     if request_log is not None:
         app.add_middleware(RequestLogMiddleware, log=request_log)
@@ -187,7 +194,7 @@ def create_app(
             return state.embeddings.describe()
         return await anyio.to_thread.run_sync(registry.describe, model_id)
 
-    @app.post("/v1/chat/completions")
+    @app.post("/v1/chat/completions", openapi_extra=request_body(ChatCompletionRequest))
     async def chat_completions(request: HTTPRequest, key: Key) -> Response:
         started = time.perf_counter()
         _check_open(state)
@@ -204,7 +211,7 @@ def create_app(
         formatter = ChatFormatter(body.model, body.n, include_usage, bool(body.logprobs), tool_plan)
         return await _generate(state, request, body, plan, key, started, formatter)
 
-    @app.post("/v1/completions")
+    @app.post("/v1/completions", openapi_extra=request_body(CompletionRequest))
     async def completions(request: HTTPRequest, key: Key) -> Response:
         started = time.perf_counter()
         _check_open(state)
@@ -220,7 +227,7 @@ def create_app(
         )
         return await _generate(state, request, body, plan, key, started, formatter)
 
-    @app.post("/v1/embeddings")
+    @app.post("/v1/embeddings", openapi_extra=request_body(EmbeddingRequest))
     async def embeddings(request: HTTPRequest, key: Key) -> JSONResponse:
         _check_open(state)
         body = await _parse(request, EmbeddingRequest)
@@ -243,13 +250,20 @@ def create_app(
         # JSONResponse as is: thousands of floats need no jsonable_encoder pass
         return JSONResponse(embedding_response(body.model, vectors, tokens, body.encoding_format))
 
-    @app.post("/v1/retrieve")
+    @app.post("/v1/retrieve", openapi_extra=request_body(RetrieveRequest))
     async def retrieve(request: HTTPRequest, key: Key) -> JSONResponse:
         _check_open(state)
         body = await _parse(request, RetrieveRequest)
         _note_body(request, state, f"rag:{body.collection}", body.query)
         return JSONResponse(await docs_retrieve(state, request, key, body))
 
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            bodies = (ChatCompletionRequest, CompletionRequest, EmbeddingRequest, RetrieveRequest)
+            app.openapi_schema = with_body_schemas(FastAPI.openapi(app), bodies)
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return app
 
 

@@ -5,8 +5,8 @@ exception classes (BadRequestError, AuthenticationError, NotFoundError, RateLimi
 
 Status mapping: 400 invalid parameters (``param`` names the parameter) and prompts that do not
 fit (``code: context_length_exceeded``), 401 a missing or wrong API key, 404 an unknown model or
-one the key may not use, 429 a key over its rate limit (with ``Retry-After``), 503 when the
-server's queue is full, 500 when generation itself fails."""
+one the key may not use, 413 a body over the server's size limit, 429 a key over its rate limit
+(with ``Retry-After``), 503 when the server's queue is full, 500 when generation itself fails."""
 
 from __future__ import annotations
 
@@ -96,6 +96,19 @@ def model_not_found(model: str) -> APIError:
         f"The model '{model}' does not exist or you do not have access to it.",
         param="model",
         code="model_not_found",
+    )
+
+
+def body_too_large(limit_bytes: int) -> APIError:
+    """Answered before the body is parsed: the connection is closed, since the rest of the body
+    is left unread."""
+    return APIError(
+        413,
+        f"The request body is larger than this server accepts ({limit_bytes / 1e6:g} MB). Send "
+        "less (a shorter prompt, fewer inputs per request), or raise serve_max_body_mb "
+        "(CUVEE_SERVE_MAX_BODY_MB) on the server.",
+        code="request_too_large",
+        headers={"Connection": "close"},
     )
 
 
@@ -214,7 +227,14 @@ def install_handlers(app: FastAPI) -> None:
             headers=getattr(exc, "headers", None),
         )
 
+    async def unexpected(_: Request, exc: Exception) -> JSONResponse:
+        # a bug, not a client's mistake: still OpenAI's shape, so clients raise their own
+        # InternalServerError; the traceback goes to the server's log as before
+        message = "The server had an error while processing your request; see its log."
+        return server_error(message).response()
+
     app.add_exception_handler(APIError, api_error)
+    app.add_exception_handler(Exception, unexpected)
     app.add_exception_handler(RequestValidationError, request_validation)
     app.add_exception_handler(ValidationError, request_validation)
     app.add_exception_handler(StarletteHTTPException, http_error)

@@ -9,13 +9,19 @@ penalties -2..2 ...).
 Extensions beyond OpenAI's parameters, as llama.cpp's and vLLM's servers take them (the OpenAI
 SDK sends them with ``extra_body``): ``top_k``, ``min_p`` and ``repeat_penalty``; for answers
 from documents (``cuvee.serve.rag``), ``collection``, ``k``, ``rag_model``, ``reranker`` and
-``min_support`` on chat completions."""
+``min_support`` on chat completions.
+
+The routes parse their bodies themselves (so the API key is checked before the body is read);
+:func:`request_body` and :func:`with_body_schemas` put these models into the OpenAPI document
+all the same, so /docs and HTTP fuzzers see the real shapes."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+from pydantic.json_schema import models_json_schema
 
 from cuvee.engine.base import MAX_LOGPROBS
 
@@ -24,6 +30,8 @@ MAX_RAG_K = 50
 # Choices per request: each is a sequence in the engine's batch.
 MAX_N = 16
 MAX_STOP = 16
+# The engine passes top_k to llama.cpp as a C int; any vocabulary is far smaller.
+MAX_TOP_K = 2**31 - 1
 # OpenAI's limit on the legacy completions endpoint's ``logprobs``.
 MAX_COMPLETION_LOGPROBS = 5
 
@@ -127,7 +135,7 @@ class SamplingFields(_Strict):
     logit_bias: dict[str, float] | None = None
     user: str | None = None
     # extensions (llama.cpp / vLLM servers)
-    top_k: int | None = Field(default=None, ge=0)
+    top_k: int | None = Field(default=None, ge=0, le=MAX_TOP_K)
     min_p: float | None = Field(default=None, ge=0, le=1)
     repeat_penalty: float | None = Field(default=None, gt=0)
 
@@ -199,3 +207,23 @@ class RetrieveRequest(_Strict):
     query: str = Field(min_length=1)
     k: int = Field(default=5, ge=1, le=MAX_RAG_K)
     reranker: str | None = None
+
+
+# Where the OpenAPI document keeps the schemas that request bodies refer to.
+_COMPONENTS = "#/components/schemas/{model}"
+
+
+def request_body(model: type[BaseModel]) -> dict[str, Any]:
+    """A route's ``openapi_extra``: its JSON body is ``model`` (by reference, see
+    :func:`with_body_schemas`)."""
+    ref = {"$ref": _COMPONENTS.format(model=model.__name__)}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": ref}}}}
+
+
+def with_body_schemas(openapi: dict[str, Any], models: Sequence[type[BaseModel]]) -> dict[str, Any]:
+    """``openapi`` with the JSON schemas of ``models`` (and the models they use) among its
+    components, as pydantic validates them."""
+    _, top = models_json_schema([(m, "validation") for m in models], ref_template=_COMPONENTS)
+    schemas = openapi.setdefault("components", {}).setdefault("schemas", {})
+    schemas.update(top.get("$defs", {}))
+    return openapi
