@@ -33,6 +33,8 @@ import threading
 import time
 from pathlib import Path
 
+from machine import describe
+
 from cuvee.engine.base import Request, SamplingParams, TokenEvent, open_engine
 from cuvee.native import captured_stderr
 
@@ -234,6 +236,7 @@ def main(argv: list[str] | None = None) -> None:
     n_single, runs = (64, 5) if args.quick else (128, 9)
     n_stream, repeats = (48, 3) if args.quick else (128, 5)
     samples = 9 if args.quick else 21
+    machine = describe()
     print(f"model {model.name}, {args.threads} threads, {'quick' if args.quick else 'full'}")
 
     from llama_cpp import Llama
@@ -308,6 +311,7 @@ def main(argv: list[str] | None = None) -> None:
             "concurrency16_ratio": 3.5,
             "ttft_loaded_over_idle": 2.0,
         },
+        "machine": machine,
     }
     print(json.dumps(figures))
 

@@ -15,6 +15,8 @@ import argparse
 import json
 import time
 
+from machine import describe
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -24,6 +26,7 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--home", default=None)
     args = parser.parse_args()
+    machine = describe()
 
     import llama_cpp
 
@@ -72,7 +75,16 @@ def main() -> None:
             f"{ours_stops}/{n} in cuvee's engine; same text {same}/{n}",
             flush=True,
         )
-    print(json.dumps({"model": args.model, "records": len(conversations), "results": results}))
+    print(
+        json.dumps(
+            {
+                "model": args.model,
+                "records": len(conversations),
+                "results": results,
+                "machine": machine,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

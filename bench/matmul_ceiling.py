@@ -17,6 +17,7 @@ import time
 import warnings
 
 import torch
+from machine import describe
 
 LAYERS, WIDTH, FFN = 6, 384, 1536
 SHAPES = ((3072, 384, 1536), (3072, 1536, 384), (3072, 384, 384))  # 16 x 192 tokens
@@ -46,6 +47,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=152, help="tokens per chunk")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
+    machine = describe()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
 
@@ -92,6 +94,7 @@ def main() -> None:
                 "needed_gops": round(need, 1),
                 "share_of_bf16_peak": round(need / peak["bf16"], 3),
                 "share_of_int8_peak": round(need / peak["int8"], 3),
+                "machine": machine,
             }
         )
     )

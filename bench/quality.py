@@ -27,6 +27,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from machine import describe
+
 from cuvee.cli import main as cuvee
 from cuvee.config import load_settings
 from cuvee.data.starter import HELDOUT_SUITE, write_heldout_suite
@@ -54,6 +56,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="3-minute budget, 10 items a suite")
     parser.add_argument("--reuse", action="store_true", help="Evaluate an existing fine-tune.")
     args = parser.parse_args()
+    machine = describe()
     budget = "3m" if args.quick else args.time_budget
     name = args.name or f"quality-{budget}"
     limit = ["--limit", "10"] if args.quick else []
@@ -138,6 +141,7 @@ def main() -> None:
         "eval_seconds": round(eval_s, 1),
         "metrics": {m: {"base": b, "tuned": t} for m, b, t, _ in rows},
         "tuned_beats_base_on_every_metric": all(wins),
+        "machine": machine,
     }
     print(json.dumps(result))
 

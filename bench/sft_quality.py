@@ -14,6 +14,7 @@ import json
 import time
 
 import torch
+from machine import describe
 
 
 def generate_stops(
@@ -51,6 +52,7 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=None, help="first N held-out records")
     parser.add_argument("--home", default=None)
     args = parser.parse_args()
+    machine = describe()
 
     from transformers import AutoTokenizer
 
@@ -128,6 +130,7 @@ def main() -> None:
                 "tuned_heldout_loss": round(results["tuned"]["heldout_loss"], 4),
                 "base_heldout_loss": round(results["base"]["heldout_loss"], 4),
                 "max_new_tokens": args.max_new_tokens,
+                "machine": machine,
             }
         )
     )

@@ -30,6 +30,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from machine import describe
+
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "alpaca_en_demo.json"
 SEQ_LEN = 256
 ROWS_PER_STEP = 8
@@ -243,6 +245,7 @@ def main() -> None:
         extra = (args.micro,) if args.child == "cuvee" else ()
         print(json.dumps(fn(args.home, args.data, args.steps, args.warmup, *extra)))
         return
+    machine = describe()  # the children's stdout is parsed, so only the parent prints it
     if not args.data.is_file():
         raise SystemExit(f"benchmark data not found: {args.data}")
     if not (Path(args.home) / "models" / "gemma3-270m").is_dir():
@@ -296,6 +299,7 @@ def main() -> None:
                 "cuvee_kernels": pairs[0][1]["kernels"],
                 "cuvee_precision": pairs[0][1]["precision"],
                 "baseline_precision": pairs[0][0]["precision"],
+                "machine": machine,
             }
         )
     )
