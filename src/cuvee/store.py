@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import errno
 import hashlib
 import json
 import os
@@ -19,7 +20,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from cuvee.errors import ModelNotFound, StoreError
+from cuvee.errors import CuveeError, ModelNotFound, StoreError
 from cuvee.licences import Licence
 
 MANIFEST = "cuvee.json"
@@ -74,6 +75,55 @@ class Manifest(BaseModel):
 
     def file(self, role: str) -> FileEntry | None:
         return next((f for f in self.files if f.role == role), None)
+
+
+# A write that fails for want of room: the disk is full, a quota is reached, or the file is over
+# the size limit of the process (RLIMIT_FSIZE).
+_NO_SPACE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+_LOW_SPACE = 1 << 20
+
+
+def _existing_parent(path: Path) -> Path:
+    path = Path(path)
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def no_space_reason(exc: BaseException, path: Path) -> str | None:
+    """Why ``exc``, raised while writing under ``path``, means there was no room to write, or
+    None when it does not. Writers in native code (safetensors, torch.save) raise their own
+    exception classes, so their text is read for the OS error, and a nearly full disk counts."""
+    code = getattr(exc, "errno", None)
+    if code not in _NO_SPACE:
+        found = re.search(r"os error (\d+)", str(exc))
+        code = int(found.group(1)) if found else None
+    if code in _NO_SPACE:
+        return f"{os.strerror(code).lower()} ({errno.errorcode[code]})"
+    try:
+        free = shutil.disk_usage(_existing_parent(path)).free
+    except OSError:
+        return None
+    if free < _LOW_SPACE:
+        return f"no space left on the device ({free:,} bytes free)"
+    return None
+
+
+def write_failed(
+    exc: BaseException, path: Path, what: str, kept: str, *, always: bool = False
+) -> CuveeError | None:
+    """A clear error for a write of ``what`` to ``path`` that failed for want of space, saying
+    what was ``kept``; None when ``exc`` is not a lack of space, unless ``always`` (then the
+    exception's own text is the reason)."""
+    reason = no_space_reason(exc, path)
+    if reason is None:
+        if not always:
+            return None
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return CuveeError(
+        f"cannot write {what} to {path}: {reason}",
+        hint=f"{kept}; free some disk space and run the command again",
+    )
 
 
 def utc_now() -> str:
@@ -154,6 +204,26 @@ class ModelStore:
         # Inside the models' parent so the final rename stays on one filesystem (atomic).
         return self.root.parent / ".staging"
 
+    def _scratch(self, label: str) -> Path:
+        """A new directory under the staging root, named after this process so that what a
+        killed process left there can be told from what a running one is writing."""
+        self.staging_root.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=f"{os.getpid()}.{label}-", dir=self.staging_root))
+
+    def clean_abandoned(self) -> int:
+        """Delete what killed processes left in the staging root (a half-copied model can be
+        gigabytes); returns how many were removed. Directories of live processes are kept."""
+        if not self.staging_root.is_dir():
+            return 0
+        removed = 0
+        for path in self.staging_root.iterdir():
+            pid = path.name.split(".", 1)[0]
+            if pid.isdigit() and process_alive(int(pid)):
+                continue
+            shutil.rmtree(path, ignore_errors=True)
+            removed += 1
+        return removed
+
     def model_dir(self, name: str) -> Path:
         return self.root / check_name(name)
 
@@ -208,8 +278,7 @@ class ModelStore:
         if not directory.is_dir():
             self.get(name)  # raises ModelNotFound with suggestions
         # Rename first so a crash mid-delete never leaves a half model under its name.
-        self.staging_root.mkdir(parents=True, exist_ok=True)
-        trash = Path(tempfile.mkdtemp(prefix=f"rm-{name}-", dir=self.staging_root))
+        trash = self._scratch(f"rm-{name}")
         os.replace(directory, trash / name)
         shutil.rmtree(trash, ignore_errors=True)
         return directory
@@ -221,9 +290,9 @@ class ModelStore:
         target = self.model_dir(name)
         if target.exists() and not replace:
             raise self._taken(name, target)
-        self.staging_root.mkdir(parents=True, exist_ok=True)
+        self.clean_abandoned()
         self.root.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=self.staging_root))
+        staging = self._scratch(name)
         try:
             yield staging
             if not (staging / MANIFEST).is_file():
@@ -231,12 +300,16 @@ class ModelStore:
             if target.exists() and not replace:
                 raise self._taken(name, target)  # another process finished first
             if target.exists():
-                old = Path(tempfile.mkdtemp(prefix=f"old-{name}-", dir=self.staging_root))
+                old = self._scratch(f"old-{name}")
                 os.replace(target, old / name)
                 shutil.rmtree(old, ignore_errors=True)
             os.replace(staging, target)
-        except BaseException:
+        except BaseException as exc:
             shutil.rmtree(staging, ignore_errors=True)
+            if isinstance(exc, Exception) and not isinstance(exc, CuveeError):
+                full = write_failed(exc, staging, f"model {name!r}", "nothing was registered")
+                if full is not None:
+                    raise full from exc
             raise
 
     @staticmethod
@@ -262,11 +335,32 @@ class ModelStore:
 
 
 def write_manifest(directory: Path, manifest: Manifest) -> None:
-    """Write ``cuvee.json`` atomically (temporary file, then rename)."""
+    """Write ``cuvee.json`` atomically (temporary file, then rename): a failed or killed write
+    leaves the previous manifest as it was."""
     data = manifest.model_dump(mode="json")
     tmp = directory / f".{MANIFEST}.tmp"
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, directory / MANIFEST)
+    try:
+        tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        os.replace(tmp, directory / MANIFEST)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        full = write_failed(exc, directory / MANIFEST, "the manifest", "the manifest is unchanged")
+        if full is not None:
+            raise full from exc
+        raise
+
+
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` is running (this one included)."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def verify_files(model: StoredModel) -> list[str]:

@@ -5,17 +5,25 @@ complete, then recorded in the model's manifest (format, quantization, path, sha
 
 from __future__ import annotations
 
+import glob
 import os
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from cuvee.errors import ConfigError
+from cuvee.errors import ConfigError, CuveeError
 from cuvee.export.base import Format
 from cuvee.export.source import ExportSource
 from cuvee.progress import Reporter
-from cuvee.store import ModelStore, sha256_file, utc_now, write_manifest
+from cuvee.store import (
+    ModelStore,
+    process_alive,
+    sha256_file,
+    utc_now,
+    write_failed,
+    write_manifest,
+)
 
 FORMATS: dict[str, Format] = {}
 
@@ -65,16 +73,26 @@ def export(
             raise ConfigError(f"--adapter-only is not available for {fmt.name}")
         if not source.is_adapter:
             raise ConfigError(f"{name!r} has no LoRA adapter: it stores complete weights")
-    out = (out or default_path(settings, source, fmt, quant, adapter_only)).expanduser()
-    if out.exists() and not force:
+    default = default_path(settings, source, fmt, quant, adapter_only)
+    out = (out or default).expanduser()
+    if out.exists() and not force and not _unrecorded_default(source, out, default):
         raise ConfigError(f"{out} already exists", hint="pass --force to replace it, or -o PATH")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent)) / out.name
+    _clean_abandoned(out)
+    scratch = tempfile.mkdtemp(prefix=f".{out.name}.{os.getpid()}.", dir=out.parent)
+    tmp = Path(scratch) / out.name
     try:
         extra = fmt.write(source, tmp, quant, adapter_only, reporter) or {}
+        digest = _digest(tmp)
         if out.exists():
             shutil.rmtree(out) if out.is_dir() else out.unlink()
         os.replace(tmp, out)
+    except Exception as exc:
+        kept = f"{out} is as it was" if out.exists() else f"nothing was written to {out}"
+        full = write_failed(exc, tmp, f"the {fmt.name} export of {name!r}", kept)
+        if full is not None and not isinstance(exc, CuveeError):
+            raise full from exc
+        raise
     finally:
         shutil.rmtree(tmp.parent, ignore_errors=True)
     entry = {
@@ -83,11 +101,30 @@ def export(
         "adapter_only": adapter_only,
         "path": str(out.resolve()),
         "created_at": utc_now(),
-        **_digest(out),
+        **digest,
         **extra,
     }
     _record(store, name, entry)
     return entry
+
+
+def _unrecorded_default(source: ExportSource, out: Path, default: Path) -> bool:
+    """Whether ``out`` is cuvee's own default path holding an export the manifest does not
+    record: what an export killed between its rename and its record leaves. Replaced without
+    --force, so running the same command again completes."""
+    if out.resolve() != default.resolve():
+        return False
+    recorded = {e.get("path") for e in source.model.manifest.exports}
+    return str(out.resolve()) not in recorded
+
+
+def _clean_abandoned(out: Path) -> None:
+    """Remove the temporary directories that killed exports to ``out`` left beside it; each is
+    named after the process that wrote it, and those of live processes are kept."""
+    for path in out.parent.glob(f".{glob.escape(out.name)}.*"):
+        pid = path.name[len(out.name) + 2 :].split(".", 1)[0]
+        if path.is_dir() and pid.isdigit() and not process_alive(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def _digest(path: Path) -> dict[str, Any]:
