@@ -165,9 +165,9 @@ def test_kill_9_of_train_after_a_checkpoint_then_resume_matches_an_uninterrupted
         finished.append(real_train(*args, **kwargs))
         return finished[-1]
 
-    monkeypatch.setattr(sft, "train", recording_train)
-    summary = cli_json(capsys, "train", "--resume", "tuned", "--json")
-    monkeypatch.undo()
+    with monkeypatch.context() as patched:
+        patched.setattr(sft, "train", recording_train)
+        summary = cli_json(capsys, "train", "--resume", "tuned", "--json")
     assert 0 < summary["resumed_at_step"] < steps and summary["steps"] == steps
     assert store.exists("tuned") and verify_files(store.get("tuned")) == []
 

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from cuvee.errors import CuveeError
+from cuvee.store import write_failed
 
 STATE = "state.json"
 WEIGHTS = "trainable.safetensors"
@@ -55,15 +56,28 @@ def save(
     """Write ``directory/step-NNNNNN`` atomically and keep only the newest ``keep``."""
     from safetensors.torch import save_file
 
-    directory.mkdir(parents=True, exist_ok=True)
     final = directory / f"step-{step:06d}"
     tmp = directory / f".tmp-step-{step:06d}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    save_file(weights, str(tmp / WEIGHTS))
-    torch.save(optimizer_state, tmp / OPTIMIZER)
-    torch.save(rng_state(), tmp / RNG)
-    (tmp / STATE).write_text(json.dumps({**state, "step": step}, indent=1), encoding="utf-8")
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        save_file(weights, str(tmp / WEIGHTS))
+        torch.save(optimizer_state, tmp / OPTIMIZER)
+        torch.save(rng_state(), tmp / RNG)
+        (tmp / STATE).write_text(json.dumps({**state, "step": step}, indent=1), encoding="utf-8")
+    except Exception as exc:
+        # Every failure here is a failed write (safetensors and torch raise their own classes
+        # for a full disk): drop the partial copy and say what is still there to resume from.
+        shutil.rmtree(tmp, ignore_errors=True)
+        previous = list_checkpoints(directory)
+        kept = (
+            f"the previous checkpoint {previous[-1].name} is intact; `cuvee train --resume` "
+            "continues from it"
+            if previous
+            else "no checkpoint of this run was written"
+        )
+        raise write_failed(exc, tmp, f"the checkpoint of step {step}", kept, always=True) from exc
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
