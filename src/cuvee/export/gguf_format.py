@@ -126,11 +126,12 @@ def gguf_logits(path: Path, ids: list[int]) -> np.ndarray:
         logits = np.ctypeslib.as_array(llama.llama_get_logits(ctx), shape=(len(ids), n_vocab))
         return logits.astype(np.float32, copy=True)
     finally:
-        if batch is not None:
-            llama.llama_batch_free(batch)
-        if ctx:
-            llama.llama_free(ctx)
-        llama.llama_model_free(model)
+        with captured_stderr():  # freeing the context logs its buffer sizes
+            if batch is not None:
+                llama.llama_batch_free(batch)
+            if ctx:
+                llama.llama_free(ctx)
+            llama.llama_model_free(model)
 
 
 def quantize(src: Path, dst: Path, quant: str, threads: int | None = None) -> None:
