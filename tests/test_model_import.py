@@ -205,8 +205,15 @@ def fake_catalog(monkeypatch: pytest.MonkeyPatch, tiny_gemma_dir: Path) -> dict[
         pip_package="tiny-pkg",
         obtain=obtain,
     )
+
+    def check(gguf_path: Path, model_dir: Path, reporter) -> dict:
+        calls["check"] += 1  # the stand-in GGUF has nothing llama.cpp could run
+        return {"probe_tokens": 1, "top1_agreement": 1.0}
+
+    calls["check"] = 0
     monkeypatch.setitem(catalog.CATALOG, "tiny-base", entry)
     monkeypatch.setattr(model_import, "convert_gguf_to_hf", convert)
+    monkeypatch.setattr(model_import, "check_conversion", check)
     return calls
 
 
@@ -222,6 +229,8 @@ def test_pull_records_source_and_licence_and_is_idempotent(
     assert man.licence.osi_approved is False
     assert "Prohibited Use Policy" in man.licence.notes
     assert man.chat_template == "gemma"
+    assert fake_catalog["check"] == 1
+    assert man.model_dump()["conversion_check"]["top1_agreement"] == 1.0
     model_import.pull(store, "tiny-base", SilentReporter())
     assert fake_catalog["obtain"] == 1
     model_import.pull(store, "tiny-base", SilentReporter(), force=True)
