@@ -11,8 +11,11 @@ import socket
 import pytest
 from fastapi.testclient import TestClient
 
+from cuvee.config import load_settings
+from cuvee.serve.app import create_app
+from cuvee.serve.models import ModelRegistry
 from helpers import uvicorn_in_thread
-from test_serve import assert_error, chat, make_app
+from test_serve import Fakes, assert_error, chat, make_app
 
 MB = 1_000_000
 
@@ -252,6 +255,25 @@ def test_an_unknown_model_is_a_404_on_every_route(served) -> None:
     assert_error(r, 404, param="model", code="model_not_found")
     assert_error(client.get("/v1/models/nope"), 404, param="model", code="model_not_found")
     assert fakes.count == 0
+
+
+def test_an_unexpected_failure_is_a_500_in_openai_shape_and_the_server_goes_on() -> None:
+    """A bug (here an engine that cannot even be opened, failing with no cuvee error) still
+    answers in OpenAI's shape, so clients raise their own error class."""
+    fakes = Fakes()
+
+    def opener(name: str):
+        if name == "other":
+            raise RuntimeError("a bug in the engine")
+        return fakes.open(name)
+
+    settings = load_settings()
+    registry = ModelRegistry(settings, opener=opener, names=lambda: ["fake", "other"])
+    client = TestClient(create_app(settings, registry), raise_server_exceptions=False)
+    error = assert_error(chat(client, model="other"), 500)
+    assert error["type"] == "server_error" and "a bug" not in error["message"]
+    assert chat(client).status_code == 200
+    assert client.app.state.cuvee.capacity.used == 0  # the failed request gave back its slot
 
 
 def test_the_openapi_schema_documents_the_request_bodies(served) -> None:

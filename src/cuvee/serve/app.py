@@ -146,6 +146,20 @@ def create_app(
     if request_log is not None:
         app.add_middleware(RequestLogMiddleware, log=request_log)
 
+    # The routes parse their own bodies (the key first); the OpenAPI document still shows them.
+    bodies: list[type[BaseModel]] = []
+
+    def body_doc(model: type[BaseModel]) -> dict[str, Any]:
+        bodies.append(model)
+        return request_body(model)
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = with_body_schemas(FastAPI.openapi(app), bodies)
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
     @app.get("/health")
     async def health() -> dict[str, str]:
         return {"status": "ok"}
@@ -194,7 +208,7 @@ def create_app(
             return state.embeddings.describe()
         return await anyio.to_thread.run_sync(registry.describe, model_id)
 
-    @app.post("/v1/chat/completions", openapi_extra=request_body(ChatCompletionRequest))
+    @app.post("/v1/chat/completions", openapi_extra=body_doc(ChatCompletionRequest))
     async def chat_completions(request: HTTPRequest, key: Key) -> Response:
         started = time.perf_counter()
         _check_open(state)
@@ -211,7 +225,7 @@ def create_app(
         formatter = ChatFormatter(body.model, body.n, include_usage, bool(body.logprobs), tool_plan)
         return await _generate(state, request, body, plan, key, started, formatter)
 
-    @app.post("/v1/completions", openapi_extra=request_body(CompletionRequest))
+    @app.post("/v1/completions", openapi_extra=body_doc(CompletionRequest))
     async def completions(request: HTTPRequest, key: Key) -> Response:
         started = time.perf_counter()
         _check_open(state)
@@ -227,7 +241,7 @@ def create_app(
         )
         return await _generate(state, request, body, plan, key, started, formatter)
 
-    @app.post("/v1/embeddings", openapi_extra=request_body(EmbeddingRequest))
+    @app.post("/v1/embeddings", openapi_extra=body_doc(EmbeddingRequest))
     async def embeddings(request: HTTPRequest, key: Key) -> JSONResponse:
         _check_open(state)
         body = await _parse(request, EmbeddingRequest)
@@ -250,20 +264,13 @@ def create_app(
         # JSONResponse as is: thousands of floats need no jsonable_encoder pass
         return JSONResponse(embedding_response(body.model, vectors, tokens, body.encoding_format))
 
-    @app.post("/v1/retrieve", openapi_extra=request_body(RetrieveRequest))
+    @app.post("/v1/retrieve", openapi_extra=body_doc(RetrieveRequest))
     async def retrieve(request: HTTPRequest, key: Key) -> JSONResponse:
         _check_open(state)
         body = await _parse(request, RetrieveRequest)
         _note_body(request, state, f"rag:{body.collection}", body.query)
         return JSONResponse(await docs_retrieve(state, request, key, body))
 
-    def openapi() -> dict[str, Any]:
-        if app.openapi_schema is None:
-            bodies = (ChatCompletionRequest, CompletionRequest, EmbeddingRequest, RetrieveRequest)
-            app.openapi_schema = with_body_schemas(FastAPI.openapi(app), bodies)
-        return app.openapi_schema
-
-    app.openapi = openapi  # type: ignore[method-assign]
     return app
 
 
