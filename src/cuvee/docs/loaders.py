@@ -66,14 +66,27 @@ def load(path: Path) -> Extracted:
     return extracted
 
 
+# Control characters other than tab, line ends and form feed: a few are tolerated (stray bytes
+# in old files), more than this share means the bytes are not text in any encoding.
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0e-\x1f\x7f]")
+_MAX_CONTROL_SHARE = 0.01
+
+
 def _read_text(path: Path) -> str:
     raw = path.read_bytes()
     for encoding in ("utf-8-sig", "cp1252"):
         try:
-            return raw.decode(encoding)
+            text = raw.decode(encoding)
         except UnicodeDecodeError:
             continue
-    raise DocsError(f"{path}: not UTF-8 or Windows-1252 text")
+        # Windows-1252 decodes almost any byte string: binary data would be indexed as noise.
+        if "\x00" in text or len(_CONTROL.findall(text)) > _MAX_CONTROL_SHARE * len(text):
+            break
+        return text
+    raise DocsError(
+        f"{path}: not text (neither UTF-8 nor Windows-1252)",
+        hint="convert it to UTF-8 text, or remove it from the folder",
+    )
 
 
 def _first_line_title(text: str, path: Path) -> str:
@@ -203,10 +216,38 @@ def load_pdf(path: Path) -> Extracted:
     return Extracted(text=text, title=meta_title.strip() or _first_line_title(text, path))
 
 
+# A .docx is a zip archive that python-docx reads into memory whole: a small file whose parts
+# expand to gigabytes (a zip bomb) must be refused from the sizes its directory declares, before
+# anything is decompressed. zipfile never yields more than a member's declared size.
+MAX_DOCX_UNCOMPRESSED = 256 * 1024 * 1024
+
+
+def check_docx_archive(path: Path, limit: int = MAX_DOCX_UNCOMPRESSED) -> None:
+    """Refuse a .docx that is not a zip archive, or whose parts would expand beyond ``limit``
+    bytes, naming the file and the sizes."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = archive.infolist()
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise DocsError(f"{path}: not a .docx (Word) file: {exc}") from exc
+    total = sum(member.file_size for member in members)
+    if total > limit:
+        packed = sum(member.compress_size for member in members)
+        raise DocsError(
+            f"{path}: its parts expand to {total / 2**20:,.0f} MiB from {packed / 2**20:,.1f} "
+            f"MiB, over the {limit / 2**20:.0f} MiB a .docx may hold; not read "
+            "(a damaged file or a zip bomb)",
+            hint="open and re-save it in a word processor, or remove it from the folder",
+        )
+
+
 @loader(".docx")
 def load_docx(path: Path) -> Extracted:
     import docx
 
+    check_docx_archive(path)
     document = docx.Document(str(path))
     parts: list[str] = []
     headings: list[Heading] = []
