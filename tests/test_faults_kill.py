@@ -30,8 +30,9 @@ TESTS = Path(__file__).parent
 CHILD_TIMEOUT_S = 300
 
 # The CLI with the test's hashing embedder instead of a sentence-transformers model. With
-# FAULT_SLOW_WRITE set, each SQLite write transaction pauses every thousand virtual-machine
-# steps, so a kill lands inside it; FAULT_MARKER is created when the transaction starts.
+# FAULT_SLOW_WRITE set, each statement of a write transaction waits that long first, so a kill
+# lands inside it; FAULT_MARKER is created when the
+# transaction starts; FAULT_WRITE_WAIT replaces how long a writer waits for another.
 DOCS_CHILD = """
 import os, sys, time
 sys.path.insert(0, os.environ["FAULT_TESTS_DIR"])
@@ -39,14 +40,25 @@ from docs_fakes import HashingBackend
 import cuvee.docs.embedders
 cuvee.docs.embedders.open_backend = lambda spec, embedder=None: HashingBackend()
 from cuvee.docs import index
+index.WRITE_WAIT_S = float(os.environ.get("FAULT_WRITE_WAIT", index.WRITE_WAIT_S))
 original_apply = index.Collection.apply
+class SlowStatements:
+    def __init__(self, db, pause):
+        self.db, self.pause = db, pause
+    def execute(self, *args):
+        time.sleep(self.pause)
+        return self.db.execute(*args)
+    def __getattr__(self, name):
+        return getattr(self.db, name)
 def slow_apply(self, new, remove_paths=()):
-    pause = float(os.environ.get("FAULT_SLOW_WRITE", "0"))
-    if pause:
-        self.db.set_progress_handler(lambda: time.sleep(pause), 1000)
+    db = self.db
+    self.db = SlowStatements(db, float(os.environ.get("FAULT_SLOW_WRITE", "0")))
     if os.environ.get("FAULT_MARKER"):
         open(os.environ["FAULT_MARKER"], "w").close()
-    return original_apply(self, new, remove_paths)
+    try:
+        original_apply(self, new, remove_paths)
+    finally:
+        self.db = db
 index.Collection.apply = slow_apply
 from cuvee.cli import main
 main(sys.argv[1:])
@@ -73,15 +85,22 @@ def child(args: list[str], cwd: Path, *, code: str | None = None, **env: str) ->
         proc.communicate(timeout=60)
 
 
-def kill_when(proc: subprocess.Popen, ready: Callable[[], bool], delay: float = 0.0) -> bool:
-    """SIGKILL ``proc`` ``delay`` seconds after ``ready()`` first holds; False if the process
-    ended on its own first (the moment was missed)."""
+def wait_for(proc: subprocess.Popen, ready: Callable[[], bool]) -> bool:
+    """Whether ``ready()`` came to hold while ``proc`` was still running."""
     deadline = time.monotonic() + CHILD_TIMEOUT_S
     while not ready():
         if proc.poll() is not None:
             return False
-        assert time.monotonic() < deadline, "the child never reached the moment to kill it"
+        assert time.monotonic() < deadline, "the child never reached the awaited moment"
         time.sleep(0.002)
+    return True
+
+
+def kill_when(proc: subprocess.Popen, ready: Callable[[], bool], delay: float = 0.0) -> bool:
+    """SIGKILL ``proc`` ``delay`` seconds after ``ready()`` first holds; False if the process
+    ended on its own first (the moment was missed)."""
+    if not wait_for(proc, ready):
+        return False
     if delay:
         time.sleep(delay)
     if proc.poll() is not None:
@@ -194,7 +213,6 @@ def _padded_model_dir(tiny_dir: Path, target: Path) -> Path:
     return target
 
 
-@pytest.mark.slow
 def test_kill_9_during_models_add_leaves_no_half_model_and_a_rerun_completes(
     tiny_gemma_dir: Path, tmp_path: Path, capsys
 ) -> None:
@@ -231,7 +249,6 @@ def test_kill_9_during_models_add_leaves_no_half_model_and_a_rerun_completes(
 # -- export ---------------------------------------------------------------------------------
 
 
-@pytest.mark.slow
 def test_kill_9_during_export_leaves_the_store_sound_and_a_rerun_completes(
     tiny_spm_gemma_dir: Path, tmp_path: Path, capsys
 ) -> None:
@@ -305,7 +322,6 @@ def index_state(path: Path) -> dict[str, int]:
     return dict(rows)
 
 
-@pytest.mark.slow
 def test_kill_9_during_docs_add_leaves_the_index_as_before_and_a_rerun_completes(
     tmp_path: Path, isolated_home: Path
 ) -> None:
@@ -330,10 +346,10 @@ def test_kill_9_during_docs_add_leaves_the_index_as_before_and_a_rerun_completes
     marker = tmp_path / "writing"
     args = ["docs", "add", "hb", str(second)]
     outcomes = []
-    for delay in (0.0, 0.05, 0.2, 1.0):
+    for delay in (0.0, 0.1, 0.2, 1.5):
         database.write_bytes(pristine)
         marker.unlink(missing_ok=True)
-        env = {"FAULT_SLOW_WRITE": "0.005", "FAULT_MARKER": str(marker)}
+        env = {"FAULT_SLOW_WRITE": "0.01", "FAULT_MARKER": str(marker)}
         with child(args, tmp_path, code=DOCS_CHILD, **env) as proc:
             killed = kill_when(proc, marker.exists, delay)
         outcomes.append((killed, index_state(database)))

@@ -63,8 +63,13 @@ def _ingest(settings, name, paths, sync, skip_errors, chunk_size, overlap, as_js
             chunking.check_settings(size, overlap)
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="--chunk-size/--overlap") from exc
-        collection = index.create(settings.home, name, backend.identity, backend.dim, size, overlap)
-    else:
+        try:
+            collection = index.create(
+                settings.home, name, backend.identity, backend.dim, size, overlap
+            )
+        except index.CollectionExists:  # another `docs add` made it a moment ago: join it
+            created = False
+    if not created:
         collection = index.open_collection(settings.home, name)
         for given, recorded, flag in (
             (chunk_size, collection.chunk_size, "--chunk-size"),
@@ -86,17 +91,26 @@ def _ingest(settings, name, paths, sync, skip_errors, chunk_size, overlap, as_js
         )
     except BaseException:
         if created:  # nothing was indexed: leave no empty collection behind
-            collection.close()
-            index.remove(settings.home, name)
+            _remove_if_empty(settings.home, collection)
         raise
     if created and not report.added:
-        collection.close()
-        index.remove(settings.home, name)
+        _remove_if_empty(settings.home, collection)
         raise DocsError(
             f"nothing to index in {', '.join(str(p) for p in paths)} (supported: "
             f"{', '.join(sorted(LOADERS))}); collection {name!r} was not created"
         )
     _print_report(name, report, as_json)
+
+
+def _remove_if_empty(home: Path, collection) -> None:
+    """Remove a collection this command created, unless another process has meanwhile added
+    documents to it: their work is not this command's to undo."""
+    from cuvee.docs import index
+
+    empty = not collection.documents()
+    collection.close()
+    if empty:
+        index.remove(home, collection.name)
 
 
 _ADD_OPTIONS = [

@@ -10,8 +10,10 @@ index as it was."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import sqlite3
+import tempfile
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -25,6 +27,9 @@ from cuvee.errors import DocsError
 
 SCHEMA_VERSION = 1
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+# How long a write waits for another process writing the same collection (a `docs add` of many
+# files commits tens of thousands of rows) before it gives up with a "busy" error.
+WRITE_WAIT_S = 60.0
 
 _SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -103,6 +108,11 @@ def embedding_text(title: str, section: str, text: str) -> str:
     chunk is about when its own sentences do not ("It takes three days.")."""
     head = " — ".join(part for part in (title, section) if part)
     return f"{head}\n{text}" if head else text
+
+
+class CollectionExists(DocsError):
+    """:func:`create` found the collection already there (another process may just have made
+    it)."""
 
 
 class Collection:
@@ -249,39 +259,72 @@ class Collection:
     # ---- writing ----------------------------------------------------------------------------
 
     def apply(self, new: list[NewDocument], remove_paths: Iterable[str] = ()) -> None:
-        """Add or replace ``new`` documents and remove ``remove_paths``, in one transaction."""
+        """Add or replace ``new`` documents and remove ``remove_paths``, in one transaction.
+
+        A replaced document keeps its id and reuses its chunks' ids, rewritten in place: a
+        search that ranked chunks just before this commits still finds rows under those ids
+        (showing the new text), where fresh ids would leave it with nothing to show."""
         remove = list(remove_paths)
         if not new and not remove:
             return
         now = time.time()
-        with _transaction(self.db):
-            for path in [*remove, *(doc.path for doc in new)]:
+        with _transaction(self):
+            for path in remove:
                 self._delete_path(path)
             for doc in new:
-                cursor = self.db.execute(
-                    "INSERT INTO documents (path, title, sha256, size, added, text) "
-                    "VALUES (?, ?, ?, ?, ?, ?)",
-                    (doc.path, doc.title, doc.sha256, doc.size, now, doc.text),
-                )
-                doc_id = cursor.lastrowid
-                for ord_, (piece, vector) in enumerate(zip(doc.chunks, doc.vectors, strict=True)):
+                row = self.db.execute(
+                    "SELECT id FROM documents WHERE path = ?", (doc.path,)
+                ).fetchone()
+                values = (doc.title, doc.sha256, doc.size, now, doc.text)
+                if row is None:
                     cursor = self.db.execute(
-                        "INSERT INTO chunks (doc_id, ord, start, end, section, text, vector) "
-                        "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                        (
-                            doc_id,
-                            ord_,
-                            piece.start,
-                            piece.end,
-                            piece.section,
-                            piece.text,
-                            np.asarray(vector, dtype=np.float32).tobytes(),
-                        ),
+                        "INSERT INTO documents (title, sha256, size, added, text, path) "
+                        "VALUES (?, ?, ?, ?, ?, ?)",
+                        (*values, doc.path),
                     )
+                    doc_id, reused = cursor.lastrowid, []
+                else:
+                    doc_id = row[0]
+                    self.db.execute(
+                        "UPDATE documents SET title = ?, sha256 = ?, size = ?, added = ?, "
+                        "text = ? WHERE id = ?",
+                        (*values, doc_id),
+                    )
+                    reused = [
+                        chunk_id
+                        for (chunk_id,) in self.db.execute(
+                            "SELECT id FROM chunks WHERE doc_id = ? ORDER BY ord", (doc_id,)
+                        )
+                    ]
+                    for chunk_id in reused[len(doc.chunks) :]:
+                        self._delete_chunk(chunk_id)
+                for ord_, (piece, vector) in enumerate(zip(doc.chunks, doc.vectors, strict=True)):
+                    fields = (
+                        ord_,
+                        piece.start,
+                        piece.end,
+                        piece.section,
+                        piece.text,
+                        np.asarray(vector, dtype=np.float32).tobytes(),
+                    )
+                    if ord_ < len(reused):
+                        chunk_id = reused[ord_]
+                        self.db.execute(
+                            "UPDATE chunks SET ord = ?, start = ?, end = ?, section = ?, "
+                            "text = ?, vector = ? WHERE id = ?",
+                            (*fields, chunk_id),
+                        )
+                        self.db.execute("DELETE FROM chunks_fts WHERE rowid = ?", (chunk_id,))
+                    else:
+                        chunk_id = self.db.execute(
+                            "INSERT INTO chunks (ord, start, end, section, text, vector, doc_id) "
+                            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                            (*fields, doc_id),
+                        ).lastrowid
                     self.db.execute(
                         "INSERT INTO chunks_fts (rowid, terms) VALUES (?, ?)",
                         (
-                            cursor.lastrowid,
+                            chunk_id,
                             search_text(embedding_text(doc.title, piece.section, piece.text)),
                         ),
                     )
@@ -289,7 +332,7 @@ class Collection:
 
     def replace_vectors(self, identity: str, dim: int, vectors: dict[int, np.ndarray]) -> None:
         """Re-embedding: new vectors for every chunk and the new model recorded, at once."""
-        with _transaction(self.db):
+        with _transaction(self):
             for chunk_id, vector in vectors.items():
                 self.db.execute(
                     "UPDATE chunks SET vector = ? WHERE id = ?",
@@ -308,6 +351,10 @@ class Collection:
         self.db.execute("DELETE FROM chunks WHERE doc_id = ?", (row[0],))
         self.db.execute("DELETE FROM documents WHERE id = ?", (row[0],))
 
+    def _delete_chunk(self, chunk_id: int) -> None:
+        self.db.execute("DELETE FROM chunks_fts WHERE rowid = ?", (chunk_id,))
+        self.db.execute("DELETE FROM chunks WHERE id = ?", (chunk_id,))
+
     def _touch(self, now: float) -> None:
         self.db.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'version'")
         self.db.execute(
@@ -321,14 +368,41 @@ class Collection:
 
 
 class _transaction:
-    def __init__(self, db: sqlite3.Connection) -> None:
-        self.db = db
+    """One write transaction. BEGIN IMMEDIATE takes the write lock before anything is read,
+    so two writers queue up (each waits up to WRITE_WAIT_S) instead of both reading the old
+    state and one failing at its first write; a writer that cannot get the lock in time gets
+    a DocsError saying the collection is busy, not SQLite's bare "database is locked"."""
+
+    def __init__(self, collection: Collection) -> None:
+        self.collection = collection
+        self.db = collection.db
 
     def __enter__(self) -> None:
-        self.db.execute("BEGIN IMMEDIATE")
+        self.db.execute(f"PRAGMA busy_timeout = {int(WRITE_WAIT_S * 1000)}")
+        try:
+            self.db.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            raise self._busy(exc) from exc
 
     def __exit__(self, kind, value, tb) -> None:
-        self.db.execute("COMMIT" if kind is None else "ROLLBACK")
+        if kind is not None:
+            self.db.execute("ROLLBACK")
+            return
+        try:
+            self.db.execute("COMMIT")
+        except sqlite3.OperationalError as exc:  # readers held it past the wait
+            self.db.execute("ROLLBACK")
+            raise self._busy(exc) from exc
+
+    def _busy(self, exc: sqlite3.OperationalError) -> DocsError:
+        if "locked" not in str(exc) and "busy" not in str(exc):
+            return DocsError(f"{self.collection.path}: cannot write the index: {exc}")
+        return DocsError(
+            f"collection {self.collection.name!r} is busy: another process kept it locked "
+            f"for {WRITE_WAIT_S:.0f} s ({exc})",
+            hint="wait for the other `cuvee docs` command to finish, then run this one again; "
+            "nothing was changed",
+        )
 
 
 def create(
@@ -341,10 +415,33 @@ def create(
 ) -> Collection:
     path = collection_path(home, name)
     if path.exists():
-        raise DocsError(f"collection {name!r} already exists")
+        raise CollectionExists(f"collection {name!r} already exists")
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(".sqlite.partial")
-    partial.unlink(missing_ok=True)
+    # A file of this process's own, linked into place only once complete and only if no other
+    # process created the collection meanwhile (a link never replaces an existing name).
+    handle, partial_name = tempfile.mkstemp(prefix=f".{name}.", suffix=".partial", dir=path.parent)
+    os.close(handle)
+    partial = Path(partial_name)
+    try:
+        _write_empty(partial, embedding_model, dim, chunk_size, overlap)
+        try:
+            os.link(partial, path)
+        except FileExistsError:
+            raise
+        except OSError:  # a filesystem without hard links: a rename, checked just before
+            if path.exists():
+                raise FileExistsError(path) from None
+            os.replace(partial, path)
+    except FileExistsError:
+        raise CollectionExists(f"collection {name!r} already exists") from None
+    finally:
+        partial.unlink(missing_ok=True)
+    return Collection(name, path)
+
+
+def _write_empty(
+    partial: Path, embedding_model: str, dim: int, chunk_size: int, overlap: int
+) -> None:
     db = sqlite3.connect(partial)
     db.executescript(_SCHEMA)
     meta = {
@@ -359,8 +456,6 @@ def create(
     db.executemany("INSERT INTO meta VALUES (?, ?)", [(k, str(v)) for k, v in meta.items()])
     db.commit()
     db.close()
-    partial.rename(path)
-    return Collection(name, path)
 
 
 def open_collection(home: Path, name: str) -> Collection:
@@ -384,6 +479,9 @@ def remove(home: Path, name: str) -> None:
     if not path.is_file():
         raise DocsError(f"no collection named {name!r}")
     path.unlink()
+    # a journal left by a killed writer must not be replayed into a new collection of this name
+    for suffix in ("-journal", "-wal", "-shm"):
+        path.with_name(path.name + suffix).unlink(missing_ok=True)
 
 
 def describe(collection: Collection) -> dict:
