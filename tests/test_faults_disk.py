@@ -199,3 +199,41 @@ def test_disk_full_while_adding_a_model_registers_nothing(
     assert not staging.exists() or list(staging.iterdir()) == []
     code, _, err = run_cli(capsys, *args)
     assert code == 0, err
+
+
+# -- collections ----------------------------------------------------------------------------
+
+
+def test_a_failed_index_write_rolls_back_with_a_clear_error(
+    tmp_path: Path, isolated_home: Path
+) -> None:
+    """The index file cannot grow (RLIMIT_FSIZE at its current size) while `docs add` writes
+    three more documents: a DocsError naming the collection and saying nothing was changed,
+    no SQLite exception; the index passes its checks with the documents it had, and with room
+    again the same add completes."""
+    from cuvee.docs import index
+    from cuvee.docs.ingest import ingest
+    from cuvee.errors import DocsError
+    from docs_fakes import HashingBackend, copy_sample
+    from test_faults_kill import index_state
+
+    folder = copy_sample(tmp_path / "handbook")
+    more = tmp_path / "more"
+    more.mkdir()
+    for path in sorted(folder.iterdir())[:3]:
+        path.rename(more / path.name)
+    backend = HashingBackend()
+    collection = index.create(isolated_home, "hb", backend.identity, backend.dim)
+    ingest(collection, backend, [folder])
+    database = isolated_home / "docs" / "hb.sqlite"
+    before = index_state(database)
+
+    with file_size_limit(database.stat().st_size), pytest.raises(DocsError) as failure:
+        ingest(collection, backend, [more])
+    message = str(failure.value)
+    assert "cannot write collection 'hb'" in message and "disk refused a write" in message
+    assert "nothing was changed" in message
+    assert index_state(database) == before
+    assert not database.with_name("hb.sqlite-journal").exists()
+    ingest(collection, backend, [more])
+    assert len(index_state(database)) == len(before) + 3

@@ -370,8 +370,8 @@ class Collection:
 class _transaction:
     """One write transaction. BEGIN IMMEDIATE takes the write lock before anything is read,
     so two writers queue up (each waits up to WRITE_WAIT_S) instead of both reading the old
-    state and one failing at its first write; a writer that cannot get the lock in time gets
-    a DocsError saying the collection is busy, not SQLite's bare "database is locked"."""
+    state and one failing at its first write. Whatever SQLite refuses (the lock not had in
+    time, a full disk) is rolled back and becomes a DocsError that says so, not a traceback."""
 
     def __init__(self, collection: Collection) -> None:
         self.collection = collection
@@ -382,26 +382,44 @@ class _transaction:
         try:
             self.db.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as exc:
-            raise self._busy(exc) from exc
+            raise self._failed(exc) from exc
 
     def __exit__(self, kind, value, tb) -> None:
-        if kind is not None:
+        if kind is None:
+            try:
+                self.db.execute("COMMIT")
+                return
+            except sqlite3.Error as exc:  # readers held the file past the wait, or it is full
+                value = exc
+        if self.db.in_transaction:  # SQLite rolls some failures back by itself
             self.db.execute("ROLLBACK")
-            return
-        try:
-            self.db.execute("COMMIT")
-        except sqlite3.OperationalError as exc:  # readers held it past the wait
-            self.db.execute("ROLLBACK")
-            raise self._busy(exc) from exc
+        if isinstance(value, sqlite3.Error):
+            raise self._failed(value) from value
 
-    def _busy(self, exc: sqlite3.OperationalError) -> DocsError:
-        if "locked" not in str(exc) and "busy" not in str(exc):
-            return DocsError(f"{self.collection.path}: cannot write the index: {exc}")
+    def _failed(self, exc: sqlite3.Error) -> DocsError:
+        name, text = self.collection.name, str(exc)
+        if "locked" in text or "busy" in text:
+            return DocsError(
+                f"collection {name!r} is busy: another process kept it locked for "
+                f"{WRITE_WAIT_S:.0f} s ({text})",
+                hint="wait for the other `cuvee docs` command to finish, then run this one "
+                "again; nothing was changed",
+            )
+        if "full" in text:
+            return DocsError(
+                f"cannot write collection {name!r} ({self.collection.path}): no space left on "
+                f"the device ({text})",
+                hint="nothing was changed; free some disk space and run the command again",
+            )
+        if getattr(exc, "sqlite_errorname", "").startswith("SQLITE_IOERR"):
+            return DocsError(
+                f"cannot write collection {name!r} ({self.collection.path}): the disk refused "
+                f"a write ({text}); it may be full or over a size limit",
+                hint="nothing was changed; free some disk space and run the command again",
+            )
         return DocsError(
-            f"collection {self.collection.name!r} is busy: another process kept it locked "
-            f"for {WRITE_WAIT_S:.0f} s ({exc})",
-            hint="wait for the other `cuvee docs` command to finish, then run this one again; "
-            "nothing was changed",
+            f"cannot write collection {name!r} ({self.collection.path}): {text}",
+            hint="nothing was changed",
         )
 
 
