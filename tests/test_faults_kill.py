@@ -145,7 +145,7 @@ def test_kill_9_of_train_after_a_checkpoint_then_resume_matches_an_uninterrupted
 
     settings, store = store_tiny(tiny_gemma_dir)
     data = write_data(tmp_path / "train.jsonl", n=60)
-    steps = 40
+    steps = 16
     recipe_path = tmp_path / "recipe.yaml"
     recipe_path.write_text(
         yaml.safe_dump(
@@ -159,7 +159,7 @@ def test_kill_9_of_train_after_a_checkpoint_then_resume_matches_an_uninterrupted
                 max_steps=steps,
                 epochs=100,
                 eval_split="none",
-                save_every=3,
+                save_every=2,
                 keep_checkpoints=2,
                 lora_dropout=0.1,
                 precision="fp32",
@@ -286,6 +286,31 @@ def test_kill_9_during_export_leaves_the_store_sound_and_a_rerun_completes(
         write_manifest(store.get("tg").path, manifest)
     assert mid_write >= 1, "no kill landed while the export was being written"
     assert [p.name for p in exports.iterdir() if p.name.startswith(".")] == []
+
+
+def test_an_export_killed_before_its_record_is_replaced_by_the_same_command(
+    tiny_spm_gemma_dir: Path, capsys
+) -> None:
+    """The state a kill between an export's rename and its manifest record leaves (a complete
+    file at the default path that the manifest does not list): the same `cuvee export` replaces
+    it without --force and records it. A file the user put at an -o path still needs --force."""
+    from cuvee.store import sha256_file, write_manifest
+
+    _, store = store_tiny(tiny_spm_gemma_dir, name="tg")
+    args = ["export", "tg", "--format", "gguf", "--quant", "f32", "--json"]
+    first = cli_json(capsys, *args)
+    stored = store.get("tg")
+    stored.manifest.exports = []
+    write_manifest(stored.path, stored.manifest)
+
+    again = cli_json(capsys, *args)
+    assert again["path"] == first["path"] and sha256_file(Path(again["path"])) == again["sha256"]
+    assert [e["path"] for e in store.get("tg").manifest.exports] == [first["path"]]
+
+    mine = Path(first["path"]).with_name("mine.gguf")
+    mine.write_bytes(b"the user's own file")
+    code, _, err = run_cli(capsys, *args, "-o", str(mine))
+    assert code == 1 and "already exists" in err and mine.read_bytes() == b"the user's own file"
 
 
 # -- docs add -------------------------------------------------------------------------------
