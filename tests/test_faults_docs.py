@@ -75,26 +75,27 @@ def test_a_writer_that_waits_too_long_says_the_collection_is_busy_and_changes_no
     tmp_path: Path, isolated_home: Path
 ) -> None:
     """A `docs add` that finds another holding the collection's write lock for longer than it
-    may wait (shortened here to 0.2 s; the other's transaction is slowed to seconds): exit 1
-    with "collection 'hb' is busy" and no traceback; the other one's documents are all there,
-    and running the refused command again completes."""
+    may wait (shortened here to 0.2 s; the other keeps its transaction open until the test
+    lets it go): exit 1 with "collection 'hb' is busy" and no traceback; the other one's
+    documents are all there, and running the refused command again completes."""
     first, second = split_sample(tmp_path)
     database = isolated_home / "docs" / "hb.sqlite"
     with child(["docs", "add", "hb", str(first)], tmp_path, code=DOCS_CHILD) as proc:
         assert finished(proc)[0] == 0
     extra = tmp_path / "extra"
     extra.mkdir()
-    for n in range(8):  # enough statements that the slowed transaction lasts seconds
+    for n in range(3):
         (extra / f"note-{n}.md").write_text(f"# Note {n}\n\nThe budget for item {n} is fixed.\n")
     before = index_state(database)
-    marker = tmp_path / "writing"
-    slow = {"FAULT_SLOW_WRITE": "0.05", "FAULT_MARKER": str(marker)}
+    marker, hold = tmp_path / "writing", tmp_path / "hold"
+    hold.touch()
     args = ["docs", "add", "hb", str(second)]
-    with child(["docs", "add", "hb", str(extra)], tmp_path, code=DOCS_CHILD, **slow) as holder:
+    env = {"FAULT_MARKER": str(marker), "FAULT_HOLD": str(hold)}
+    with child(["docs", "add", "hb", str(extra)], tmp_path, code=DOCS_CHILD, **env) as holder:
         assert wait_for(holder, marker.exists)
         with child(args, tmp_path, code=DOCS_CHILD, FAULT_WRITE_WAIT="0.2") as waiter:
             code, err = finished(waiter)
-        assert holder.poll() is None, "the holder finished first; slow it more"
+        hold.unlink()
         assert finished(holder)[0] == 0
     assert not assert_ok_or_busy(code, err)
     assert "nothing was changed" in err

@@ -31,8 +31,9 @@ CHILD_TIMEOUT_S = 300
 
 # The CLI with the test's hashing embedder instead of a sentence-transformers model. With
 # FAULT_SLOW_WRITE set, each statement of a write transaction waits that long first, so a kill
-# lands inside it; FAULT_MARKER is created when the
-# transaction starts; FAULT_WRITE_WAIT replaces how long a writer waits for another.
+# lands inside it; FAULT_MARKER is created once the transaction holds the write lock, and while
+# the file FAULT_HOLD exists the transaction waits there; FAULT_WRITE_WAIT replaces how long a
+# writer waits for another.
 DOCS_CHILD = """
 import os, sys, time
 sys.path.insert(0, os.environ["FAULT_TESTS_DIR"])
@@ -43,18 +44,23 @@ from cuvee.docs import index
 index.WRITE_WAIT_S = float(os.environ.get("FAULT_WRITE_WAIT", index.WRITE_WAIT_S))
 original_apply = index.Collection.apply
 class SlowStatements:
-    def __init__(self, db, pause):
-        self.db, self.pause = db, pause
-    def execute(self, *args):
+    def __init__(self, db):
+        self.db = db
+        self.pause = float(os.environ.get("FAULT_SLOW_WRITE", "0"))
+    def execute(self, sql, *args):
         time.sleep(self.pause)
-        return self.db.execute(*args)
+        result = self.db.execute(sql, *args)
+        if sql.startswith("BEGIN"):
+            if os.environ.get("FAULT_MARKER"):
+                open(os.environ["FAULT_MARKER"], "w").close()
+            while os.path.exists(os.environ.get("FAULT_HOLD", "/nonexistent")):
+                time.sleep(0.01)
+        return result
     def __getattr__(self, name):
         return getattr(self.db, name)
 def slow_apply(self, new, remove_paths=()):
     db = self.db
-    self.db = SlowStatements(db, float(os.environ.get("FAULT_SLOW_WRITE", "0")))
-    if os.environ.get("FAULT_MARKER"):
-        open(os.environ["FAULT_MARKER"], "w").close()
+    self.db = SlowStatements(db)
     try:
         original_apply(self, new, remove_paths)
     finally:
