@@ -134,12 +134,20 @@ def main() -> int:
     parser.add_argument("--python", default=sys.executable, help="the venv's python")
     parser.add_argument("--lock", type=Path, default=Path("constraints.txt"))
     parser.add_argument("--print-args", action="store_true", help="print CMAKE_ARGS and exit")
+    parser.add_argument(
+        "--cpu-flags",
+        help="build for a CPU with these /proc/cpuinfo flags (space-separated) instead of this "
+        "one, e.g. the oldest CPU of a fleet that shares one build",
+    )
     opts = parser.parse_args()
 
-    try:
-        flags = cpu_flags(Path("/proc/cpuinfo").read_text())
-    except OSError:
-        flags = set()
+    if opts.cpu_flags is not None:
+        flags = set(opts.cpu_flags.split())
+    else:
+        try:
+            flags = cpu_flags(Path("/proc/cpuinfo").read_text())
+        except OSError:
+            flags = set()
     args = cmake_args(flags, platform.machine())
     if opts.print_args:
         print(" ".join(args))
