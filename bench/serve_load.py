@@ -349,6 +349,12 @@ def main() -> None:
         default="cuvee,llama_server,llama_cpp_server",
         help="which to run, comma-separated (cuvee, llama_server, llama_cpp_server)",
     )
+    parser.add_argument(
+        "--budget-min",
+        type=float,
+        default=None,
+        help="start no further run that the last run's duration says would end past this",
+    )
     parser.add_argument("--no-bare", action="store_true", help="skip the bare-engine figure")
     parser.add_argument("--quick", action="store_true", help="1 run, 64 tokens")
     args = parser.parse_args()
@@ -383,7 +389,7 @@ def main() -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     workdir = Path(tempfile.mkdtemp(prefix="serve-load-"))
     servers = build_servers(args, target.path, settings, workdir)
-    serial = 0
+    serial = completed = 0
     try:
         for server in servers:  # one after another, so loading does not compete
             print(f"starting {server.name}: {' '.join(server.cmd)}", flush=True)
@@ -394,7 +400,12 @@ def main() -> None:
             asyncio.run(level(server, warm[:1], 1, 8))
             asyncio.run(level(server, warm, PARALLEL, 8))
             server.runs = {n: [] for n in levels}
+        began, last = time.perf_counter(), 0.0
         for run in range(args.runs):
+            elapsed = time.perf_counter() - began
+            if run and args.budget_min and elapsed + last > args.budget_min * 60:
+                print(f"stopping after {run} runs: another would pass --budget-min", flush=True)
+                break
             shift = run % len(servers)
             order = servers[shift:] + servers[:shift]
             for n in levels:
@@ -414,6 +425,8 @@ def main() -> None:
                         f"{r['wall_s']:.1f} s), TTFT p50 {p50} s p95 {p95} s{errors}",
                         flush=True,
                     )
+            completed = run + 1
+            last = time.perf_counter() - began - elapsed
     finally:
         for server in servers:
             server.stop()
@@ -431,7 +444,7 @@ def main() -> None:
                 "runs_tokens_per_s": [round(r["tokens_per_s"], 1) for r in runs],
                 "token_sources": sorted({s for r in runs for s in r["token_sources"]}),
             }
-    print(f"\nmedians of {args.runs} runs:")
+    print(f"\nmedians of {completed} runs:")
     for name, by_level in summary.items():
         for n, s in by_level.items():
             print(
@@ -480,7 +493,7 @@ def main() -> None:
         "max_tokens": args.max_tokens,
         "prompts": len(PROMPTS),
         "single_requests": args.single_requests,
-        "runs": args.runs,
+        "runs": completed,
         "machine": machine,
     }
     print(json.dumps(figures))
