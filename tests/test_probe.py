@@ -114,6 +114,7 @@ def test_when_every_configuration_dies_the_error_names_the_signal_cpu_and_fix(
         open_engine("llamacpp", model, n_seq_max=1, n_ctx=64, n_threads=1)
     text = str(caught.value)
     assert "repack: signal SIGSEGV" in text and "plain: signal SIGILL" in text
+    assert "instructions this CPU lacks" in text
     cpu_model, _ = probe.cpu_description()
     assert cpu_model in text
     assert "llama_cpp_wheel.py" in text and "cuvee doctor" in text

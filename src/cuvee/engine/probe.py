@@ -50,8 +50,8 @@ SIMD_FLAGS = (
     "amx_bf16",
 )
 REBUILD_FIX = (
-    "rebuild llama-cpp-python for this CPU without AMX: `make setup` in a cuvee checkout "
-    '(scripts/llama_cpp_wheel.py), or CMAKE_ARGS="$(python3 scripts/llama_cpp_wheel.py '
+    "rebuild llama-cpp-python for this CPU's own features, AMX off: `make setup` in a cuvee "
+    'checkout (scripts/llama_cpp_wheel.py), or CMAKE_ARGS="$(python3 scripts/llama_cpp_wheel.py '
     '--print-args)" pip install --force-reinstall --no-cache-dir --no-binary llama-cpp-python '
     "llama-cpp-python"
 )
@@ -129,9 +129,14 @@ class Verdict:
         tried = ", ".join(f"{a.config}: {a.outcome}" for a in self.attempts)
         cpu = f"{self.cpu_model} ({' '.join(self.cpu_flags) or 'no AVX2'})"
         if not self.ok:
+            why = (
+                " (SIGILL: the build uses instructions this CPU lacks; it was built for another)"
+                if any(a.outcome == "signal SIGILL" for a in self.attempts)
+                else ""
+            )
             return (
                 f"llama.cpp {self.llama_cpp_version} crashes on this CPU in every configuration "
-                f"cuvee knows ({tried}); CPU: {cpu}"
+                f"cuvee knows ({tried}){why}; CPU: {cpu}"
             )
         if self.fell_back:
             failed = self.attempts[0]
