@@ -12,6 +12,7 @@ it in its ``finally``, since a stream cancelled before it starts never runs its 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import threading
@@ -139,11 +140,16 @@ class Formatter(Protocol):
 
 
 class EventPump:
-    """Events of blocking handles, delivered on the event loop as ``(choice index, event)``."""
+    """Events of blocking handles, delivered on the event loop as ``(choice index, event)``.
+
+    Events wait in a deque; a reader with nothing to read parks on one future that the next
+    event (or a timer) completes. ``asyncio.wait_for`` on a queue would make a task and a
+    timer for every token, which the loop pays for while llama.cpp wants both cores."""
 
     def __init__(self, handles: list[Handle]) -> None:
         self._loop = asyncio.get_running_loop()
-        self._queue: asyncio.Queue[tuple[int, Event]] = asyncio.Queue()
+        self._items: collections.deque[tuple[int, Event]] = collections.deque()
+        self._waiter: asyncio.Future[None] | None = None
         for index, handle in enumerate(handles):
             if hasattr(handle, "subscribe"):
                 # the engine's thread hands each event straight to the loop: no thread per stream
@@ -162,13 +168,28 @@ class EventPump:
 
     def _put(self, item: tuple[int, Event]) -> None:
         with contextlib.suppress(RuntimeError):  # a closed loop: nobody listens any more
-            self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
+            self._loop.call_soon_threadsafe(self._deliver, item)
+
+    def _deliver(self, item: tuple[int, Event]) -> None:
+        self._items.append(item)
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     async def get(self, timeout: float) -> tuple[int, Event] | None:
-        try:
-            return await asyncio.wait_for(self._queue.get(), timeout)
-        except TimeoutError:
-            return None
+        """The next event, or None after ``timeout`` seconds without one."""
+        if not self._items:
+            self._waiter = self._loop.create_future()
+            timer = self._loop.call_later(timeout, self._wake)
+            try:
+                await self._waiter
+            finally:
+                timer.cancel()
+                self._waiter = None
+        return self._items.popleft() if self._items else None
 
 
 class Generation:
@@ -209,11 +230,17 @@ class Generation:
         """Every event until all choices finish; stops early (cancelling the rest) if the
         client disconnects."""
         try:
+            checked = -DISCONNECT_POLL_S  # the first event is checked at once
             while not self.done:
                 item = await self._pump.get(DISCONNECT_POLL_S)
-                if await http.is_disconnected():
-                    self.client_gone = True
-                    return
+                # asking the server costs a cancel scope (and formatting a task's repr): once
+                # per poll interval, not per token, is as prompt for a client that left
+                now = time.monotonic()
+                if item is None or now - checked >= DISCONNECT_POLL_S:
+                    checked = now
+                    if await http.is_disconnected():
+                        self.client_gone = True
+                        return
                 if item is None:
                     continue
                 index, event = item
