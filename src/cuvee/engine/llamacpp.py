@@ -112,10 +112,12 @@ class LlamaCppEngine:
     token then attends over all cells in use, masked, so that mode is slower with many long
     sequences.
 
-    ``prefill_chunk`` bounds the prompt tokens added to a step while other sequences stream
-    (``prefill_seqs`` prompts at most); with nobody streaming a prompt goes in ``n_batch``
-    tokens at a time. ``loras`` maps names to GGUF LoRA files, chosen by ``Request.lora``.
-    ``chat_template`` is used when the GGUF carries none."""
+    ``prefill_chunk`` bounds the prompt tokens added to a step while other sequences stream;
+    with nobody streaming prompts go in ``n_batch`` tokens at a time. Waiting prompts share
+    that budget, oldest first, ``prefill_seqs`` of them at most (default: all): a burst of
+    short prompts is read in one step instead of one prompt a step, so the last of 16 clients
+    does not wait 15 steps for its first token. ``loras`` maps names to GGUF LoRA files,
+    chosen by ``Request.lora``. ``chat_template`` is used when the GGUF carries none."""
 
     name = "llamacpp"
 
@@ -127,7 +129,7 @@ class LlamaCppEngine:
         n_seq_max: int = 16,
         n_threads: int | None = None,
         prefill_chunk: int = 128,
-        prefill_seqs: int = 1,
+        prefill_seqs: int | None = None,
         n_batch: int = 512,
         kv_unified: bool = False,
         loras: Mapping[str, str | Path] | None = None,
@@ -137,6 +139,8 @@ class LlamaCppEngine:
         path = Path(model_path)
         if not path.is_file():
             raise ModelFileError(f"{path}: no such GGUF file")
+        if prefill_seqs is None:
+            prefill_seqs = n_seq_max
         if n_seq_max < 1 or prefill_chunk < 1 or prefill_seqs < 1:
             raise ConfigError("n_seq_max, prefill_chunk and prefill_seqs must be at least 1")
         self.model_path = path
