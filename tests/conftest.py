@@ -134,14 +134,12 @@ def build_tiny_spm_tokenizer(directory: Path) -> int:
     return len(tokens)
 
 
-@pytest.fixture(scope="session")
-def tiny_spm_gemma_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def build_tiny_spm_gemma(directory: Path, head_dim: int = 32) -> Path:
     """A 6-layer random Gemma 3 (five sliding-window layers, then a global one, as llama.cpp's
-    gemma3 expects) with a tokenizer llama.cpp can run: what GGUF export is tested on."""
+    gemma3 expects) with a tokenizer llama.cpp can run, saved in ``directory``."""
     import torch
     from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
-    directory = tmp_path_factory.mktemp("tiny-spm-gemma")
     vocab_size = build_tiny_spm_tokenizer(directory)
     torch.manual_seed(0)
     config = Gemma3TextConfig(
@@ -151,8 +149,8 @@ def tiny_spm_gemma_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         num_hidden_layers=6,
         num_attention_heads=2,
         num_key_value_heads=1,
-        head_dim=32,
-        query_pre_attn_scalar=32,
+        head_dim=head_dim,
+        query_pre_attn_scalar=head_dim,
         max_position_embeddings=256,
         sliding_window=8,
         pad_token_id=0,
@@ -166,6 +164,12 @@ def tiny_spm_gemma_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
                 p.normal_(0.0, 0.5)
     model.save_pretrained(directory)
     return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_spm_gemma_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny Gemma 3 that GGUF export is tested on (head_dim 32)."""
+    return build_tiny_spm_gemma(tmp_path_factory.mktemp("tiny-spm-gemma"))
 
 
 @pytest.fixture(scope="session")

@@ -29,36 +29,9 @@ def _assert_store_unchanged(store: ModelStore, names: list[str]) -> None:
 def gemma_256_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 6-layer random Gemma 3 whose head_dim is 256: the query scaling transformers' GGUF
     loader assumes for gemma3 (it reads no query_pre_attn_scalar), as in gemma3-270m."""
-    import torch
-    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+    from conftest import build_tiny_spm_gemma
 
-    from conftest import build_tiny_spm_tokenizer
-
-    directory = tmp_path_factory.mktemp("gemma-256")
-    vocab_size = build_tiny_spm_tokenizer(directory)
-    torch.manual_seed(0)
-    config = Gemma3TextConfig(
-        vocab_size=vocab_size,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=6,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        head_dim=256,
-        query_pre_attn_scalar=256,
-        max_position_embeddings=256,
-        sliding_window=8,
-        pad_token_id=0,
-        eos_token_id=1,
-        bos_token_id=2,
-    )
-    model = Gemma3ForCausalLM(config)
-    with torch.no_grad():  # random norms make every layer matter to the output
-        for name, p in model.named_parameters():
-            if name.endswith("norm.weight"):
-                p.normal_(0.0, 0.5)
-    model.save_pretrained(directory)
-    return directory
+    return build_tiny_spm_gemma(tmp_path_factory.mktemp("gemma-256"), head_dim=256)
 
 
 def _exported_gguf(model_dir: Path, quant: str, out_dir: Path) -> Path:
