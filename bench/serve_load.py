@@ -215,7 +215,10 @@ async def level(server: Server, prompts: list[str], clients: int, max_tokens: in
     for prompt in prompts:
         queue.put_nowait(prompt)
     results: list[dict] = []
-    limits = httpx.Limits(max_connections=clients + 4, max_keepalive_connections=clients + 4)
+    # A fresh connection per request: llama-server closes a kept-alive connection after a few
+    # requests, and a client that reuses it just then gets "Server disconnected" (2 of 16
+    # requests at 1 client); a loopback connect costs well under a millisecond.
+    limits = httpx.Limits(max_connections=clients + 4, max_keepalive_connections=0)
     async with httpx.AsyncClient(timeout=600, limits=limits) as client:
 
         async def worker() -> None:
