@@ -55,3 +55,14 @@ class Scripted:
     def __call__(self, messages: list[dict]) -> str:
         self.calls.append(messages)
         return self.answer
+
+
+def split_sample(tmp_path: Path) -> tuple[Path, Path]:
+    """The sample documents in two folders of three."""
+    folder = copy_sample(tmp_path / "handbook")
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.mkdir()
+    second.mkdir()
+    for n, path in enumerate(sorted(folder.iterdir())):
+        path.rename((first if n % 2 else second) / path.name)
+    return first, second

@@ -81,3 +81,28 @@ def uvicorn_in_thread(app):
     finally:
         uv.should_exit = True
         thread.join(timeout=30)
+
+
+def train_recipe_file(tmp_path: Path, data: Path, **knobs) -> Path:
+    """A short LoRA run of the store's tiny model on ``data``, checkpointing every 2 steps,
+    written as a recipe YAML for `cuvee train` in a child process; ``knobs`` override."""
+    import yaml
+
+    recipe = {
+        "base": "tiny",
+        "data": [str(data)],
+        "name": "tuned",
+        "seq_len": 48,
+        "batch_size": 2,
+        "lr": 0.01,
+        "max_steps": 6,
+        "epochs": 100,
+        "eval_split": "none",
+        "save_every": 2,
+        "precision": "fp32",
+        "seed": 3,
+        **knobs,
+    }
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path

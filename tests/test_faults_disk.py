@@ -19,12 +19,11 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
 from cuvee.errors import CuveeError
 from cuvee.store import sha256_file, verify_files
 from cuvee.train import checkpoint as ckpt
-from helpers import run_cli, store_tiny, write_data
+from helpers import run_cli, store_tiny, train_recipe_file, write_data
 
 
 def no_space(path: object) -> OSError:
@@ -55,27 +54,6 @@ def file_size_limit(limit: int) -> Iterator[None]:
 # -- checkpoints ----------------------------------------------------------------------------
 
 
-def _recipe_file(tmp_path: Path, data: Path, **knobs) -> Path:
-    recipe = dict(
-        base="tiny",
-        data=[str(data)],
-        name="tuned",
-        seq_len=48,
-        batch_size=2,
-        lr=0.01,
-        max_steps=6,
-        epochs=100,
-        eval_split="none",
-        save_every=2,
-        precision="fp32",
-        seed=3,
-        **knobs,
-    )
-    path = tmp_path / "recipe.yaml"
-    path.write_text(yaml.safe_dump(recipe))
-    return path
-
-
 def test_disk_full_while_writing_a_checkpoint_keeps_the_previous_one_and_resume_works(
     tiny_gemma_dir: Path, tmp_path: Path, capsys, monkeypatch
 ) -> None:
@@ -86,7 +64,7 @@ def test_disk_full_while_writing_a_checkpoint_keeps_the_previous_one_and_resume_
     from cuvee.train.sft import find_run
 
     settings, store = store_tiny(tiny_gemma_dir)
-    recipe = _recipe_file(tmp_path, write_data(tmp_path / "train.jsonl"))
+    recipe = train_recipe_file(tmp_path, write_data(tmp_path / "train.jsonl"))
     real_save = torch.save
 
     def save_until_full(obj, path, *args, **kwargs):

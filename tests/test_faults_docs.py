@@ -17,20 +17,9 @@ import pytest
 
 from cuvee.docs import index
 from cuvee.docs.ingest import ingest, reindex
-from docs_fakes import HashingBackend, copy_sample
+from docs_fakes import HashingBackend, copy_sample, split_sample
 from helpers import run_cli
 from test_faults_kill import CHILD_TIMEOUT_S, DOCS_CHILD, child, index_state, wait_for
-
-
-def split_sample(tmp_path: Path) -> tuple[Path, Path]:
-    """The sample documents in two folders of three."""
-    folder = copy_sample(tmp_path / "handbook")
-    first, second = tmp_path / "first", tmp_path / "second"
-    first.mkdir()
-    second.mkdir()
-    for n, path in enumerate(sorted(folder.iterdir())):
-        path.rename((first if n % 2 else second) / path.name)
-    return first, second
 
 
 def finished(proc: subprocess.Popen) -> tuple[int, str]:

@@ -23,8 +23,8 @@ import pytest
 
 from cuvee.config import load_settings
 from cuvee.store import ModelStore, verify_files
-from docs_fakes import copy_sample
-from helpers import run_cli, store_tiny, write_data
+from docs_fakes import split_sample
+from helpers import run_cli, store_tiny, train_recipe_file, write_data
 
 TESTS = Path(__file__).parent
 CHILD_TIMEOUT_S = 300
@@ -144,7 +144,6 @@ def test_kill_9_of_train_after_a_checkpoint_then_resume_matches_an_uninterrupted
     """SIGKILL of `cuvee train` once a checkpoint is on disk: the killed run registered no
     model, and `cuvee train --resume` ends with the per-step losses of an uninterrupted run of
     the same seed (dropout on, so the random states must carry over too)."""
-    import yaml
 
     from cuvee.train import sft
     from cuvee.train.recipe import build_recipe
@@ -152,26 +151,8 @@ def test_kill_9_of_train_after_a_checkpoint_then_resume_matches_an_uninterrupted
     settings, store = store_tiny(tiny_gemma_dir)
     data = write_data(tmp_path / "train.jsonl", n=60)
     steps = 16
-    recipe_path = tmp_path / "recipe.yaml"
-    recipe_path.write_text(
-        yaml.safe_dump(
-            dict(
-                base="tiny",
-                data=[str(data)],
-                name="tuned",
-                seq_len=48,
-                batch_size=2,
-                lr=0.01,
-                max_steps=steps,
-                epochs=100,
-                eval_split="none",
-                save_every=2,
-                keep_checkpoints=2,
-                lora_dropout=0.1,
-                precision="fp32",
-                seed=7,
-            )
-        )
+    recipe_path = train_recipe_file(
+        tmp_path, data, max_steps=steps, keep_checkpoints=2, lora_dropout=0.1, seed=7
     )
 
     def checkpointed() -> bool:
@@ -360,12 +341,7 @@ def test_kill_9_during_docs_add_leaves_the_index_as_before_and_a_rerun_completes
     at several delays: the index passes PRAGMA integrity_check and FTS5's own check, holds
     exactly the documents it held before, each with all its chunks once, and the same command
     run again adds the new documents."""
-    folder = copy_sample(tmp_path / "handbook")
-    first, second = tmp_path / "first", tmp_path / "second"
-    first.mkdir()
-    second.mkdir()
-    for n, path in enumerate(sorted(folder.iterdir())):
-        path.rename((first if n % 2 else second) / path.name)
+    first, second = split_sample(tmp_path)
     database = isolated_home / "docs" / "hb.sqlite"
     with child(["docs", "add", "hb", str(first)], tmp_path, code=DOCS_CHILD) as proc:
         _, err = proc.communicate(timeout=CHILD_TIMEOUT_S)
