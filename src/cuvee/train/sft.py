@@ -450,6 +450,36 @@ def train(
     """Run (or resume) a training run and register the model when it completes.
 
     ``stop_after_step`` stops as a Ctrl-C would, after that step (used to test resume)."""
+    distributed = torch.distributed.is_available()
+    had_group = distributed and torch.distributed.is_initialized()
+    try:
+        return _train(
+            settings,
+            recipe,
+            display=display,
+            resume_dir=resume_dir,
+            replace=replace,
+            stop_after_step=stop_after_step,
+            on_step=on_step,
+        )
+    finally:
+        # A process group this run opened is closed by it: left to the interpreter's exit,
+        # gloo's threads were sometimes torn down running ("terminate called without an
+        # active exception", SIGABRT in one rank of an accelerate-launched FSDP run).
+        if distributed and not had_group and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+def _train(
+    settings: Settings,
+    recipe: Recipe,
+    *,
+    display: Display | None,
+    resume_dir: Path | None,
+    replace: bool,
+    stop_after_step: int | None,
+    on_step: Callable[[int, dict[str, Any]], None] | None,
+) -> RunResult:
     display = display or SilentDisplay()
     dist = Dist.from_env()
     parallel = choose_parallel(dist.world)
