@@ -5,6 +5,8 @@ context errors, the embedded chat template, chunked prefill, LoRA per request, g
 from __future__ import annotations
 
 import json
+import queue
+import threading
 from pathlib import Path
 
 import llama_cpp
@@ -128,6 +130,48 @@ def test_a_full_cache_preempts_the_newest_without_changing_any_output(tiny_gguf)
         n_prompt = [len(eng.prompt_tokens(Request(prompt=PROMPTS[i]))) for i in range(4)]
     assert [c.token_ids for c in together] == alone
     assert [c.finished.prompt_tokens for c in together] == n_prompt
+
+
+def _hold_scheduler(eng) -> threading.Event:
+    """Make the engine's scheduler wait until the returned event is set before it takes its
+    next requests, so requests submitted meanwhile all arrive in one step."""
+    gate = threading.Event()
+
+    class Gated(queue.Queue):
+        def get(self, block=True, timeout=None):
+            gate.wait()
+            return super().get(block, timeout)
+
+    old, eng._inbox = eng._inbox, Gated()
+    old.put(object())  # wakes the scheduler from the old queue; its next read waits at the gate
+    return gate
+
+
+@pytest.mark.parametrize("unified", [False, True])
+def test_prompts_read_in_one_step_are_padded_without_changing_any_output(
+    tiny_gguf, unified
+) -> None:
+    """Four prompts of different lengths read in one step: with a KV stream per sequence their
+    chunks are right-padded to one length (fewer, larger llama.cpp ubatches), and every request
+    still gets exactly its tokens alone; a unified cache needs no padding and gets none."""
+    prompts = ["hello", "the answer to", "a model of the world", "world, hello. the"]
+    params = [greedy(12) if i % 2 == 0 else sampled(seed=40 + i) for i in range(4)]
+    with open_engine(
+        "llamacpp", tiny_gguf, n_seq_max=4, n_ctx=1024, n_threads=2, kv_unified=unified
+    ) as eng:
+        alone = [run(eng, p, sp).token_ids for p, sp in zip(prompts, params, strict=True)]
+        lengths = {len(eng.prompt_tokens(Request(prompt=p))) for p in prompts}
+        assert len(lengths) > 1
+        before = dict(eng.stats)
+        gate = _hold_scheduler(eng)
+        handles = [eng.submit(Request(prompt=p, params=sp)) for p, sp in zip(prompts, params)]
+        gate.set()
+        together = [h.collect() for h in handles]
+        padded = eng.stats["pad_tokens"] - before["pad_tokens"]
+        first_steps = eng.stats["steps"] - before["steps"]
+    assert [c.token_ids for c in together] == alone
+    assert first_steps == 12  # the four prompts were read in one step, then 11 decode steps
+    assert (padded > 0) != unified
 
 
 def test_same_seed_same_text_other_seed_other_text(engine) -> None:

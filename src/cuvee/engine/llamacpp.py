@@ -37,6 +37,7 @@ from cuvee.engine.base import (
     penalty_window,
     top_logprobs,
 )
+from cuvee.engine.layout import Feed, plan_padding
 from cuvee.engine.probe import engine_verdict
 from cuvee.errors import ConfigError, ModelFileError
 from cuvee.native import captured_stderr
@@ -189,6 +190,17 @@ class LlamaCppEngine:
         if self.n_ctx_train > 0:
             self._context_length = min(self._context_length, self.n_ctx_train)
         self._memory = llama.llama_get_memory(self._ctx)
+        # Prompt chunks are right-padded to equal lengths (engine.layout) only where that is
+        # exact: KV streams of their own (a unified cache is split without such cuts), pure
+        # attention (a recurrent state cannot drop the pads), and positions inside the
+        # sliding window, so no padding pushes a real token's cells out of it.
+        recurrent = llama.llama_model_is_recurrent(self._model) or llama.llama_model_is_hybrid(
+            self._model
+        )
+        n_swa = llama.llama_model_n_swa(self._model)
+        self._pad_limit = 0 if kv_unified or recurrent else self._context_length
+        if n_swa > 0:
+            self._pad_limit = min(self._pad_limit, n_swa)
         for lora_name, lora_path in (loras or {}).items():
             try:
                 self._adapters[lora_name] = self._load_lora(lora_name, lora_path)
@@ -209,6 +221,7 @@ class LlamaCppEngine:
             "tokens": 0,
             "max_batch": 0,
             "preemptions": 0,
+            "pad_tokens": 0,
         }
         self._inbox: queue.Queue[Any] = queue.Queue()
         # Held by submit and close: no request is queued after the scheduler stopped reading
@@ -554,11 +567,17 @@ class LlamaCppEngine:
 
     def _plan(self, group: str | None) -> list[tuple[_Sequence, int]]:
         """(sequence, tokens to feed) for this step: one for each decoding sequence, then
-        prompt chunks; a chunk while others stream, up to the whole batch when none do."""
+        prompt chunks. While at least as many sequences stream as prompts wait, they share a
+        chunk of ``prefill_chunk`` tokens (a long prompt does not stall the streams); else
+        they fill the batch (sixteen clients arriving at once wait one step, not three)."""
         members = [s for s in self._active if s.request.lora == group]
         plan = [(s, 1) for s in members if s.next_token is not None]
-        budget = self.prefill_chunk if plan else self.n_batch
-        for seq in [s for s in members if s.prefilling][: self.prefill_seqs]:
+        prefilling = [s for s in members if s.prefilling][: self.prefill_seqs]
+        if plan and len(plan) >= len(prefilling):
+            budget = self.prefill_chunk
+        else:
+            budget = self.n_batch - len(plan)
+        for seq in prefilling:
             if budget <= 0:
                 break
             take = min(budget, len(seq.tokens) - seq.n_prefilled)
@@ -580,24 +599,26 @@ class LlamaCppEngine:
         self._use_adapter(group)
         # ascending seq ids: llama.cpp cuts a batch that is not into more, slower ubatches
         plan.sort(key=lambda item: item[0].seq_id)
+        pads = self._padding(plan)
         batch = self._batch
         outputs: list[tuple[_Sequence, int]] = []
         n = 0
-        for seq, take in plan:
+        for (seq, take), pad in zip(plan, pads, strict=True):
             if seq.next_token is not None:
                 tokens, start = [seq.next_token], seq.n_past
             else:
                 tokens, start = seq.tokens[seq.n_prefilled : seq.n_prefilled + take], seq.n_past
             last = seq.next_token is not None or seq.n_prefilled + take == len(seq.tokens)
-            for i, token in enumerate(tokens):
+            if last:
+                outputs.append((seq, n + len(tokens) - 1))
+            # pads repeat the last token after it: no real token attends to them
+            for i, token in enumerate(tokens + tokens[-1:] * pad):
                 batch.token[n] = token
                 batch.pos[n] = start + i
                 batch.n_seq_id[n] = 1
                 batch.seq_id[n][0] = seq.seq_id
                 batch.logits[n] = last and i == len(tokens) - 1
                 n += 1
-            if last:
-                outputs.append((seq, n - 1))
         batch.n_tokens = n
         rc = llama.llama_decode(self._ctx, batch)
         stats = self.stats
@@ -613,13 +634,19 @@ class LlamaCppEngine:
             for seq, _ in plan:
                 self._end(seq, "error", error=f"llama_decode failed ({reason}, code {rc})")
             return
-        for seq, take in plan:
+        for (seq, take), pad in zip(plan, pads, strict=True):
             if seq.next_token is not None:
                 seq.next_token = None
             else:
                 seq.n_prefilled += take
                 stats["prefill_chunks"] += 1
             seq.n_past += take
+            if pad:
+                if not llama.llama_memory_seq_rm(self._memory, seq.seq_id, seq.n_past, -1):
+                    raise EngineError(
+                        f"llama.cpp could not drop the padding of sequence {seq.seq_id}"
+                    )
+                stats["pad_tokens"] += pad
         for seq, idx in outputs:
             if seq.argmax:
                 # what llama.cpp's greedy sampler returns (the first maximum), at a tenth of its
@@ -629,6 +656,21 @@ class LlamaCppEngine:
                 token = llama.llama_sampler_sample(seq.sampler, self._ctx, idx)
             n = seq.request.params.logprobs
             self._accept(seq, token, None if n is None else self._logprob(idx, token, n))
+
+    def _padding(self, plan: list[tuple[_Sequence, int]]) -> list[int]:
+        """Pad tokens after each prompt chunk of a step (engine.layout): only steps that
+        read two prompts or more can gain, and only chunks inside the padding limit pad."""
+        if not self._pad_limit or sum(seq.next_token is None for seq, _ in plan) < 2:
+            return [0] * len(plan)
+        feeds = [
+            Feed(
+                seq.seq_id,
+                take,
+                0 if seq.next_token is not None else max(0, self._pad_limit - seq.n_past - take),
+            )
+            for seq, take in plan
+        ]
+        return plan_padding(feeds, self.n_batch, self.n_batch)
 
     def _logprob(self, idx: int, token: int, n: int) -> TokenLogprob:
         """The sampled token's log-probability under the model (raw logits of output ``idx``;
