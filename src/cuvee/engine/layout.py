@@ -28,7 +28,7 @@ UBATCH_OVERHEAD = 10
 @dataclass(frozen=True)
 class Feed:
     """One sequence's tokens in a step: its id, how many real tokens, and how many pad tokens
-    it may take at most (0 for a decoding sequence or where padding is unsafe)."""
+    it may take at most (0 where padding is unsafe)."""
 
     seq_id: int
     n: int

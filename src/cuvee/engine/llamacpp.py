@@ -518,18 +518,25 @@ class LlamaCppEngine:
 
     def _admit(self) -> None:
         """Give free slots to waiting requests, first come first served. With a unified cache
-        a request also waits until the cells its prompt needs are not promised to others."""
-        while self._waiting and self._free_ids:
+        a request also waits until the cells its prompt needs are not promised to others.
+        Requests admitted together get their ids in the order of their prompts' lengths, so
+        llama.cpp's per-stream split (engine.layout) cuts their prompts into fewer ubatches."""
+        admitted: list[_Sequence] = []
+        while self._waiting and len(admitted) < len(self._free_ids):
             seq = self._waiting[0]
             if self.kv_unified:
-                promised = sum(max(a.n_past, len(a.tokens)) + 1 for a in self._active)
+                running = [*self._active, *admitted]
+                promised = sum(max(a.n_past, len(a.tokens)) + 1 for a in running)
                 # headroom for the running ones to grow, so admission does not cause at once
                 # the preemption that undoes it
-                if promised + len(seq.tokens) + self.n_ctx // 16 > self.n_ctx and self._active:
+                if promised + len(seq.tokens) + self.n_ctx // 16 > self.n_ctx and running:
                     break  # no overtaking: a long prompt is not starved by short ones
-            self._waiting.popleft()
-            seq.seq_id = heapq.heappop(self._free_ids)
-            self._active.append(seq)
+            admitted.append(self._waiting.popleft())
+        ids = sorted(heapq.heappop(self._free_ids) for _ in admitted)
+        by_length = sorted(admitted, key=lambda s: len(s.tokens) - s.n_prefilled)
+        for seq, seq_id in zip(by_length, ids, strict=True):
+            seq.seq_id = seq_id
+        self._active.extend(admitted)
 
     def _preempt(self, seq: _Sequence) -> None:
         """Free a sequence's cells for older ones; it goes back to the head of the queue and
@@ -658,15 +665,16 @@ class LlamaCppEngine:
             self._accept(seq, token, None if n is None else self._logprob(idx, token, n))
 
     def _padding(self, plan: list[tuple[_Sequence, int]]) -> list[int]:
-        """Pad tokens after each prompt chunk of a step (engine.layout): only steps that
-        read two prompts or more can gain, and only chunks inside the padding limit pad."""
+        """Pad tokens after each sequence's tokens in a step (engine.layout): only steps that
+        read two prompts or more can gain, and only positions inside the padding limit pad.
+        A decoding sequence may pad too (its one token then joins the prompts' ubatch)."""
         if not self._pad_limit or sum(seq.next_token is None for seq, _ in plan) < 2:
             return [0] * len(plan)
         feeds = [
             Feed(
                 seq.seq_id,
                 take,
-                0 if seq.next_token is not None else max(0, self._pad_limit - seq.n_past - take),
+                max(0, self._pad_limit - seq.n_past - take),
             )
             for seq, take in plan
         ]
