@@ -174,6 +174,31 @@ def test_prompts_read_in_one_step_are_padded_without_changing_any_output(
     assert (padded > 0) != unified
 
 
+def test_a_burst_counted_as_arriving_is_read_in_one_step(tiny_gguf) -> None:
+    """With the server counting requests on their way, the scheduler woken by the first waits
+    for the second and reads both prompts in its first step; with nothing counted, it starts
+    on the first alone."""
+    with open_engine("llamacpp", tiny_gguf, n_seq_max=4, n_ctx=1024, n_threads=2) as eng:
+        eng.gather_s = 60.0  # bounded by the count here, not by time
+        on_the_way = [0]
+        eng.set_arrivals(lambda: on_the_way[0])
+        for counted in (True, False):
+            before = eng.stats["steps"]
+            on_the_way[0] = 2 if counted else 0
+            first = eng.submit(Request(prompt="hello", params=greedy(3)))
+            on_the_way[0] -= 1 if counted else 0
+            if not counted:
+                assert isinstance(next(iter(first)), TokenEvent)  # it started alone
+            second = eng.submit(Request(prompt="the answer to", params=greedy(3)))
+            on_the_way[0] = 0
+            assert [first.collect().finished.reason, second.collect().finished.reason] == [
+                "length"
+            ] * 2
+            steps = eng.stats["steps"] - before
+            # together: one step reads both prompts, then 2 decode steps; apart: at least 4
+            assert steps == 3 if counted else steps >= 4
+
+
 def test_same_seed_same_text_other_seed_other_text(engine) -> None:
     a = run(engine, "hello world", sampled(seed=7, max_tokens=24))
     b = run(engine, "hello world", sampled(seed=7, max_tokens=24))

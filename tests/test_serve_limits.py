@@ -26,6 +26,33 @@ def served():
     client = TestClient(app)
     yield client, fakes
     assert chat(client).status_code == 200, "the server stopped answering"
+    # refused or served, every request stopped counting as arriving (an engine gathering a
+    # burst would otherwise wait its full delay before every first step)
+    assert client.app.state.cuvee.arrivals.count("fake") == 0
+
+
+def test_an_engine_is_told_of_requests_still_on_their_way() -> None:
+    """The server counts each request from its arrival to its submission and hands engines
+    that can gather a burst the count: a request being submitted counts itself."""
+    app, fakes = make_app()
+    client = TestClient(app)
+    seen: list[int] = []
+    counts = []
+
+    assert chat(client).status_code == 200  # opens the engine
+    engine = fakes.opened["fake"]
+    submit = engine.submit
+
+    def counting_submit(request):
+        seen.append(counts[-1]())
+        return submit(request)
+
+    engine.submit = counting_submit
+    engine.set_arrivals = counts.append
+    assert chat(client).status_code == 200
+    assert chat(client, n=2).status_code == 200
+    assert seen[:1] == [1] and seen[1:] == [1, 1]
+    assert app.state.cuvee.arrivals.count("fake") == 0
 
 
 def big_chat_body(size: int) -> bytes:

@@ -16,7 +16,8 @@ import heapq
 import os
 import queue
 import threading
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,8 @@ def _keep_log(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
 
 _BACKEND_READY = False
 _DEFAULT_SEQ_CTX = 2048  # tokens a sequence may hold when n_ctx is not given
+# How long a scheduler waking for one request waits, at most, for others of the same burst.
+GATHER_S = 0.03
 
 
 def _native_tail() -> str:
@@ -224,6 +227,8 @@ class LlamaCppEngine:
             "pad_tokens": 0,
         }
         self._inbox: queue.Queue[Any] = queue.Queue()
+        self._arrivals: Callable[[], int] | None = None
+        self.gather_s = GATHER_S
         # Held by submit and close: no request is queued after the scheduler stopped reading
         # (its handle would never finish), and the model is not freed under a tokenizer.
         self._lock = threading.RLock()
@@ -269,6 +274,14 @@ class LlamaCppEngine:
             )
             self._inbox.put(seq)
         return seq.handle
+
+    def set_arrivals(self, count: Callable[[], int]) -> None:
+        """``count()`` tells how many requests are on their way to this engine (a server's,
+        between arrival and submit). The scheduler, woken from idle by one request, then waits
+        (up to ``gather_s``) while others are coming and reads all their prompts in one step:
+        sixteen clients arriving together get their first tokens after one prefill, not after
+        the first client's own step and then one for the rest."""
+        self._arrivals = count
 
     def load_adapter(self, name: str, path: str | Path) -> None:
         """Add a GGUF LoRA adapter while the engine runs (the server loads each BASE:ADAPTER
@@ -507,7 +520,29 @@ class LlamaCppEngine:
                 return False
             if isinstance(item, _Sequence):
                 self._waiting.append(item)
+                if idle:
+                    self._gather()
             idle = False
+
+    def _gather(self) -> None:
+        """Wait, while the server counts requests on their way, for them to arrive."""
+        count = self._arrivals
+        if count is None:
+            return
+        deadline = time.monotonic() + self.gather_s
+        while count() > 0:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            try:
+                item = self._inbox.get(timeout=min(left, 0.002))
+            except queue.Empty:
+                continue
+            if item is _CLOSE:
+                self._inbox.put(_CLOSE)  # read again by _receive, which stops
+                return
+            if isinstance(item, _Sequence):
+                self._waiting.append(item)
 
     def _drop_cancelled(self) -> None:
         for seq in [s for s in self._waiting if s.handle.cancelled]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import json
 import threading
 import time
@@ -332,13 +333,20 @@ async def start(
     n = len(plan.requests)
     state.capacity.take(n)
     limiter = engine_limiter(state)
+    state.arrivals.enter(model)
     try:
         engine = await anyio.to_thread.run_sync(acquire_engine, state, model, limiter=limiter)
     except BaseException:
+        state.arrivals.leave(model)
         state.capacity.give(n)
         raise
+    hook = getattr(engine, "set_arrivals", None)
+    if hook is not None:
+        hook(functools.partial(state.arrivals.count, model))
     try:
-        handles = await anyio.to_thread.run_sync(_submit_all, state, engine, plan, limiter=limiter)
+        handles = await anyio.to_thread.run_sync(
+            _submit_all, state, engine, plan, model, limiter=limiter
+        )
     except BaseException:
         state.capacity.give(n)
         state.registry.release(model)
@@ -367,8 +375,10 @@ def acquire_engine(state: ServerState, model: str) -> Engine:
         raise errors.server_error(f"model '{model}' could not be loaded: {exc}") from exc
 
 
-def _submit_all(state: ServerState, engine: Engine, plan: Plan) -> list[Handle]:
-    """Fit ``max_tokens`` to the context, then submit; on any refusal cancel what went in."""
+def _submit_all(state: ServerState, engine: Engine, plan: Plan, model: str) -> list[Handle]:
+    """Fit ``max_tokens`` to the context, then submit; on any refusal cancel what went in.
+    The request stops counting as arriving once submitted (or refused), from this thread, so
+    an engine gathering a burst knows at once."""
     handles: list[Handle] = []
     lengths: dict[int, int] = {}
     try:
@@ -381,6 +391,8 @@ def _submit_all(state: ServerState, engine: Engine, plan: Plan) -> list[Handle]:
         for handle in handles:
             handle.cancel()
         raise _as_api_error(exc, plan) from exc
+    finally:
+        state.arrivals.leave(model)
     return handles
 
 

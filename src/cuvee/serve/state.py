@@ -3,6 +3,7 @@ globals), so tests can build as many independent apps as they like."""
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +33,32 @@ class Capacity:
         self.used = max(0, self.used - n)
 
 
+class Arrivals:
+    """Requests between their arrival and their submission to an engine, per model. An engine
+    that wakes for the first request of a burst waits for the others counted here and reads
+    all their prompts in one step (``set_arrivals`` of the llama.cpp engine), instead of
+    starting on the first alone while the rest are still being parsed."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: dict[str, int] = {}
+
+    def enter(self, model: str) -> None:
+        with self._lock:
+            self._counts[model] = self._counts.get(model, 0) + 1
+
+    def leave(self, model: str) -> None:
+        with self._lock:
+            left = self._counts.get(model, 0) - 1
+            if left > 0:
+                self._counts[model] = left
+            else:
+                self._counts.pop(model, None)
+
+    def count(self, model: str) -> int:
+        return self._counts.get(model, 0)
+
+
 @dataclass
 class ServerState:
     settings: Any
@@ -49,4 +76,5 @@ class ServerState:
     preload_error: str | None = ""
     # set on a shutdown signal: new work gets 503, open streams finish (see serve.drain)
     draining: bool = False
+    arrivals: Arrivals = field(default_factory=Arrivals)
     extra: dict[str, Any] = field(default_factory=dict)
