@@ -112,11 +112,24 @@ def test_docs_eval_prints_metrics(capsys, folder, monkeypatch) -> None:
     assert run_cli(capsys, "docs", "add", "hb", str(folder))[0] == 0
     scripted(monkeypatch, "The documents do not say.")
     qa = Path(str(SAMPLE / "qa.jsonl"))
-    code, out, err = run_cli(capsys, "docs", "eval", "hb", str(qa), "--json", "--limit", "6")
+    args = ["docs", "eval", "hb", str(qa), "--limit", "6", "--baselines", "extractive"]
+    code, out, err = run_cli(capsys, *args, "--json")
     assert code == 0, err
     metrics = json.loads(out)["metrics"]
-    assert metrics["questions"] == 6 and metrics["answer_accuracy"] == 0.0
-    assert metrics["abstentions"] == 6 and metrics["retrieval_hit_at_5"] is not None
+    assert set(metrics) == {"cuvee", "extractive"}
+    ours = metrics["cuvee"]["all"]
+    assert ours["questions"] == 6 and ours["retrieval_hit_at_5"] is not None
+    # a model that always abstains: the questions the passages answer are answered by
+    # their best passage, quoted; answer rate, accuracy and abstention figures side by side
+    assert ours["quote_share"] in (1.0, None)
+    for key in ("answer_rate", "answer_accuracy", "answer_precision", "abstention_recall"):
+        assert key in ours and key in metrics["extractive"]["all"]
+    assert metrics["extractive"]["all"]["answer_rate"] == 1.0
+    code, out, err = run_cli(capsys, *args)
+    assert code == 0, err
+    assert "cuvee extractive" in " ".join(out.split()) and "answer_precision" in out
+    code, _, err = run_cli(capsys, "docs", "eval", "hb", str(qa), "--baselines", "oracle")
+    assert code == 2 and "not a baseline" in err
 
 
 @pytest.fixture
@@ -140,11 +153,11 @@ def test_a_context_too_small_for_any_passage_is_a_clear_error(
     assert code == 1 and "context of 256 tokens" in err and "--chunk-size" in err
 
 
-def test_ask_with_a_real_tiny_model_abstains_on_noise(
+def test_ask_with_a_real_tiny_model_never_presents_noise(
     capsys, folder, long_context_tiny: Path
 ) -> None:
     """A random tiny model through the llama.cpp engine: whatever it writes is checked, and
-    noise is never presented as an answer."""
+    noise is never presented as an answer: the answer is the passage that answers, quoted."""
     pytest.importorskip("llama_cpp")
     store_tiny(long_context_tiny, name="tg")
     assert run_cli(capsys, "docs", "add", "hb", str(folder))[0] == 0
@@ -153,8 +166,12 @@ def test_ask_with_a_real_tiny_model_abstains_on_noise(
     )
     assert code == 0, err
     result = json.loads(out)
-    assert result["model"] == "tg" and result["generated"] != ""
-    assert result["abstained"] is True and result["citations"] == []
+    assert result["model"] == "tg" and result["generated"] != ""  # the model did write
+    assert result["abstained"] is False and result["wording"] == "quote"
+    (cite,) = result["citations"]
+    assert "probation" in cite["quote"].lower()
+    source = Path(cite["doc"]).read_text(encoding="utf-8")
+    assert source[cite["start"] : cite["end"]] == cite["quote"]
 
 
 def test_a_folder_with_nothing_to_index_creates_no_collection(

@@ -164,7 +164,9 @@ def test_prompts_read_in_one_step_are_padded_without_changing_any_output(
         assert len(lengths) > 1
         before = dict(eng.stats)
         gate = _hold_scheduler(eng)
-        handles = [eng.submit(Request(prompt=p, params=sp)) for p, sp in zip(prompts, params)]
+        handles = [
+            eng.submit(Request(prompt=p, params=sp)) for p, sp in zip(prompts, params, strict=True)
+        ]
         gate.set()
         together = [h.collect() for h in handles]
         padded = eng.stats["pad_tokens"] - before["pad_tokens"]

@@ -131,15 +131,29 @@ def test_a_supported_answer_comes_back_with_verbatim_citations(docs_home: Path) 
     assert QUESTION in messages[-1]["content"] and "Sources:" in messages[-1]["content"]
 
 
-def test_an_unsupported_answer_abstains(docs_home: Path) -> None:
+def test_an_unsupported_draft_is_replaced_by_the_passage_that_answers(docs_home: Path) -> None:
     served = Served(docs_home, UNSUPPORTED)
     r = served.chat()
     assert r.status_code == 200, r.text
     body = r.json()
-    assert body["abstained"] is True and body["citations"] == []
-    assert body["abstain_reason"] == "no supported sentence"
     content = body["choices"][0]["message"]["content"]
-    assert content.startswith("The documents do not say") and "swimming" not in content
+    assert body["abstained"] is False and body["wording"] == "quote"
+    assert "27 days" in content and "swimming" not in content
+    assert_verbatim(body["citations"])
+
+
+def test_a_question_the_passages_do_not_answer_abstains_without_the_model(
+    docs_home: Path,
+) -> None:
+    served = Served(docs_home, SUPPORTED)
+    question = "Combien de places de parking le bureau de Lyon possède-t-il ?"
+    r = served.chat(messages=[{"role": "user", "content": question}])
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["abstained"] is True and body["citations"] == [] and body["language"] == "fr"
+    assert body["abstain_reason"]
+    assert body["choices"][0]["message"]["content"].startswith("Les documents ne le disent pas")
+    assert served.scripted.calls == []
 
 
 def test_collection_and_k_in_the_body_with_any_chat_model(docs_home: Path) -> None:
@@ -150,7 +164,8 @@ def test_collection_and_k_in_the_body_with_any_chat_model(docs_home: Path) -> No
     ((model, params),) = served.asked
     assert model == "other" and params.temperature == 0.7 and params.max_tokens == 40
     (messages,) = served.scripted.calls
-    assert "[2]" in messages[-1]["content"] and "[3]" not in messages[-1]["content"]
+    # k=2 passages retrieved; the model sees the windows of them that answer, numbered
+    assert "[1]" in messages[-1]["content"] and "[4]" not in messages[-1]["content"]
     r = served.chat(rag_model="other")  # rag:hb answered by a named model
     assert r.status_code == 200 and served.asked[-1][0] == "other"
 

@@ -251,18 +251,48 @@ def reindex(settings, name) -> None:
 @click.argument("qa_file", type=click.Path(path_type=Path))
 @click.option("--model", default=None, help="Model that writes answers [default chat model].")
 @click.option("--k", "k", type=click.IntRange(1, 50), default=5, show_default=True)
+@click.option(
+    "--split",
+    default=None,
+    help="Only the questions of this split (the QA file's 'split' label, e.g. heldout).",
+)
+@click.option(
+    "--baselines",
+    default="",
+    help="Comma-separated baselines scored beside cuvee on the same retrieval: plain (the "
+    "model's text unchecked), extractive (the best-overlapping sentence, no model).",
+)
 @click.option("--limit", type=click.IntRange(1), default=None, help="Only the first N questions.")
 @click.option("--threads", type=int, default=None, help="CPU threads for llama.cpp.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.pass_obj
-def eval_(settings, name, qa_file, model, k, limit, threads, as_json) -> None:
+def eval_(settings, name, qa_file, model, k, split, baselines, limit, threads, as_json) -> None:
     """Score collection NAME on QA_FILE (JSON Lines: question, answers, docs; no answers means
-    unanswerable): retrieval hit@k and MRR, answer accuracy, citation validity, unsupported
-    sentences, abstention precision and recall."""
+    unanswerable): answer rate, accuracy and precision, abstention precision and recall, the
+    right document cited, citation validity, sentences dropped, quoted answers, language,
+    retrieval hit@k and MRR; over all questions and per split.
+
+    \b
+    Example:
+      cuvee docs eval handbook qa.jsonl --split heldout --baselines plain,extractive
+    """
     from cuvee.docs import evaluate, index
+    from cuvee.docs.baselines import BASELINES
     from cuvee.docs.generate import open_generator
 
-    items = evaluate.load_qa(qa_file)[:limit]
+    chosen = tuple(b.strip() for b in baselines.split(",") if b.strip())
+    for baseline in chosen:
+        if baseline not in BASELINES:
+            raise click.BadParameter(
+                f"{baseline!r} is not a baseline (known: {', '.join(BASELINES)})",
+                param_hint="--baselines",
+            )
+    items = evaluate.load_qa(qa_file)
+    if split is not None:
+        items = [i for i in items if i.split == split]
+        if not items:
+            raise click.BadParameter(f"no question of {qa_file} has split {split!r}")
+    items = items[:limit]
     reporter = reporter_for(as_json)
     collection = index.open_collection(settings.home, name)
     backend = _backend(settings, reporter)
@@ -270,17 +300,31 @@ def eval_(settings, name, qa_file, model, k, limit, threads, as_json) -> None:
     model_name, generate, close = open_generator(settings, model, reporter, threads)
     try:
         metrics, records = evaluate.run(
-            collection, backend, items, generate, k=k, reporter=reporter
+            collection, backend, items, generate, k=k, reporter=reporter, baselines=chosen
         )
     finally:
         close()
-    metrics["model"] = model_name
     if as_json:
-        print_json({"collection": name, "metrics": metrics, "questions": records})
+        print_json(
+            {"collection": name, "model": model_name, "metrics": metrics, "questions": records}
+        )
         return
     for record in records:
         mark = "ok " if record["correct"] else "ERR"
         click.echo(f"{mark} {record['id']:<18} {record['answer'][:90]}")
-    click.echo()
-    for key, value in metrics.items():
-        click.echo(f"{key:<28} {value}")
+    systems = list(metrics)
+    for part, figures in metrics["cuvee"].items():
+        click.echo(
+            f"\n{part}: {figures['questions']} questions ({figures['answerable']} "
+            f"answerable), model {model_name}"
+        )
+        click.echo(f"{'':<28}" + "".join(f"{s:>12}" for s in systems))
+        for key in figures:
+            if key in ("questions", "answerable", "unanswerable", "k"):
+                continue
+            row = [metrics[s][part].get(key) for s in systems]
+            click.echo(f"{key:<28}" + "".join(f"{_shown(v):>12}" for v in row))
+
+
+def _shown(value) -> str:
+    return "-" if value is None else str(value)

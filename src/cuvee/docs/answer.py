@@ -1,42 +1,82 @@
-"""`cuvee ask`: retrieve, generate, verify, and answer or abstain.
+"""`cuvee ask`: retrieve, find the answering sentences, let the model phrase them, verify,
+and answer or abstain, in the question's language.
 
-The model sees the retrieved chunks numbered [1]..[k] and is asked to answer from them only,
-citing each sentence. Whatever it writes, only sentences that :mod:`verify` finds supported
-reach the answer, each followed by its (corrected) citation number; a sentence the sources do
-not support is dropped (or kept and marked with ``keep_unsupported``). When nothing supported
-remains, or the kept sentences do not touch the question at all, the answer is an explicit
-abstention. Generation is a plain callable (messages -> text), so the CLI, the server and the
-tests each bring their own model."""
+1. Retrieval gives the best ``k`` chunks (:mod:`retrieval`).
+2. :mod:`extract` scores every one- or two-sentence window of them against the question and
+   decides whether the best one answers it (the question's names and numbers, the type of
+   answer it asks for, enough of its terms). If none does, the answer is an abstention and no
+   model runs: a small model given passages that do not answer still writes something.
+3. The model sees the best windows, numbered [1]..[n], and writes a short answer citing them.
+4. Only sentences that :mod:`verify` finds supported reach the answer, each followed by its
+   (corrected) citation number; a sentence the sources do not support is dropped (or kept and
+   marked with ``keep_unsupported``). The model's answer is kept when what survives comes from
+   a window that answers and holds the type of answer asked for; otherwise the answer is the
+   best window quoted verbatim, checked the same way (``wording`` says which).
+
+Generation is a plain callable (messages -> text), so the CLI, the server and the tests each
+bring their own model; :func:`prepare` and :func:`finish` are the halves around it, for callers
+that generate elsewhere (the eval suite batches every question through one engine)."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from cuvee.docs import verify as verifying
 from cuvee.docs.embedders import Backend
+from cuvee.docs.extract import (
+    QUESTION_WORDS,
+    Candidate,
+    answer_type,
+    candidates,
+    has_type,
+    language,
+)
 from cuvee.docs.index import Collection
 from cuvee.docs.retrieval import Hit, retrieve
-from cuvee.docs.textnorm import fold, stem, terms
+from cuvee.docs.textnorm import fold, terms
 from cuvee.errors import DocsError
 
 Generate = Callable[[list[dict]], str]
 
-INSTRUCTIONS = (
-    "Answer the question using only the numbered sources below. Write short sentences and end "
-    "each sentence with the number of the source it comes from, like [1]. Copy names, numbers "
-    "and dates exactly as the sources write them. If the sources do not contain the answer, "
-    "reply only: The documents do not say."
-)
+INSTRUCTIONS = {
+    "en": (
+        "Answer the question using only the numbered sources below. Write one or two short "
+        "sentences and end each sentence with the number of the source it comes from, like [1]. "
+        "Copy names, numbers and dates exactly as the sources write them. If the sources do not "
+        "contain the answer, reply only: The documents do not say."
+    ),
+    "fr": (
+        "Réponds à la question en utilisant uniquement les sources numérotées ci-dessous. Écris "
+        "une ou deux phrases courtes, en français, et termine chaque phrase par le numéro de la "
+        "source dont elle vient, comme [1]. Recopie les noms, les nombres et les dates exactement "
+        "comme les sources les écrivent. Si les sources ne contiennent pas la réponse, réponds "
+        "seulement : Les documents ne le disent pas."
+    ),
+}
+_LABELS = {"en": ("Sources", "Question"), "fr": ("Sources", "Question")}
+ABSTAIN = {
+    "en": "The documents do not say. (Nothing in the sources retrieved answers: {question})",
+    "fr": "Les documents ne le disent pas. (Aucun des passages retrouvés ne répond à : {question})",
+}
+# Windows the model is shown: the best ones, as long as they score close to the best.
+MAX_SOURCES = 3
 
 
-def build_messages(question: str, hits: list[Hit]) -> list[dict]:
+def build_messages(question: str, hits: list[Hit], lang: str | None = None) -> list[dict]:
+    lang = lang or language(question)
     sources = []
     for n, hit in enumerate(hits, 1):
         where = place(hit.title, hit.section)
         sources.append(f"[{n}] {where}\n{hit.text.strip()}")
-    content = f"{INSTRUCTIONS}\n\nSources:\n\n" + "\n\n".join(sources) + f"\n\nQuestion: {question}"
+    heading, asked = _LABELS[lang]
+    content = (
+        f"{INSTRUCTIONS[lang]}\n\n{heading}:\n\n"
+        + "\n\n".join(sources)
+        + f"\n\n{asked}: {question}"
+    )
     return [{"role": "user", "content": content}]
 
 
@@ -47,8 +87,8 @@ def place(title: str, section: str) -> str:
     return " > ".join(part for part in (title, section) if part)
 
 
-def abstention(question: str) -> str:
-    return f"The documents do not say. (Nothing in the sources retrieved answers: {question})"
+def abstention(question: str, lang: str | None = None) -> str:
+    return ABSTAIN[lang or language(question)].format(question=question)
 
 
 @dataclass
@@ -64,6 +104,10 @@ class AskResult:
     model: str | None = None
     reason: str | None = None  # why it abstained
     timings: dict = field(default_factory=dict)
+    language: str = "en"  # the question's, which the answer is written in
+    wording: str | None = None  # "model" (its verified sentences) or "quote" (a source's own)
+    checked: int = 0  # claims of the model's text the check read
+    dropped: int = 0  # of which unsupported: dropped, or kept and marked
 
     def as_dict(self) -> dict:
         return {
@@ -73,12 +117,87 @@ class AskResult:
             "answer": self.answer,
             "abstained": self.abstained,
             "abstain_reason": self.reason,
+            "language": self.language,
+            "wording": self.wording,
+            "claims_checked": self.checked,
+            "claims_dropped": self.dropped,
             "citations": [c.as_dict() for c in self.citations],
             "sentences": [s.as_dict() for s in self.sentences],
             "retrieval": [h.as_dict() for h in self.retrieval],
             "generated": self.generated,
             "timings": self.timings,
         }
+
+
+@dataclass
+class Draft:
+    """A question between retrieval and generation: the windows found, the one that answers
+    (None: abstain without asking the model), and the model's prompt over the ``sources``."""
+
+    result: AskResult
+    hits: list[Hit]
+    found: list[Candidate]
+    best: Candidate | None
+    sources: list[Hit]  # the windows the model sees, as hits (offsets into the documents)
+    messages: list[dict] | None
+
+
+def _window_hit(hit: Hit, candidate: Candidate) -> Hit:
+    return Hit(
+        chunk_id=hit.chunk_id,
+        doc_id=hit.doc_id,
+        doc=hit.doc,
+        title=hit.title,
+        section=hit.section,
+        start=hit.start + candidate.start,
+        end=hit.start + candidate.end,
+        text=candidate.text,
+        score=candidate.score,
+        scores={"window": candidate.score, "coverage": candidate.coverage},
+    )
+
+
+def prepare(
+    question: str,
+    hits: list[Hit],
+    collection: str,
+    model: str | None = None,
+    generate: Generate | None = None,
+    embed: Callable[[list[str]], Any] | None = None,
+) -> Draft:
+    """Find the answering windows among ``hits`` (``embed``: the collection's embedder, to
+    judge windows by meaning too) and write the model's prompt, or decide to abstain
+    (``messages`` None)."""
+    lang = language(question)
+    result = AskResult(question, collection, "", True, retrieval=hits, model=model, language=lang)
+    if not hits:
+        result.answer, result.reason = abstention(question, lang), "nothing retrieved"
+        return Draft(result, hits, [], None, [], None)
+    found = candidates(question, hits, embed)
+    best = found[0] if found and found[0].answers else None
+    if best is None:
+        result.answer, result.reason = abstention(question, lang), _why_not(found)
+        return Draft(result, hits, found, None, [], None)
+    chosen: list[Candidate] = []
+    for cand in found:
+        if len(chosen) == MAX_SOURCES or not cand.answers:
+            break
+        if not any(c.hit == cand.hit and c.start < cand.end and cand.start < c.end for c in chosen):
+            chosen.append(cand)
+    sources = [_window_hit(hits[c.hit], c) for c in chosen]
+    sources = _fit(question, sources, generate, model, lang)
+    return Draft(result, hits, found, best, sources, build_messages(question, sources, lang))
+
+
+def _why_not(found: list[Candidate]) -> str:
+    if not found:
+        return "the passages retrieved have no sentence"
+    best = max(found, key=lambda c: (not c.missing, c.typed, c.coverage))
+    if best.missing:
+        return f"no passage retrieved mentions {', '.join(best.missing)}"
+    if not best.typed:
+        return "no passage retrieved holds the kind of answer asked for"
+    return f"the best passage covers {best.coverage:.0%} of the question's terms"
 
 
 def ask(
@@ -99,21 +218,88 @@ def ask(
     started = time.perf_counter()
     hits = retrieve(collection, backend, question, k, reranker=reranker)
     retrieved = time.perf_counter()
-    result = AskResult(question, collection.name, "", True, retrieval=hits, model=model)
+    draft = prepare(question, hits, collection.name, model, generate, backend.embed)
+    result = draft.result
     result.timings["retrieval_ms"] = round((retrieved - started) * 1000, 1)
-    if not hits:
-        result.answer, result.reason = abstention(question), "nothing retrieved"
+    if draft.messages is None:
+        result.timings["total_ms"] = round((time.perf_counter() - started) * 1000, 1)
         return result
-
-    hits = _fit(question, hits, generate, model)
-    result.timings["sources_given"] = len(hits)
-    generated_text = generate(build_messages(question, hits))
+    result.timings["sources_given"] = len(draft.sources)
+    generated_text = generate(draft.messages)
     generated = time.perf_counter()
     result.timings["generation_ms"] = round((generated - retrieved) * 1000, 1)
     cut = getattr(generate, "reason", None) == "length"
-    check(result, hits, generated_text, min_support, keep_unsupported, cut=cut)
-    result.timings["verification_ms"] = round((time.perf_counter() - generated) * 1000, 1)
+    finish(draft, generated_text, min_support, keep_unsupported, cut=cut)
+    done = time.perf_counter()
+    result.timings["verification_ms"] = round((done - generated) * 1000, 1)
+    result.timings["total_ms"] = round((done - started) * 1000, 1)
     return result
+
+
+def finish(
+    draft: Draft,
+    generated: str,
+    min_support: float = verifying.DEFAULT_MIN_SUPPORT,
+    keep_unsupported: bool = False,
+    cut: bool = False,
+) -> AskResult:
+    """Verify the model's text (written from ``draft.sources``, numbered from 1) and set the
+    result's answer; the best window quoted verbatim when the model's answer does not hold."""
+    result = draft.result
+    if draft.messages is None or draft.best is None:
+        return result
+    check(result, draft.sources, generated, min_support, keep_unsupported, cut=cut)
+    if not result.abstained and _holds(result, draft):
+        result.wording = "model"
+        return result
+    # the model's sentences stay listed, none used; the answer is the best window itself, a
+    # verbatim slice of the document (the gate in extract judged that it answers)
+    for sentence in result.sentences:
+        if sentence.verdict == "supported":
+            sentence.verdict = "not_used"
+        if sentence.citation is not None:
+            sentence.citation.n = 0
+    best = draft.best
+    hit = draft.hits[best.hit]
+    cite = verifying.Citation(
+        n=1,
+        doc=hit.doc,
+        title=hit.title,
+        section=hit.section,
+        start=hit.start + best.start,
+        end=hit.start + best.end,
+        quote=best.text,
+        chunk_id=hit.chunk_id,
+    )
+    quoted = verifying.SentenceVerdict(
+        text=best.text, verdict="supported", support=1.0, citation=cite
+    )
+    result.sentences.append(quoted)
+    result.citations = [cite]
+    result.answer = f"{_ended(' '.join(best.text.split()))} [1]"
+    result.abstained, result.reason = False, None
+    result.wording = "quote"
+    return result
+
+
+def _holds(result: AskResult, draft: Draft) -> bool:
+    """Whether the model's verified answer may stand: it says what a window that answers
+    says, and holds the type of answer the question asks for."""
+    kept = [s for s in result.sentences if s.verdict == "supported" and s.citation]
+    if not kept:
+        return False
+    said = " ".join(s.text for s in kept)
+    if not has_type(answer_type(result.question), said, result.question):
+        return False
+    answering = [c for c in draft.found if c.answers]
+    for sentence in kept:
+        cite = sentence.citation
+        for n, hit in enumerate(draft.hits):
+            if hit.chunk_id == cite.chunk_id:
+                a, b = cite.start - hit.start, cite.end - hit.start
+                if any(c.hit == n and a < c.end and c.start < b for c in answering):
+                    return True
+    return False
 
 
 def check(
@@ -125,18 +311,20 @@ def check(
     cut: bool = False,
 ) -> AskResult:
     """Verify ``generated`` (written from ``hits``, numbered from 1) and set the result's
-    answer, citations and sentences: the second half of :func:`ask`, for callers that
-    generate elsewhere (the eval suite, which batches every question through one engine)."""
+    answer, citations and sentences."""
     result.generated = generated
     result.sentences = verifying.verify(generated, hits, min_support)
     for sentence in result.sentences:
-        if _is_abstention(sentence.text):
+        if is_abstention(sentence.text):
             sentence.verdict, sentence.citation = "no_claim", None
     last = result.sentences[-1] if result.sentences else None
     if cut and last is not None and last.text.rstrip()[-1:] not in '.!?…"»)':
         # the token limit cut the last sentence: half a sentence can be "found" in a source
         # and still say something else
         last.verdict, last.citation, last.missing = "no_claim", None, ["(cut by max_tokens)"]
+    claims = [s for s in result.sentences if s.verdict != "no_claim"]
+    result.checked = len(claims)
+    result.dropped = sum(1 for s in claims if s.verdict == "unsupported")
     _assemble(result, hits, keep_unsupported)
     return result
 
@@ -158,14 +346,16 @@ def _off_question(question: str, supported, hits: list[Hit]) -> str | None:
     return None
 
 
-def _fit(question: str, hits: list[Hit], generate: Generate, model: str | None) -> list[Hit]:
+def _fit(
+    question: str, hits: list[Hit], generate: Generate | None, model: str | None, lang: str
+) -> list[Hit]:
     """The best-ranked passages whose prompt fits the model's context with room to answer."""
     fits = getattr(generate, "fits", None)
     if fits is None:
         return hits
-    while len(hits) > 1 and not fits(build_messages(question, hits)):
+    while len(hits) > 1 and not fits(build_messages(question, hits, lang)):
         hits = hits[:-1]
-    if not fits(build_messages(question, hits)):
+    if not fits(build_messages(question, hits, lang)):
         context = getattr(generate, "context_length", "?")
         raise DocsError(
             f"model {model or ''} has a context of {context} tokens: too small for even one "
@@ -175,17 +365,14 @@ def _fit(question: str, hits: list[Hit], generate: Generate, model: str | None) 
     return hits
 
 
-# Words that ask rather than say: a source need not contain them to answer the question.
-_ASKING = """how many much long often what which who whom when where why name kind type
-combien quel quelle quels quelles quand comment pourquoi ou lequel laquelle"""
-QUESTION_WORDS = frozenset(stem(w) for w in _ASKING.split())
 MIN_QUESTION_COVERAGE = 0.5
 
 
 def _assemble(result: AskResult, hits: list[Hit], keep_unsupported: bool) -> None:
     supported = [s for s in result.sentences if s.verdict == "supported" and s.citation]
     if not supported:
-        result.answer, result.reason = abstention(result.question), "no supported sentence"
+        result.answer = abstention(result.question, result.language)
+        result.reason = "no supported sentence"
         return
     wanted = {t for t in terms(result.question) if t not in QUESTION_WORDS}
     for sentence in supported:
@@ -195,12 +382,12 @@ def _assemble(result: AskResult, hits: list[Hit], keep_unsupported: bool) -> Non
             sentence.verdict = "off_topic"
     supported = [s for s in supported if s.verdict == "supported"]
     if not supported:
-        result.answer = abstention(result.question)
+        result.answer = abstention(result.question, result.language)
         result.reason = "the supported sentences do not address the question"
         return
     reason = _off_question(result.question, supported, hits)
     if reason:
-        result.answer, result.reason = abstention(result.question), reason
+        result.answer, result.reason = abstention(result.question, result.language), reason
         return
     numbering: dict[tuple[str, int, int], int] = {}
     parts: list[str] = []
@@ -230,7 +417,7 @@ def _assemble(result: AskResult, hits: list[Hit], keep_unsupported: bool) -> Non
             sentence.citation.n = numbering.get((cite.doc, cite.start, cite.end), 0)
 
 
-def _is_abstention(text: str) -> bool:
+def is_abstention(text: str) -> bool:
     """The model saying the sources do not answer ("The documents do not say", "The text does
     not mention it", "Les documents ne le disent pas"): a statement about the sources, not a
     claim to check. A sentence about anything else ("The badge does not contain personal

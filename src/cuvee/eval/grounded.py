@@ -69,7 +69,7 @@ class GroundedSuite:
         return collection, backend
 
     def load(self, path: Path | None) -> list[Item]:
-        from cuvee.docs.answer import build_messages
+        from cuvee.docs.answer import prepare
         from cuvee.docs.evaluate import load_qa
         from cuvee.docs.retrieval import retrieve
         from cuvee.errors import DocsError
@@ -83,7 +83,10 @@ class GroundedSuite:
         items = []
         for number, qa in enumerate(questions, 1):
             hits = retrieve(collection, backend, qa.question, K)
-            prompt = build_messages(qa.question, hits)[0]["content"]
+            draft = prepare(qa.question, hits, COLLECTION, embed=backend.embed)
+            # a question the passages do not answer is abstained on without the model; it is
+            # still generated for (the runner batches every item), and the output unused
+            prompt = (draft.messages or [{"content": qa.question}])[0]["content"]
             data = {
                 "question": qa.question,
                 "answers": qa.answers,
@@ -94,16 +97,16 @@ class GroundedSuite:
         return items
 
     def score(self, items: list[Item], outputs: list[str]) -> Score:
-        from cuvee.docs.answer import AskResult, check
+        from cuvee.docs.answer import finish, prepare
         from cuvee.docs.evaluate import QAItem, score
         from cuvee.docs.retrieval import Hit
 
-        collection, _ = self._collection()
+        collection, backend = self._collection()
         results, qa_items, details = [], [], []
         for item, output in zip(items, outputs, strict=True):
             hits = [Hit(**hit) for hit in item.data["hits"]]
-            result = AskResult(item.data["question"], COLLECTION, "", True, retrieval=hits)
-            check(result, hits, output)
+            draft = prepare(item.data["question"], hits, COLLECTION, embed=backend.embed)
+            result = finish(draft, output)
             results.append(result)
             qa_items.append(
                 QAItem(item.id, item.data["question"], item.data["answers"], item.data["docs"])
@@ -111,14 +114,19 @@ class GroundedSuite:
             details.append({"id": item.id, "answer": result.answer, "abstained": result.abstained})
         metrics = score(collection, qa_items, results, K)
         keys = (
-            f"retrieval_hit_at_{K}",
-            "retrieval_mrr",
+            "answer_rate",
             "answer_accuracy",
-            "citation_validity",
-            "unsupported_rate_generated",
-            "unsupported_rate_returned",
+            "answer_precision",
             "abstention_precision",
             "abstention_recall",
+            "right_doc_cited",
+            "citation_validity",
+            "sentences_dropped",
+            "unsupported_rate_returned",
+            "quote_share",
+            "language_match",
+            f"retrieval_hit_at_{K}",
+            "retrieval_mrr",
         )
         return Score(
             metrics={k: metrics[k] for k in keys if metrics[k] is not None},

@@ -541,6 +541,8 @@ def _extras(result: AskResult) -> dict[str, Any]:
         "collection": result.collection,
         "abstained": result.abstained,
         "abstain_reason": result.reason,
+        "language": result.language,
+        "wording": result.wording,
         "citations": [c.as_dict() for c in result.citations],
     }
 

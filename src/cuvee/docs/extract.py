@@ -1,0 +1,272 @@
+"""Extractive answering: the sentences of the retrieved passages that answer a question, found
+without a model, and whether any of them does.
+
+Every window of one sentence, or two consecutive ones (a fact split from its subject: "The
+night shift is covered by Dana Okafor. She can be reached on extension 4471."), of every
+retrieved chunk is scored against the question:
+
+- the question's content terms the window holds, read with its chunk's title and section,
+  each weighted by how rare it is among the retrieved windows (a product name counts for more
+  than "policy");
+- every name and number of the question must be there (a question about the "X3" is not
+  answered by a sentence about the "X2");
+- the answer type the question asks for: a number for "how many" / "combien", a date for
+  "when" / "quand", a name for "who" / "qui" (the window must hold one the question lacks).
+
+The best window answers the question when it holds all the question's names and numbers, the
+type asked for, and enough of its weighted terms (``MIN_COVERAGE``); otherwise the documents
+do not say. :mod:`cuvee.docs.answer` gives the best windows to the model to phrase, and quotes
+the best one verbatim when the model's draft fails the check."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from cuvee.docs.retrieval import Hit
+from cuvee.docs.textnorm import fold, sentence_spans, stem, terms, words
+from cuvee.docs.verify import facts_missing, key_facts
+
+# Words that ask rather than say: a passage need not contain them to answer.
+_ASKING = """how many much long often old far what which who whom whose when where why name kind
+type does did do is are was were can could should must will would tell give list
+combien quel quelle quels quelles quand comment pourquoi ou lequel laquelle lesquels lesquelles
+est sont faut peut doit doivent dois quoi nom qui que qu"""
+QUESTION_WORDS = frozenset(stem(w) for w in _ASKING.split())
+
+# Share of the question's weighted terms the best window must hold to count as an answer.
+MIN_COVERAGE = 0.5
+# ... or the cosine of the question and the window at least this (the embedder's judgement)
+MIN_SIMILARITY = 0.65
+# How far before a window (characters of its chunk) the question's subject may be named.
+SUBJECT_REACH = 400
+
+_MONTHS = """january february march april may june july august september october november december
+janvier fevrier mars avril mai juin juillet aout septembre octobre novembre decembre
+monday tuesday wednesday thursday friday saturday sunday lundi mardi mercredi jeudi vendredi
+samedi dimanche"""
+MONTHS = frozenset(_MONTHS.split())
+# Numbers written as words (not "un"/"une", which are French articles too).
+_COUNTS = """one two three four five six seven eight nine ten eleven twelve fifteen twenty thirty
+first second third fourth fifth sixth seventh eighth ninth tenth deux trois quatre cinq six
+sept huit neuf dix onze douze quinze vingt trente premier premiere deuxieme troisieme
+quatrieme cinquieme sixieme septieme huitieme neuvieme dixieme"""
+_NUMBER_WORDS = frozenset(_COUNTS.split())
+_DATE_SPAN = re.compile(
+    r"\b(?:\d{1,2}(?:er)? )?(?:" + "|".join(_MONTHS.split()[:24]) + r")(?: \d{4})?\b"
+    r"|\b(?:1[89]|20)\d\d\b|\b\d{1,2}[/.-]\d{1,2}[/.-]\d{2,4}\b|\b\d{4}-\d\d-\d\d\b"
+)
+_DATE_NUMBER = re.compile(r"\b(?:1[89]|20)\d\d\b|\b\d{1,2}[/.-]\d{1,2}(?:[/.-]\d{2,4})?\b")
+
+# What each answer type's question looks like, on folded text (the first match wins).
+_TYPE_PATTERNS: list[tuple[str, re.Pattern[str]]] = [
+    # "from which day of sickness": a count of days, not a date
+    ("number", re.compile(r"\b(?:from which day|which day of|a partir de quel jour)\b")),
+    (
+        "date",
+        re.compile(
+            r"\b(?:when|quand|what date|which date|quelle date|what day|which day|quel jour|"
+            r"what year|which year|quelle annee|en quelle annee|by when|deadline|date limite|"
+            r"on what date|what date|a quelles dates|quelles dates|avant quelle date|"
+            r"a partir de quand|jusqu'a quand|depuis quand)\b"
+        ),
+    ),
+    (
+        "number",
+        re.compile(
+            r"\b(?:how (?:many|much|long|often|old|far|big|large|heavy|fast|soon)|combien|"
+            r"what(?:'s| is| are| was| were)? (?:the |its |their )?(?:percentage|percent|share|"
+            r"amount|price|cost|fee|rate|limit|number|size|"
+            r"capacity|budget|ceiling|maximum|minimum|temperature|weight|extension)|"
+            r"quel(?:le)?s? (?:est |sont )?(?:le |la |l'|les )?(?:pourcentage|part|montant|prix|"
+            r"cout|tarif|taux|plafond|nombre|taille|capacite|budget|maximum|minimum|"
+            r"temperature|poids|delai|duree|numero|poste|frequence))\b"
+        ),
+    ),
+    (
+        "name",
+        re.compile(
+            r"\b(?:who|whom|whose|qui|which (?:person|employee|manager|team|company|supplier|"
+            r"vendor)|quelle (?:personne|equipe|societe|entreprise)|quel (?:fournisseur|"
+            r"prestataire|responsable|service))\b"
+        ),
+    ),
+]
+
+# A question that asks "what/which/quel ..." about one of these nouns wants a number.
+_QUANTITY = re.compile(
+    r"\b(?:what|which|quel|quelle|quels|quelles)\b.*\b(?:capacity|price|cost|fee|fees|"
+    r"percentage|percent|rate|length|duration|weight|size|limit|amount|number|budget|"
+    r"ceiling|maximum|minimum|temperature|extension|speed|capacite|prix|cout|tarif|frais|"
+    r"score|target|objectif|"
+    r"pourcentage|taux|longueur|duree|delai|poids|taille|plafond|montant|nombre|budget|"
+    r"temperature|poste|vitesse|autonomie|part|time|temps|version)\b"
+)
+_CAPITALISED = re.compile(r"(?<![\w'’])[A-ZÀ-ÖØ-Þ][\w'’-]+")
+
+
+def answer_type(question: str) -> str | None:
+    """``number``, ``date`` or ``name`` when the question asks for one, else None."""
+    folded = " ".join(fold(question).split())
+    for kind, pattern in _TYPE_PATTERNS:
+        if pattern.search(folded):
+            return kind
+    if _QUANTITY.search(folded):
+        return "number"
+    return None
+
+
+def has_type(kind: str | None, text: str, question: str) -> bool:
+    """Whether ``text`` holds an answer of the type asked: a number (one the question does not
+    already give), a date, or a name (a capitalised word the question does not use)."""
+    if kind is None:
+        return True
+    if kind == "number":
+        asked = set(re.findall(r"\d+", question))
+        # a date's day and year are not the quantity asked for
+        undated = _DATE_SPAN.sub(" ", fold(text))
+        if any(n not in asked for n in re.findall(r"\d+", undated)):
+            return True
+        return bool(_NUMBER_WORDS & set(words(text)) - set(words(question)))
+    if kind == "date":
+        return bool(MONTHS & set(words(text))) or bool(_DATE_NUMBER.search(text))
+    asked = {fold(w) for w in _CAPITALISED.findall(question)}
+    stripped = text.lstrip(" \"'«(*-•")
+    for match in _CAPITALISED.finditer(text):
+        word = fold(match.group(0))
+        if word not in asked and match.start() != len(text) - len(stripped):
+            return True
+    return False
+
+
+@dataclass
+class Candidate:
+    """A window of a retrieved chunk: ``hit`` indexes the hits (0-based), ``start``/``end``
+    are offsets into that hit's text."""
+
+    hit: int
+    start: int
+    end: int
+    text: str
+    score: float
+    coverage: float
+    typed: bool
+    missing: list[str] = field(default_factory=list)
+    similarity: float = 0.0  # cosine of the question and the window (with its place), if known
+
+    @property
+    def answers(self) -> bool:
+        close = self.coverage >= MIN_COVERAGE or self.similarity >= MIN_SIMILARITY
+        return not self.missing and self.typed and close
+
+
+def _windows(text: str) -> list[tuple[int, int, int]]:
+    """(start, end, end of the first sentence) for each run of one or two consecutive
+    sentences."""
+    spans = sentence_spans(text)
+    out = [(a, b, b) for a, b in spans]
+    out += [(spans[i][0], spans[i + 1][1], spans[i][1]) for i in range(len(spans) - 1)]
+    return out
+
+
+def candidates(
+    question: str, hits: list[Hit], embed: Callable[[list[str]], Any] | None = None
+) -> list[Candidate]:
+    """Every window of the hits, best first. With ``embed`` (texts -> unit vectors, the
+    collection's embedder), a window's meaning counts beside its words: a paraphrase ("pick up
+    the phone" for "answer calls") shares few words with its answer."""
+    wanted = list(dict.fromkeys(t for t in terms(question) if t not in QUESTION_WORDS))
+    kind = answer_type(question)
+    facts = key_facts(question)
+    chunks = [f"{h.title}\n{h.section}\n{h.text}" for h in hits]
+    # A name or number nearly every chunk retrieved holds (the company, the product line)
+    # frames the question: it need only be in the window's chunk. A rarer one (a model, a
+    # ticket, a person) is what the question is about: the window must hold it, in its first
+    # sentence when it has two (a value in the first sentence and the name in the second are
+    # two facts about two things: "He is on extension 2210. Payroll is handled by Priya").
+    framing = [
+        f
+        for f in facts
+        if len(hits) >= 3 and sum(not facts_missing([f], c) for c in chunks) >= 0.8 * len(hits)
+    ]
+    specific = [f for f in facts if f not in framing]
+    fact_terms = {stem(w) for f in facts for w in words(f)}
+    focus = [t for t in wanted if t not in fact_terms] or wanted
+    windows = []
+    for n, hit in enumerate(hits):
+        context = f"{hit.title}\n{hit.section}\n"
+        for a, b, first_end in _windows(hit.text):
+            have = set(terms(context + hit.text[a:b]))
+            windows.append((n, a, b, first_end, have))
+    # a term found in few windows says more about which one answers
+    df = {t: sum(1 for w in windows if t in w[4]) for t in focus}
+    weight = {t: math.log(1 + (len(windows) + 1) / (df[t] + 1)) for t in focus}
+    total = sum(weight.values())
+    sims = [0.0] * len(windows)
+    if embed is not None and windows:
+        texts = [question] + [
+            f"{hits[n].section}: {hits[n].text[a:b]}" for n, a, b, _, _ in windows
+        ]
+        vectors = embed(texts)
+        sims = [float(v) for v in vectors[1:] @ vectors[0]]
+    out = []
+    for (n, a, b, first_end, have), similarity in zip(windows, sims, strict=True):
+        hit = hits[n]
+        text = hit.text[a:b]
+        context = f"{hit.title}\n{hit.section}\n"
+        coverage = sum(weight[t] for t in focus if t in have) / total if total else 0.0
+        typed = has_type(kind, text, question)
+        # the subject may be named just before the window ("TICKET NR-20560 ... First
+        # response: 38 minutes"), never only after it
+        lead = hit.text[max(0, a - SUBJECT_REACH) : first_end]
+        missing = facts_missing(specific, context + lead)
+        missing += facts_missing(framing, chunks[n])
+        in_window = not facts_missing(specific, context + text)
+        two = first_end < b
+        score = coverage + similarity + (0.3 if typed else 0.0) - 0.5 * len(missing)
+        score += 0.1 * in_window
+        score -= 0.04 * two + 0.01 * n  # prefer one sentence, and the better-ranked chunk
+        out.append(
+            Candidate(
+                n,
+                a,
+                b,
+                text,
+                round(score, 4),
+                round(coverage, 4),
+                typed,
+                missing,
+                round(similarity, 4),
+            )
+        )
+    out.sort(key=lambda c: -c.score)
+    return out
+
+
+def overlaps(candidate: Candidate, hit: int, start: int, end: int) -> bool:
+    """Whether a span of hit ``hit`` (offsets into its text) overlaps the candidate."""
+    return candidate.hit == hit and start < candidate.end and candidate.start < end
+
+
+_FRENCH = """le la les un une des du de est sont quel quelle quels quelles combien quand qui que
+    comment pourquoi ou dans pour avec sur au aux ce cette ces nous vous il elle ils elles
+    doit peut faut leur mes mon ma notre votre ne pas"""
+_ENGLISH = """the a an is are was were what which who whom when where why how many much does do did
+    can could should must will would of for with on in to from this that these those it my
+    our your their not"""
+_FRENCH_MARKERS = frozenset(_FRENCH.split())
+_ENGLISH_MARKERS = frozenset(_ENGLISH.split())
+
+
+def language(text: str) -> str:
+    """``fr`` or ``en``: which language's function words the text uses more (French accents
+    break a tie)."""
+    found = [w for w in words(text) if not w.isdigit()]
+    french = sum(w in _FRENCH_MARKERS for w in found)
+    english = sum(w in _ENGLISH_MARKERS for w in found)
+    if french != english:
+        return "fr" if french > english else "en"
+    return "fr" if re.search(r"[éèêàùçôîœ]", text.lower()) else "en"

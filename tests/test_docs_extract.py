@@ -1,0 +1,85 @@
+"""Extractive answering (docs.extract): the answer type a question asks for, the windows that
+answer it, the gate that says when none does, and the question's language."""
+
+from __future__ import annotations
+
+import pytest
+
+from cuvee.docs.extract import answer_type, candidates, has_type, language
+from cuvee.docs.retrieval import Hit
+
+
+def hit(text: str, title: str = "Doc", section: str = "", n: int = 0) -> Hit:
+    return Hit(n, n, f"/docs/d{n}.md", title, section or title, 0, len(text), text, 1.0)
+
+
+@pytest.mark.parametrize(
+    ("question", "kind"),
+    [
+        ("How many days of leave do I get?", "number"),
+        ("Combien de personnes ont été créditées ?", "number"),
+        ("Quel est le montant de l'indemnité ?", "number"),
+        ("What is the price of the Heron X2?", "number"),
+        ("When does the office close for the summer?", "date"),
+        ("À quelle date la version 4.2 est-elle sortie ?", "date"),
+        ("Who approves expenses above 500 euros?", "name"),
+        ("Qui assure la permanence du samedi ?", "name"),
+        ("Is remote work allowed on Tuesdays?", None),
+    ],
+)
+def test_the_answer_type_a_question_asks_for(question, kind) -> None:
+    assert answer_type(question) == kind
+
+
+def test_a_typed_window_holds_an_answer_of_that_type_the_question_lacks() -> None:
+    q = "How many days after the 2024 audit must reports be filed?"
+    assert has_type("number", "Reports are filed within 30 days.", q)
+    assert not has_type("number", "The 2024 audit covers reports.", q)  # only the question's
+    assert has_type("date", "The office closes on 14 August.", "When?")
+    assert has_type("date", "Released 2025-03-02.", "When?")
+    assert not has_type("date", "The office closes in summer.", "When?")
+    who = "Who approves the Heron budget?"
+    assert has_type("name", "The budget is approved by Dana Okafor.", who)
+    assert not has_type("name", "Heron budgets are approved by finance.", who)
+
+
+def test_the_window_that_answers_wins_over_one_that_only_shares_words() -> None:
+    text = (
+        "GPT-4 was credited to 87 researchers. The Gemini project lists a total of 943 people "
+        "who worked on it. Gemini was released in December."
+    )
+    found = candidates("How many people worked on the Gemini project?", [hit(text)])
+    assert "943" in found[0].text and "87" not in found[0].text
+    assert found[0].answers
+
+
+def test_a_fact_split_from_its_subject_is_found_in_a_two_sentence_window() -> None:
+    text = (
+        "The night shift is covered by Dana Okafor. She can be reached on extension 4471. "
+        "The day shift has no fixed contact."
+    )
+    best = candidates("Which extension reaches the night shift contact?", [hit(text)])[0]
+    assert "4471" in best.text and "night shift" in best.text
+    assert best.answers
+
+
+def test_no_window_answers_when_the_question_names_something_the_passages_lack() -> None:
+    text = "The Heron X2 has a warranty of 2 years. The Heron X2 weighs 3 kg."
+    found = candidates("What is the warranty of the Heron X3?", [hit(text)])
+    assert not any(c.answers for c in found)
+    assert "X3" in found[0].missing
+
+
+def test_no_window_answers_without_the_type_asked_for() -> None:
+    text = "Travel is booked through the portal. Managers approve trips."
+    found = candidates("How many trips can I book per month?", [hit(text)])
+    assert not any(c.answers for c in found)
+
+
+def test_the_language_of_a_question() -> None:
+    assert language("Combien de jours de congé ai-je ?") == "fr"
+    assert language("Quel est le délai de préavis ?") == "fr"
+    assert language("How many days of leave do I get?") == "en"
+    assert language("Who approves expenses?") == "en"
+    assert language("Les documents ne le disent pas.") == "fr"
+    assert language("The documents do not say.") == "en"
