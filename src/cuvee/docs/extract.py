@@ -20,6 +20,7 @@ the best one verbatim when the model's draft fails the check."""
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 from collections.abc import Callable
@@ -163,10 +164,36 @@ class Candidate:
         return not self.missing and self.typed and close
 
 
+_LABEL = re.compile(r"[A-ZÀ-Þ][\w'’ /().-]{0,40}?\s?:(?:\s|$)")
+
+
+def _units(text: str) -> list[tuple[int, int]]:
+    """Sentences, with a sentence cut again before each line that starts with a label: a
+    ticket's or a meeting's header ("Opened: 15 May 2025" / "Customer: ...") is one fact a
+    line, not one sentence. Prose wrapped over lines stays whole."""
+    out = []
+    for a, b in sentence_spans(text):
+        cuts = [a]
+        position = text.find("\n", a, b)
+        while position != -1:
+            line_start = position + 1
+            stripped = text[line_start:b].lstrip(" \t")
+            if _LABEL.match(stripped):
+                cuts.append(line_start + (b - line_start - len(stripped)))
+            position = text.find("\n", line_start, b)
+        cuts.append(b)
+        for start, end in itertools.pairwise(cuts):
+            piece = text[start:end]
+            lead, trail = len(piece) - len(piece.lstrip()), len(piece.rstrip())
+            if trail > lead:
+                out.append((start + lead, start + trail))
+    return out
+
+
 def _windows(text: str) -> list[tuple[int, int, int]]:
-    """(start, end, end of the first sentence) for each run of one or two consecutive
-    sentences."""
-    spans = sentence_spans(text)
+    """(start, end, end of the first unit) for each run of one or two consecutive units
+    (sentences, or lines)."""
+    spans = _units(text)
     out = [(a, b, b) for a, b in spans]
     out += [(spans[i][0], spans[i + 1][1], spans[i][1]) for i in range(len(spans) - 1)]
     return out
