@@ -283,22 +283,23 @@ def finish(
 
 
 def _holds(result: AskResult, draft: Draft) -> bool:
-    """Whether the model's verified answer may stand: it says what a window that answers
-    says, and holds the type of answer the question asks for."""
+    """Whether the model's verified answer may stand: it says what the best window says (on
+    the dev half of the evaluation set, answers the model took from another window were right
+    59 % of the time, the best window quoted 77 %), and holds the type of answer asked for."""
     kept = [s for s in result.sentences if s.verdict == "supported" and s.citation]
-    if not kept:
+    if not kept or draft.best is None:
         return False
     said = " ".join(s.text for s in kept)
     if not has_type(answer_type(result.question), said, result.question):
         return False
-    answering = [c for c in draft.found if c.answers]
+    best = draft.best
+    hit = draft.hits[best.hit]
     for sentence in kept:
         cite = sentence.citation
-        for n, hit in enumerate(draft.hits):
-            if hit.chunk_id == cite.chunk_id:
-                a, b = cite.start - hit.start, cite.end - hit.start
-                if any(c.hit == n and a < c.end and c.start < b for c in answering):
-                    return True
+        if cite.chunk_id == hit.chunk_id:
+            a, b = cite.start - hit.start, cite.end - hit.start
+            if a < best.end and best.start < b:
+                return True
     return False
 
 
