@@ -1,22 +1,28 @@
 """Extractive answering: the sentences of the retrieved passages that answer a question, found
 without a model, and whether any of them does.
 
-Every window of one sentence, or two consecutive ones (a fact split from its subject: "The
-night shift is covered by Dana Okafor. She can be reached on extension 4471."), of every
-retrieved chunk is scored against the question:
+Every window of one unit, or two consecutive ones, of every retrieved chunk is scored against
+the question. A unit is a sentence, or a labelled line ("Opened: 15 May 2025"); two units
+catch a fact split from its subject ("The night shift is covered by Dana Okafor. She can be
+reached on extension 4471."). The score adds:
 
 - the question's content terms the window holds, read with its chunk's title and section,
   each weighted by how rare it is among the retrieved windows (a product name counts for more
-  than "policy");
-- every name and number of the question must be there (a question about the "X3" is not
-  answered by a sentence about the "X2");
+  than "policy"); the names and numbers of the question are left to the next point;
+- the embedder's cosine between the question and the window, when an embedder is given (a
+  paraphrase shares few words with its answer);
 - the answer type the question asks for: a number for "how many" / "combien", a date for
-  "when" / "quand", a name for "who" / "qui" (the window must hold one the question lacks).
+  "when" / "quand", a name for "who" / "qui" (the window must hold one the question lacks);
+- the question's names and numbers: each must be in the window or named shortly before it in
+  its chunk (``SUBJECT_REACH``: a ticket's number in its header), and never only after it; a
+  name nearly every retrieved chunk holds (the company) need only be in the chunk.
 
-The best window answers the question when it holds all the question's names and numbers, the
-type asked for, and enough of its weighted terms (``MIN_COVERAGE``); otherwise the documents
-do not say. :mod:`cuvee.docs.answer` gives the best windows to the model to phrase, and quotes
-the best one verbatim when the model's draft fails the check."""
+The best window answers the question when it misses none of those names and numbers, holds
+the type asked for, and covers enough of the question's terms (``MIN_COVERAGE``) or is close
+enough in meaning (``MIN_SIMILARITY``); otherwise the documents do not say. Those thresholds
+were chosen on the dev half of the shipped evaluation set (:mod:`cuvee.docs.evalset`).
+:mod:`cuvee.docs.answer` gives the answering windows to the model to phrase, and quotes the
+best one verbatim when the model's draft does not hold."""
 
 from __future__ import annotations
 
