@@ -62,19 +62,15 @@ def ask(
     as_json,
 ) -> None:
     """Answer QUESTION from COLLECTION with citations checked against the sources."""
-    from cuvee.docs import index
     from cuvee.docs import verify as verifying
     from cuvee.docs.answer import ask as do_ask
-    from cuvee.docs.answer import place
-    from cuvee.docs.embedders import open_backend
+    from cuvee.docs.answer import open_for_answers, place
     from cuvee.docs.generate import open_generator
 
     if not question.strip():
         raise click.BadParameter("the question is empty", param_hint="QUESTION")
     reporter = reporter_for(as_json)
-    coll = index.open_collection(settings.home, collection)
-    backend = open_backend(settings.embedding_model)
-    coll.check_embedder(backend.identity, backend.dim)
+    coll, backend = open_for_answers(settings.home, collection, settings.embedding_model)
     name, generate, close = open_generator(settings, model, reporter, threads)
     try:
         result = do_ask(

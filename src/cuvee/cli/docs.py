@@ -276,7 +276,8 @@ def eval_(settings, name, qa_file, model, k, split, baselines, limit, threads, a
     Example:
       cuvee docs eval handbook qa.jsonl --split heldout --baselines plain,extractive
     """
-    from cuvee.docs import evaluate, index
+    from cuvee.docs import evaluate
+    from cuvee.docs.answer import open_for_answers
     from cuvee.docs.baselines import BASELINES
     from cuvee.docs.generate import open_generator
 
@@ -294,9 +295,7 @@ def eval_(settings, name, qa_file, model, k, split, baselines, limit, threads, a
             raise click.BadParameter(f"no question of {qa_file} has split {split!r}")
     items = items[:limit]
     reporter = reporter_for(as_json)
-    collection = index.open_collection(settings.home, name)
-    backend = _backend(settings, reporter)
-    collection.check_embedder(backend.identity, backend.dim)
+    collection, backend = open_for_answers(settings.home, name, settings.embedding_model, reporter)
     model_name, generate, close = open_generator(settings, model, reporter, threads)
     try:
         metrics, records = evaluate.run(

@@ -22,6 +22,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from cuvee.docs import verify as verifying
@@ -38,6 +39,7 @@ from cuvee.docs.index import Collection
 from cuvee.docs.retrieval import Hit, retrieve
 from cuvee.docs.textnorm import fold, terms
 from cuvee.errors import DocsError
+from cuvee.progress import Reporter
 
 Generate = Callable[[list[dict]], str]
 
@@ -63,6 +65,23 @@ ABSTAIN = {
 }
 # Windows the model is shown: the best ones, as long as they score close to the best.
 MAX_SOURCES = 3
+
+
+def open_for_answers(
+    home: Path, name: str, embedding_model: str | None, reporter: Reporter | None = None
+) -> tuple[Collection, Backend]:
+    """Collection ``name`` and the embedding backend to search it, checked to be the one it
+    was indexed with (else the error names the fix, ``cuvee docs reindex``): what every
+    caller that answers from a collection opens first."""
+    from cuvee.docs import index
+    from cuvee.docs.embedders import open_backend
+
+    collection = index.open_collection(home, name)
+    if reporter is not None:
+        reporter.step("loading the embedding model")
+    backend = open_backend(embedding_model)
+    collection.check_embedder(backend.identity, backend.dim)
+    return collection, backend
 
 
 def build_messages(question: str, hits: list[Hit], lang: str | None = None) -> list[dict]:
