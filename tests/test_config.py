@@ -71,3 +71,22 @@ def test_every_setting_is_documented() -> None:
     rows = describe_settings()
     assert {r["name"] for r in rows} == set(Settings.__dataclass_fields__)
     assert all(r["env"].startswith("CUVEE_") and r["help"] for r in rows)
+
+
+def test_secrets_come_from_the_environment_first_set_wins() -> None:
+    from cuvee.config import SECRETS, secret
+
+    assert secret("eval_api_key", {"OPENAI_API_KEY": "b", "CUVEE_EVAL_API_KEY": "a"}) == "a"
+    assert secret("eval_api_key", {"CUVEE_EVAL_API_KEY": "", "OPENAI_API_KEY": "b"}) == "b"
+    assert secret("embeddings_api_key", {}) is None
+    assert not set(SECRETS) & {row["name"] for row in describe_settings()}
+
+
+def test_every_setting_and_secret_variable_is_in_the_readme() -> None:
+    from cuvee.config import SECRETS
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    names = [row["env"] for row in describe_settings()]
+    names += [v for variables, _ in SECRETS.values() for v in variables]
+    missing = [n for n in names if f"`{n}`" not in readme]
+    assert missing == []

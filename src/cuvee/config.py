@@ -13,6 +13,8 @@ Precedence, highest first:
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -110,6 +112,26 @@ class Settings:
 _LOCATORS = ("home", "config")
 
 
+# Secrets: read from the environment only, the first variable set winning, and never kept in
+# Settings, so no config file, log, `cuvee config` listing or recorded result can hold one.
+SECRETS: dict[str, tuple[tuple[str, ...], str]] = {
+    "eval_api_key": (
+        ("CUVEE_EVAL_API_KEY", "OPENAI_API_KEY"),
+        "bearer key for `cuvee eval` models given as openai:BASE_URL#MODEL",
+    ),
+    "embeddings_api_key": (
+        ("CUVEE_EMBEDDINGS_API_KEY", "OPENAI_API_KEY"),
+        "bearer key for an embedding model given as openai:BASE_URL#MODEL",
+    ),
+}
+
+
+def secret(name: str, environ: Mapping[str, str] | None = None) -> str | None:
+    """The secret ``name`` (a key of ``SECRETS``) from the environment, or None."""
+    env = os.environ if environ is None else environ
+    return next((env[v] for v in SECRETS[name][0] if env.get(v)), None)
+
+
 def describe_settings() -> list[dict[str, str]]:
     """Name, env var, default and help of every setting, for docs and `cuvee config`."""
     rows = []
@@ -154,8 +176,6 @@ def load_settings(
     overrides: dict[str, Any] | None = None, environ: dict[str, str] | None = None
 ) -> Settings:
     """Resolve every setting by the precedence in this module's docstring."""
-    import os
-
     env = os.environ if environ is None else environ
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     by_name = {f.name: f for f in fields(Settings)}

@@ -15,7 +15,6 @@ question must be embedded by the same model, or the similarities mean nothing. T
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from cuvee.config import secret
 from cuvee.errors import ConfigError, DocsError
 from cuvee.store import sha256_file
 
@@ -118,7 +118,7 @@ class OpenAIBackend:
     def embed(self, texts: Sequence[str], progress: Progress | None = None) -> np.ndarray:
         import httpx
 
-        key = os.environ.get("CUVEE_EMBEDDINGS_API_KEY") or os.environ.get("OPENAI_API_KEY")
+        key = secret("embeddings_api_key")
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         rows: list[list[float]] = []
         url = self.base_url.rstrip("/") + "/embeddings"

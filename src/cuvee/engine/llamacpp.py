@@ -374,9 +374,6 @@ class LlamaCppEngine:
                 size = -n
         raise EngineError("llama.cpp could not tokenize the prompt")
 
-    def is_eog(self, token: int) -> bool:
-        return bool(llama.llama_vocab_is_eog(self._vocab, token))
-
     def close(self) -> None:
         """Cancel what is running, stop the scheduler and free llama.cpp's memory."""
         with self._lock:

@@ -6,7 +6,6 @@ registry keyed by the MODEL argument's scheme, so another source is one entry.""
 from __future__ import annotations
 
 import hashlib
-import os
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -14,6 +13,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from cuvee.config import SECRETS, secret
 from cuvee.eval.suites import EvalError, Item
 from cuvee.progress import Reporter
 
@@ -24,9 +24,8 @@ ENGINE_BATCH = 8
 ENDPOINT_CONCURRENCY = 4
 ENDPOINT_TIMEOUT_S = 300.0
 ENDPOINT_RETRIES = 3  # on 429, 5xx and dropped connections, with 1, 2, 4 s pauses
-# Environment variables read, first set wins, for an endpoint's bearer key. Keys are secrets,
-# not settings, so they never go into config files or the recorded results.
-API_KEY_ENV = ("CUVEE_EVAL_API_KEY", "OPENAI_API_KEY")
+# Environment variables read, first set wins, for an endpoint's bearer key (config.SECRETS).
+API_KEY_ENV = SECRETS["eval_api_key"][0]
 
 
 @dataclass(frozen=True)
@@ -187,7 +186,7 @@ class OpenAIBackend:
         return {"backend": "openai", "base_url": self.base_url, "model": self.model}
 
     def _headers(self) -> dict[str, str]:
-        key = next((os.environ[v] for v in API_KEY_ENV if os.environ.get(v)), None)
+        key = secret("eval_api_key")
         return {"Authorization": f"Bearer {key}"} if key else {}
 
     def _complete(self, item: Item, settings: GenerationSettings) -> str:
