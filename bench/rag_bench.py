@@ -121,20 +121,6 @@ def latency(collection, backend, questions: list[str]) -> dict:
     return {"p50_ms": round(percentile(times, 50), 1), "p95_ms": round(percentile(times, 95), 1)}
 
 
-QA_KEYS = (
-    "answer_rate",
-    "answer_accuracy",
-    "answer_precision",
-    "abstention_precision",
-    "abstention_recall",
-    "right_doc_cited",
-    "sentences_dropped",
-    "quote_share",
-    "language_match",
-    "citation_validity",
-)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="1k chunks only, 8 QA questions")
@@ -257,7 +243,7 @@ def main() -> None:
         results["qa"] = {"model": name, **metrics}
         for split in metrics["cuvee"]:
             print(f"answers, {split} ({metrics['cuvee'][split]['questions']} questions, {name}):")
-            for key in QA_KEYS:
+            for key in evaluate.HEADLINE:
                 row = "  ".join(f"{s} {metrics[s][split].get(key)}" for s in metrics)
                 print(f"  {key:<24} {row}")
         print(f"cuvee ask p50 {metrics['cuvee']['all']['ask_p50_s']} s a question", flush=True)

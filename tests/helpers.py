@@ -13,6 +13,24 @@ from cuvee.progress import SilentReporter
 from cuvee.store import ModelStore
 
 
+def fake_catalog_entry(name: str, pip_package: str, obtain, description: str = "tiny"):
+    """A catalog entry for a tiny Gemma 3 that ``obtain`` writes (register it with
+    ``monkeypatch.setitem(catalog.CATALOG, name, entry)``)."""
+    from cuvee import catalog
+
+    return catalog.CatalogEntry(
+        name=name,
+        description=description,
+        architecture="gemma3",
+        approx_parameters=1,
+        licence="Gemma",
+        chat_template="gemma",
+        upstream="nobody/tiny",
+        pip_package=pip_package,
+        obtain=obtain,
+    )
+
+
 def run_cli(capsys, *args: str) -> tuple[int, str, str]:
     """Run `cuvee ARGS` in-process: (exit code, stdout, stderr)."""
     from cuvee.cli import main

@@ -15,7 +15,7 @@ from cuvee import catalog, model_import
 from cuvee.model_import import ConversionCheckError
 from cuvee.progress import SilentReporter
 from cuvee.store import ModelStore, sha256_file
-from helpers import run_cli, store_tiny
+from helpers import fake_catalog_entry, run_cli, store_tiny
 
 pytest.importorskip("llama_cpp")
 
@@ -184,17 +184,7 @@ def gguf_catalog(monkeypatch: pytest.MonkeyPatch, gemma_gguf: Path) -> str:
         shutil.copy(gemma_gguf, path)
         return catalog.ObtainedFile(path, sha256_file(path), "tiny-gguf-pkg", "1.0")
 
-    entry = catalog.CatalogEntry(
-        name="tiny-gguf",
-        description="tiny exported Gemma 3",
-        architecture="gemma3",
-        approx_parameters=1,
-        licence="Gemma",
-        chat_template="gemma",
-        upstream="nobody/tiny",
-        pip_package="tiny-gguf-pkg",
-        obtain=obtain,
-    )
+    entry = fake_catalog_entry("tiny-gguf", "tiny-gguf-pkg", obtain, "tiny exported Gemma 3")
     monkeypatch.setitem(catalog.CATALOG, entry.name, entry)
     return entry.name
 

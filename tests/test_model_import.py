@@ -12,6 +12,7 @@ from cuvee import catalog, model_import
 from cuvee.errors import CatalogError, ModelFileError, StoreError
 from cuvee.progress import SilentReporter
 from cuvee.store import ModelStore, sha256_file
+from helpers import fake_catalog_entry
 
 
 @pytest.fixture
@@ -194,17 +195,7 @@ def fake_catalog(monkeypatch: pytest.MonkeyPatch, tiny_gemma_dir: Path) -> dict[
         for f in tiny_gemma_dir.iterdir():
             shutil.copy(f, out_dir / f.name)
 
-    entry = catalog.CatalogEntry(
-        name="tiny-base",
-        description="tiny",
-        architecture="gemma3",
-        approx_parameters=1,
-        licence="Gemma",
-        chat_template="gemma",
-        upstream="nobody/tiny",
-        pip_package="tiny-pkg",
-        obtain=obtain,
-    )
+    entry = fake_catalog_entry("tiny-base", "tiny-pkg", obtain)
 
     def check(gguf_path: Path, model_dir: Path, reporter) -> dict:
         calls["check"] += 1  # the stand-in GGUF has nothing llama.cpp could run

@@ -58,7 +58,6 @@ INSTRUCTIONS = {
         "seulement : Les documents ne le disent pas."
     ),
 }
-_LABELS = {"en": ("Sources", "Question"), "fr": ("Sources", "Question")}
 ABSTAIN = {
     "en": "The documents do not say. (Nothing in the sources retrieved answers: {question})",
     "fr": "Les documents ne le disent pas. (Aucun des passages retrouvés ne répond à : {question})",
@@ -90,11 +89,9 @@ def build_messages(question: str, hits: list[Hit], lang: str | None = None) -> l
     for n, hit in enumerate(hits, 1):
         where = place(hit.title, hit.section)
         sources.append(f"[{n}] {where}\n{hit.text.strip()}")
-    heading, asked = _LABELS[lang]
+    # "Sources" and "Question" are the same word in both languages
     content = (
-        f"{INSTRUCTIONS[lang]}\n\n{heading}:\n\n"
-        + "\n\n".join(sources)
-        + f"\n\n{asked}: {question}"
+        f"{INSTRUCTIONS[lang]}\n\nSources:\n\n" + "\n\n".join(sources) + f"\n\nQuestion: {question}"
     )
     return [{"role": "user", "content": content}]
 
@@ -279,17 +276,7 @@ def finish(
         if sentence.citation is not None:
             sentence.citation.n = 0
     best = draft.best
-    hit = draft.hits[best.hit]
-    cite = verifying.Citation(
-        n=1,
-        doc=hit.doc,
-        title=hit.title,
-        section=hit.section,
-        start=hit.start + best.start,
-        end=hit.start + best.end,
-        quote=best.text,
-        chunk_id=hit.chunk_id,
-    )
+    cite = verifying.Citation.of(_window_hit(draft.hits[best.hit], best), 1)
     quoted = verifying.SentenceVerdict(
         text=best.text, verdict="supported", support=1.0, citation=cite
     )

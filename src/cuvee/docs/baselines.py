@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from dataclasses import replace
 
 from cuvee.docs.answer import AskResult, Generate, build_messages, is_abstention
 from cuvee.docs.extract import QUESTION_WORDS, answer_type, language
@@ -33,11 +34,7 @@ def plain(question: str, hits: list[Hit], generate: Generate | None, collection:
     result.abstained = not claims
     result.wording = "model"
     cited = sorted({n for _, marks in split_answer(text) for n in marks if 1 <= n <= len(hits)})
-    for n in cited:
-        hit = hits[n - 1]
-        result.citations.append(
-            Citation(n, hit.doc, hit.title, hit.section, hit.start, hit.end, hit.text, hit.chunk_id)
-        )
+    result.citations = [Citation.of(hits[n - 1], n) for n in cited]
     return result
 
 
@@ -61,9 +58,8 @@ def extractive(question: str, hits: list[Hit], generate: Generate | None, collec
     result.answer = f"{quote} [1]"
     result.abstained = False
     result.wording = "quote"
-    result.citations.append(
-        Citation(1, hit.doc, hit.title, hit.section, hit.start + a, hit.start + b, quote, 0)
-    )
+    window = replace(hit, start=hit.start + a, end=hit.start + b, text=quote)
+    result.citations.append(Citation.of(window, 1))
     return result
 
 

@@ -118,6 +118,23 @@ def _correct(result: AskResult, item: QAItem) -> bool:
     return all(found) if item.require_all else any(found)
 
 
+# The figures reported side by side wherever answers are scored (docs eval's table, the
+# grounded eval suite, bench/rag_bench.py), none of which doing nothing would max out alone.
+HEADLINE = (
+    "answer_rate",
+    "answer_accuracy",
+    "answer_precision",
+    "abstention_precision",
+    "abstention_recall",
+    "right_doc_cited",
+    "citation_validity",
+    "sentences_dropped",
+    "unsupported_rate_returned",
+    "quote_share",
+    "language_match",
+)
+
+
 def score(collection: Collection, items: list[QAItem], results: list[AskResult], k: int) -> dict:
     pairs = list(zip(items, results, strict=True))
     answerable = [(i, r) for i, r in pairs if i.answerable]

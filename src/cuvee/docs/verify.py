@@ -72,6 +72,12 @@ class Citation:
     quote: str
     chunk_id: int
 
+    @classmethod
+    def of(cls, hit: Hit, n: int) -> Citation:
+        """A citation of the whole of ``hit`` (a chunk, or a window of one whose offsets and
+        text are the window's): its text is the quote."""
+        return cls(n, hit.doc, hit.title, hit.section, hit.start, hit.end, hit.text, hit.chunk_id)
+
     def as_dict(self) -> dict:
         return asdict(self)
 

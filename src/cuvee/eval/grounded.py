@@ -98,7 +98,7 @@ class GroundedSuite:
 
     def score(self, items: list[Item], outputs: list[str]) -> Score:
         from cuvee.docs.answer import finish, prepare
-        from cuvee.docs.evaluate import QAItem, score
+        from cuvee.docs.evaluate import HEADLINE, QAItem, score
         from cuvee.docs.retrieval import Hit
 
         collection, backend = self._collection()
@@ -113,21 +113,7 @@ class GroundedSuite:
             )
             details.append({"id": item.id, "answer": result.answer, "abstained": result.abstained})
         metrics = score(collection, qa_items, results, K)
-        keys = (
-            "answer_rate",
-            "answer_accuracy",
-            "answer_precision",
-            "abstention_precision",
-            "abstention_recall",
-            "right_doc_cited",
-            "citation_validity",
-            "sentences_dropped",
-            "unsupported_rate_returned",
-            "quote_share",
-            "language_match",
-            f"retrieval_hit_at_{K}",
-            "retrieval_mrr",
-        )
+        keys = (*HEADLINE, f"retrieval_hit_at_{K}", "retrieval_mrr")
         return Score(
             metrics={k: metrics[k] for k in keys if metrics[k] is not None},
             counts={
