@@ -42,51 +42,100 @@ class Recipe(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
-    base: str | None = None  # None: the default_base setting
-    data: list[str] = Field(default_factory=list)
-    name: str | None = None
-    method: Literal["lora", "full"] = "lora"
+    # The descriptions are the help of `cuvee train`'s flags, one per field (cuvee.cli.train).
+    base: str | None = Field(
+        None, description="Stored base model to fine-tune [default: the default_base setting]."
+    )
+    data: list[str] = Field(
+        default_factory=list,
+        description="Training data file, in any format `cuvee data check` reads; `starter` is "
+        "the bundled set.",
+    )
+    name: str | None = Field(None, description="Name of the fine-tuned model in the store.")
+    method: Literal["lora", "full"] = Field(
+        "lora", description="LoRA adapters over a frozen base, or all weights."
+    )
 
-    epochs: float = Field(3.0, gt=0)
-    max_steps: int | None = Field(None, gt=0)
-    time_budget: str | None = None
+    epochs: float = Field(3.0, gt=0, description="Passes over the data.")
+    max_steps: int | None = Field(None, gt=0, description="Stop after this many optimizer steps.")
+    time_budget: str | None = Field(
+        None, description="Stop and save after this long, e.g. 10m, 2h."
+    )
 
-    lr: float = Field(2e-4, gt=0)
-    warmup_ratio: float = Field(0.03, ge=0, lt=1)
-    weight_decay: float = Field(0.0, ge=0)
-    max_grad_norm: float | None = Field(1.0, gt=0)
+    lr: float = Field(2e-4, gt=0, description="Peak learning rate.")
+    warmup_ratio: float = Field(
+        0.03,
+        ge=0,
+        lt=1,
+        description="Fraction of the steps with a linear warm-up (then cosine decay to zero).",
+    )
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    max_grad_norm: float | None = Field(
+        1.0, gt=0, description="Clip the gradient norm to this (null in a recipe: no clipping)."
+    )
 
-    seq_len: int = Field(512, ge=16)
-    batch_size: int = Field(4, ge=1)
-    grad_accum: int = Field(1, ge=1)
-    packing: bool = True
-    train_on_prompt: bool = False
+    seq_len: int = Field(512, ge=16, description="Tokens per row; longer records are truncated.")
+    batch_size: int = Field(4, ge=1, description="Rows per micro-batch (per process).")
+    grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
+    packing: bool = Field(
+        True,
+        description="Pack short records into rows of seq_len tokens (off: one record per row).",
+    )
+    train_on_prompt: bool = Field(
+        False, description="Learn the prompt tokens too, not only the assistant's."
+    )
     # Constrained variants added per training record (0: none): the instruction gains a
     # verifiable format rule (lowercase, N bullets, JSON, a postscript ...) and the answer is
     # rewritten to obey it, so the model learns to follow such rules (`cuvee data augment`).
     # Held-out records are never augmented.
-    augment: int = Field(0, ge=0, le=4)
+    augment: int = Field(
+        0,
+        ge=0,
+        le=4,
+        description="Add N format-constrained variants of each training record (0 turns it "
+        "off; held-out records never).",
+    )
 
-    lora_r: int = Field(16, ge=1)
-    lora_alpha: int = Field(32, ge=1)
-    lora_dropout: float = Field(0.05, ge=0, lt=1)
-    lora_targets: list[str] = Field(default_factory=lambda: list(ALL_LINEAR))
+    lora_r: int = Field(16, ge=1, description="LoRA rank.")
+    lora_alpha: int = Field(
+        32, ge=1, description="LoRA scaling numerator (updates are scaled by alpha / r)."
+    )
+    lora_dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA input.")
+    lora_targets: list[str] = Field(
+        default_factory=lambda: list(ALL_LINEAR),
+        description="Module names LoRA adapts, or all-linear (every linear layer of a block).",
+    )
     # Train the embedding rows of the template's turn tokens too (LoRA only): a pretrained base
     # has barely seen them, and cannot learn to end its answers with a frozen end-of-turn row.
-    train_turn_tokens: bool = True
+    train_turn_tokens: bool = Field(
+        True,
+        description="Train the embedding rows of the template's turn tokens too (LoRA only).",
+    )
 
-    precision: Literal["auto", "bf16", "fp32"] = "auto"
-    eval_split: float | str = "auto"
-    eval_every: int = Field(50, ge=1)
-    max_eval_records: int = Field(200, ge=1)
-    save_every: int = Field(100, ge=1)
-    keep_checkpoints: int = Field(2, ge=1)
-    seed: int = 42
+    precision: Literal["auto", "bf16", "fp32"] = Field(
+        "auto", description="auto: bf16 where the CPU or GPU has it natively, else fp32."
+    )
+    eval_split: float | str = Field(
+        "auto",
+        description="Held-out fraction (0.05), auto (the data's 'heldout' split if it has one, "
+        "else 5%) or none.",
+    )
+    eval_every: int = Field(50, ge=1, description="Held-out loss every N steps.")
+    max_eval_records: int = Field(200, ge=1, description="At most this many held-out records.")
+    save_every: int = Field(100, ge=1, description="Checkpoint every N steps.")
+    keep_checkpoints: int = Field(
+        2, ge=1, description="Checkpoints kept in the run directory (the newest)."
+    )
+    seed: int = Field(42, description="Seed for data order, splits and initialisation.")
 
-    merge: bool = False
-    report_to: list[Literal["tensorboard", "mlflow"]] = Field(default_factory=list)
-    authors: list[str] = Field(default_factory=list)
-    description: str = ""
+    merge: bool = Field(False, description="Also store merged full weights (LoRA).")
+    report_to: list[Literal["tensorboard", "mlflow"]] = Field(
+        default_factory=list, description="Also log metrics there (must be installed)."
+    )
+    authors: list[str] = Field(
+        default_factory=list, description="Contributor named in the model card."
+    )
+    description: str = Field("", description="What the model is for, in its model card.")
 
     @field_validator("time_budget")
     @classmethod
