@@ -35,7 +35,8 @@ from pathlib import Path
 
 from machine import describe
 
-from cuvee.engine.base import Request, SamplingParams, TokenEvent, open_engine
+from cuvee.engine import open_engine
+from cuvee.engine.base import Request, SamplingParams, TokenEvent
 from cuvee.native import captured_stderr
 
 SINGLE_PROMPT = "Here is a long story about a lighthouse keeper and the sea. Once upon a time"

@@ -32,7 +32,8 @@ def main() -> None:
 
     from cuvee.config import load_settings
     from cuvee.data.starter import load_starter
-    from cuvee.engine.base import Request, SamplingParams, open_engine
+    from cuvee.engine import open_engine
+    from cuvee.engine.base import Request, SamplingParams
     from cuvee.export.formats import export
     from cuvee.native import captured_stderr
     from cuvee.progress import SilentReporter

@@ -244,7 +244,8 @@ async def level(server: Server, prompts: list[str], clients: int, max_tokens: in
 
 def bare_engine(path: Path, threads: int, prompts: list[str], max_tokens: int) -> float:
     """Tokens/s of cuvee's engine in-process, the prompts one after another (as 1 client)."""
-    from cuvee.engine.base import Request, SamplingParams, open_engine
+    from cuvee.engine import open_engine
+    from cuvee.engine.base import Request, SamplingParams
 
     engine = open_engine("llamacpp", path, n_threads=threads)
     try:
@@ -375,11 +376,11 @@ def main() -> None:
 
     machine = describe()
     from cuvee.config import load_settings
-    from cuvee.engine.select import choose_target
     from cuvee.progress import SilentReporter
+    from cuvee.resolve import target as resolve_target
 
     settings = load_settings()
-    target = choose_target(settings, args.model, "llamacpp", SilentReporter())
+    target = resolve_target(settings, args.model, "llamacpp", SilentReporter())
     version = llama_server_version(args.llama_server) if "llama_server" in args.servers else None
     print(
         f"model {args.model}: {target.path}, {args.threads} threads, {CTX_PER_SEQ} cells per "

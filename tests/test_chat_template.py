@@ -56,3 +56,23 @@ def test_unknown_family_lists_the_known_ones() -> None:
     with pytest.raises(ConfigError) as info:
         get_template("alpaca-ish")
     assert "gemma" in info.value.hint
+
+
+@pytest.mark.parametrize("family", sorted(TEMPLATES))
+@pytest.mark.parametrize("turns", [1, 2, 4])
+@pytest.mark.parametrize("generation_prompt", [False, True])
+def test_every_template_renders_the_same_as_runtimes_render_it(
+    family: str, turns: int, generation_prompt: bool
+) -> None:
+    """Exports embed these templates, and llama.cpp's engine, transformers and Ollama render a
+    model's template with trim_blocks and lstrip_blocks on: the text must not depend on it."""
+    from cuvee.chat_template import compile_template
+
+    template = TEMPLATES[family]
+    messages = CONVERSATION[-turns:] if turns < 4 else CONVERSATION
+    ours = template.render(messages, add_generation_prompt=generation_prompt, bos_token="<s>")
+    as_runtimes = compile_template(template.jinja, trim=True).render(
+        messages=messages, add_generation_prompt=generation_prompt, bos_token="<s>"
+    )
+    assert ours == as_runtimes
+    assert "\n\n\n" not in ours  # a stray block newline would show up as a blank run

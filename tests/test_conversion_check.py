@@ -164,9 +164,9 @@ def test_a_gguf_llama_cpp_cannot_run_fails_the_check(
 
         raise ModelFileError(f"llama.cpp cannot load {path.name}")
 
-    import cuvee.export.gguf_format as gguf_format
+    import cuvee.native.logits as logits
 
-    monkeypatch.setattr(gguf_format, "gguf_logits", unreadable)
+    monkeypatch.setattr(logits, "gguf_logits", unreadable)
     with pytest.raises(ConversionCheckError, match="could not run the GGUF"):
         model_import.add(store, gguf, "unread", SilentReporter())
     _assert_store_unchanged(store, [])

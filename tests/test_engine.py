@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from cuvee.engine import open_engine
 from cuvee.engine.base import (
     ContextLengthError,
     Finished,
@@ -21,7 +22,6 @@ from cuvee.engine.base import (
     SamplingParams,
     StopFilter,
     TokenEvent,
-    open_engine,
 )
 from cuvee.errors import ConfigError
 

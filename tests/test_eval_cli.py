@@ -173,12 +173,12 @@ def test_two_store_models_and_an_endpoint_on_every_suite(
         assert not re.search(r"<script|<link|<img|src=|url\(", html)
 
         # a re-run is instant: nothing is generated, no engine opened, no request sent
-        import cuvee.engine.base
+        import cuvee.engine
 
         def no_engine(*a, **k):
             raise AssertionError("the engine was opened on a cached re-run")
 
-        monkeypatch.setattr(cuvee.engine.base, "open_engine", no_engine)
+        monkeypatch.setattr(cuvee.engine, "open_engine", no_engine)
         before = len(calls)
         code, out2, err = run_cli(capsys, *args, "--json")
         assert code == 0, err

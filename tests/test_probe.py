@@ -12,8 +12,8 @@ import pytest
 
 from cuvee.cli import cli
 from cuvee.config import load_settings
-from cuvee.engine import probe
-from cuvee.engine.probe_child import write_tiny_gguf
+from cuvee.native import probe
+from cuvee.native.probe_child import write_tiny_gguf
 
 pytest.importorskip("llama_cpp")
 
@@ -76,7 +76,7 @@ def test_a_child_killed_by_a_signal_falls_back_to_the_plain_configuration(
 def test_the_engine_opens_a_model_without_repacking_after_a_fallback(
     own_cache: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    from cuvee.engine.base import open_engine
+    from cuvee.engine import open_engine
 
     crash_for(monkeypatch, {"repack": DIE_BY_SEGV})
     model = tmp_path / "tiny.gguf"
@@ -105,7 +105,7 @@ def probe_engine_loader(monkeypatch: pytest.MonkeyPatch, seen: dict) -> bool:
 def test_when_every_configuration_dies_the_error_names_the_signal_cpu_and_fix(
     own_cache: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    from cuvee.engine.base import open_engine
+    from cuvee.engine import open_engine
 
     crash_for(monkeypatch, {"repack": DIE_BY_SEGV, "plain": DIE_BY_SIGILL})
     model = tmp_path / "tiny.gguf"

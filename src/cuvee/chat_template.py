@@ -78,7 +78,7 @@ class ChatTemplate:
         add_generation_prompt: bool = False,
         bos_token: str = "",
     ) -> str:
-        return _compiled(self.jinja).render(
+        return compile_template(self.jinja).render(
             messages=messages, add_generation_prompt=add_generation_prompt, bos_token=bos_token
         )
 
@@ -128,9 +128,18 @@ def get_template(family: str) -> ChatTemplate:
 
 
 @cache
-def _compiled(source: str) -> Any:
+def compile_template(source: str, *, trim: bool = False) -> Any:
+    """The one compiler of chat templates, cached by source. Sandboxed, as transformers and
+    llama.cpp render them: a model's template is data from a file. ``trim`` renders as
+    transformers does a model's own template (``trim_blocks`` and ``lstrip_blocks``); cuvee's
+    templates above are written without. A template's ``raise_exception(msg)`` raises
+    jinja2's TemplateError, and a template that does not parse raises it too."""
+    from jinja2.exceptions import TemplateError
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-    # Sandboxed, like transformers and llama.cpp render templates: a model's template is data.
-    env = ImmutableSandboxedEnvironment(trim_blocks=False, lstrip_blocks=False)
+    def raise_exception(message: str) -> None:
+        raise TemplateError(message)
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=trim, lstrip_blocks=trim)
+    env.globals["raise_exception"] = raise_exception
     return env.from_string(source)

@@ -51,7 +51,7 @@ def _meminfo() -> dict[str, int]:
 
 
 def check_cpu(settings: Settings) -> Finding:
-    from cuvee.engine.probe import SIMD_FLAGS, cpu_description
+    from cuvee.native.probe import SIMD_FLAGS, cpu_description
 
     model, flags = cpu_description()
     simd = sorted(f for f in flags if f in SIMD_FLAGS)
@@ -189,7 +189,7 @@ def check_llama_cpp(settings: Settings) -> Finding:
 def check_engine(settings: Settings, *, force: bool = False) -> Finding:
     if importlib.util.find_spec("llama_cpp") is None:
         return Finding("engine probe", "error", "not run: llama-cpp-python is not installed")
-    from cuvee.engine.probe import REBUILD_FIX, probe
+    from cuvee.native.probe import REBUILD_FIX, probe
 
     verdict = probe(settings, force=force)
     details = verdict.to_dict()

@@ -191,7 +191,7 @@ def check_conversion(gguf_path: Path, model_dir: Path, reporter: Reporter) -> di
     import torch
     from transformers import AutoModelForCausalLM
 
-    from cuvee.export.gguf_format import gguf_logits
+    from cuvee.native.logits import gguf_logits
 
     reporter.step("checking the converted weights against the GGUF in llama.cpp")
     versions = conversion_versions()

@@ -7,8 +7,7 @@ import sys
 import click
 
 from cuvee.cli.output import print_json, reporter_for
-
-_ENGINES = ["llamacpp", "hf"]
+from cuvee.engine import ENGINES
 
 
 def _sampling_options(fn):
@@ -22,7 +21,11 @@ def _sampling_options(fn):
         click.option("--seed", type=int, default=None, help="Sampling seed (reproducible)."),
         click.option("--stop", multiple=True, help="Stop string (repeatable)."),
         click.option(
-            "--engine", type=click.Choice(_ENGINES), default="llamacpp", show_default=True
+            "--engine",
+            type=click.Choice(list(ENGINES)),
+            default="llamacpp",
+            show_default=True,
+            help="; ".join(f"{s.name}: {s.summary}" for s in ENGINES.values()) + ".",
         ),
         click.option("--threads", type=int, default=None, help="CPU threads for llama.cpp."),
     ]
@@ -32,17 +35,14 @@ def _sampling_options(fn):
 
 
 def _open(settings, name: str, engine: str, threads: int | None, quiet: bool):
-    from cuvee.engine.base import open_engine
-    from cuvee.engine.select import choose_target
+    from cuvee.engine import get_engine
+    from cuvee.resolve import open_model
 
-    target = choose_target(settings, name, engine, reporter_for(quiet))
     options: dict = {}
-    if target.engine == "llamacpp":
+    if "n_seq_max" in get_engine(engine).options():
         # one conversation at a time: one sequence, so the KV cache holds only what it needs
-        options.update(chat_template=target.chat_template, n_seq_max=1)
-        if threads:
-            options["n_threads"] = threads
-    return target, open_engine(target.engine, target.path, **options)
+        options["n_seq_max"] = 1
+    return open_model(settings, name, engine, reporter_for(quiet), threads=threads, **options)
 
 
 def _params(max_tokens, temperature, top_p, top_k, seed, stop):

@@ -60,13 +60,10 @@ def open_generator(
 ) -> tuple[str, EngineGenerator, Callable[[], None]]:
     """(model name, generate(messages) -> text, close); ``parallel`` callers may generate at
     once (the engine batches them)."""
-    from cuvee.engine.base import open_engine
-    from cuvee.engine.select import choose_target
+    from cuvee.resolve import open_model
 
     name = model or default_model(settings)
-    target = choose_target(settings, name, "llamacpp", reporter)
-    options: dict = {"chat_template": target.chat_template, "n_seq_max": parallel}
-    if threads:
-        options["n_threads"] = threads
-    engine = open_engine(target.engine, target.path, **options)
+    target, engine = open_model(
+        settings, name, reporter=reporter, threads=threads, n_seq_max=parallel
+    )
     return target.model, EngineGenerator(engine), engine.close

@@ -3,13 +3,11 @@ transformers, so the CLI, the server and evaluation never care which engine runs
 
 from __future__ import annotations
 
-import inspect
 import json
 import queue
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from cuvee.errors import ConfigError, CuveeError
@@ -372,50 +370,3 @@ def context_error(n_prompt: int, limit: int, detail: str = "") -> ContextLengthE
         f"{detail} (prompt plus completion): at most {limit - 1} prompt tokens fit",
         hint="shorten the prompt, or open the engine with a larger context (n_ctx)",
     )
-
-
-def _open_llamacpp(model_path: str | Path, **options: Any) -> Engine:
-    from cuvee.engine.llamacpp import LlamaCppEngine
-
-    return LlamaCppEngine(model_path, **options)
-
-
-def _open_hf(model_dir: str | Path, **options: Any) -> Engine:
-    from cuvee.engine.hf import HFEngine
-
-    return HFEngine(model_dir, **options)
-
-
-def _engine_class(name: str) -> type:
-    if name == "llamacpp":
-        from cuvee.engine.llamacpp import LlamaCppEngine
-
-        return LlamaCppEngine
-    from cuvee.engine.hf import HFEngine
-
-    return HFEngine
-
-
-# Engine name -> factory(model path or directory, **options). Factories import lazily, so
-# listing engines never loads torch or llama.cpp.
-ENGINES: dict[str, Callable[..., Engine]] = {"llamacpp": _open_llamacpp, "hf": _open_hf}
-
-
-def open_engine(name: str, model_path_or_dir: str | Path, **options: Any) -> Engine:
-    """Open engine ``name`` on a model; unknown engines or options are ConfigErrors."""
-    factory = ENGINES.get(name)
-    if factory is None:
-        raise ConfigError(f"unknown engine {name!r}", hint=f"one of: {', '.join(ENGINES)}")
-    if name in ("llamacpp", "hf"):
-        accepted = [
-            p.name
-            for p in inspect.signature(_engine_class(name).__init__).parameters.values()
-            if p.kind is inspect.Parameter.KEYWORD_ONLY
-        ]
-        unknown = sorted(set(options) - set(accepted))
-        if unknown:
-            raise ConfigError(
-                f"the {name} engine has no option {', '.join(unknown)}",
-                hint=f"its options: {', '.join(accepted)}",
-            )
-    return factory(model_path_or_dir, **options)

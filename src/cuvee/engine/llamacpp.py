@@ -39,9 +39,9 @@ from cuvee.engine.base import (
     top_logprobs,
 )
 from cuvee.engine.layout import Feed, plan_padding
-from cuvee.engine.probe import engine_verdict
 from cuvee.errors import ConfigError, ModelFileError
 from cuvee.native import captured_stderr
+from cuvee.native.probe import engine_verdict
 
 # llama.cpp's log lines, kept (not printed) so a failure can quote them.
 _NATIVE_LOG: collections.deque[str] = collections.deque(maxlen=40)
@@ -215,7 +215,6 @@ class LlamaCppEngine:
         self._add_bos = bool(llama.llama_vocab_get_add_bos(self._vocab)) and self._bos >= 0
         # a pretrained base's GGUF has no template: the caller may supply its family's
         self.chat_template = self._meta("tokenizer.chat_template") or chat_template
-        self._template: Any = None
 
         # Counters for metrics and tests: decode steps, prompt chunks, tokens decoded.
         self.stats = {
@@ -333,24 +332,16 @@ class LlamaCppEngine:
                 f"{self.model_path.name} has no chat template (tokenizer.chat_template)",
                 hint="send a raw prompt instead of messages",
             )
-        if self._template is None:
-            from jinja2.exceptions import TemplateError
-            from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-            def raise_exception(message: str) -> None:
-                raise TemplateError(message)
-
-            # As transformers renders templates: sandboxed (a template is data from a file).
-            env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-            env.globals["raise_exception"] = raise_exception
-            try:
-                self._template = env.from_string(self.chat_template)
-            except TemplateError as exc:
-                raise ConfigError(f"the model's chat template does not parse: {exc}") from exc
         from jinja2.exceptions import TemplateError
 
+        from cuvee.chat_template import compile_template
+
         try:
-            return self._template.render(
+            template = compile_template(self.chat_template, trim=True)
+        except TemplateError as exc:
+            raise ConfigError(f"the model's chat template does not parse: {exc}") from exc
+        try:
+            return template.render(
                 messages=messages,
                 add_generation_prompt=True,
                 bos_token=self._token_text(self._bos),

@@ -75,17 +75,17 @@ class StoreBackend:
         self._engine = None
 
     def prepare(self, reporter: Reporter) -> dict[str, Any]:
-        from cuvee.engine.select import choose_target
+        from cuvee.resolve import target
         from cuvee.store import ModelStore, sha256_file
 
         if self.label.endswith(".gguf"):
-            self.target = choose_target(self.settings, self.label, "llamacpp", reporter)
+            self.target = target(self.settings, self.label, "llamacpp", reporter)
             digest = sha256_file(self.target.path)
             return {"backend": "gguf", "sha256": digest, "file_sha256": digest, "template": None}
         store = ModelStore(self.settings.models_dir)
         stored = store.get(self.label)  # ModelNotFound names the model and near matches
-        self.target = choose_target(self.settings, self.label, "llamacpp", reporter)
-        stored = store.get(self.label)  # re-read: choose_target may have recorded an export
+        self.target = target(self.settings, self.label, "llamacpp", reporter)
+        stored = store.get(self.label)  # re-read: resolving may have recorded an export
         manifest = stored.manifest
         return {
             "backend": "store",
@@ -101,7 +101,7 @@ class StoreBackend:
 
     def _open(self):
         if self._engine is None:
-            from cuvee.engine.base import open_engine
+            from cuvee.engine import open_engine
 
             self._engine = open_engine(
                 "llamacpp",

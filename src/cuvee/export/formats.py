@@ -145,10 +145,13 @@ def _record(store: ModelStore, name: str, entry: dict[str, Any]) -> None:
     write_manifest(stored.path, manifest)
 
 
-def find_export(stored, fmt: str, quant: str | None = None) -> Path | None:
-    """The newest recorded export of a format (and quantization) whose file still matches."""
+def find_export(
+    stored, fmt: str, quant: str | None = None, *, adapter_only: bool = False
+) -> Path | None:
+    """The newest recorded export of a format (and quantization), a merged model's or, with
+    ``adapter_only``, a LoRA file's, whose file is still there at its recorded size."""
     for entry in reversed(stored.manifest.exports):
-        if entry.get("format") != fmt or entry.get("adapter_only"):
+        if entry.get("format") != fmt or bool(entry.get("adapter_only")) != adapter_only:
             continue
         if quant is not None and entry.get("quantization") != quant:
             continue

@@ -75,6 +75,7 @@ def fidelity(source: ExportSource, path: Path) -> dict:
     fixed short conversation in the model's chat template."""
     import torch
 
+    from cuvee.native.logits import gguf_logits
     from cuvee.tokenizer import load_tokenizer
 
     bos, _ = source.bos_eos
@@ -85,53 +86,6 @@ def fidelity(source: ExportSource, path: Path) -> dict:
     got = gguf_logits(path, ids).argmax(-1).tolist()
     same = sum(a == b for a, b in zip(reference, got, strict=True))
     return {"probe_tokens": len(ids), "top1_agreement": round(same / len(ids), 4)}
-
-
-def gguf_logits(path: Path, ids: list[int]) -> np.ndarray:
-    """llama.cpp's logits for every position of ``ids`` (one row per token), read from a GGUF;
-    the one place the probes of exports and of conversions open a model in llama.cpp. It loads
-    the model as the engine does, with the engine probe's verdict on weight repacking (the
-    high-level ``llama_cpp.Llama`` offers no such switch, and its default crashes on AMX CPUs)."""
-    import llama_cpp as llama
-
-    from cuvee.engine.probe import engine_verdict
-
-    repack = engine_verdict().repack
-    with captured_stderr() as log:
-        mparams = llama.llama_model_default_params()
-        mparams.use_extra_bufts = repack
-        model = llama.llama_model_load_from_file(str(path).encode(), mparams)
-    if not model:
-        tail = "\n".join("".join(log).strip().splitlines()[-5:])
-        raise ModelFileError(f"llama.cpp cannot load {path.name}" + (f":\n{tail}" if tail else ""))
-    ctx = batch = None
-    try:
-        cparams = llama.llama_context_default_params()
-        cparams.n_ctx = cparams.n_batch = cparams.n_ubatch = len(ids) + 8
-        cparams.n_threads = cparams.n_threads_batch = os.cpu_count() or 1
-        with captured_stderr():
-            ctx = llama.llama_init_from_model(model, cparams)
-        if not ctx:
-            raise ModelFileError(f"llama.cpp cannot open a context on {path.name}")
-        batch = llama.llama_batch_init(len(ids), 0, 1)
-        for i, token in enumerate(ids):
-            batch.token[i], batch.pos[i], batch.n_seq_id[i] = token, i, 1
-            batch.seq_id[i][0], batch.logits[i] = 0, True
-        batch.n_tokens = len(ids)
-        with captured_stderr():
-            rc = llama.llama_decode(ctx, batch)
-        if rc != 0:
-            raise ModelFileError(f"llama.cpp could not evaluate {path.name} (llama_decode {rc})")
-        n_vocab = llama.llama_vocab_n_tokens(llama.llama_model_get_vocab(model))
-        logits = np.ctypeslib.as_array(llama.llama_get_logits(ctx), shape=(len(ids), n_vocab))
-        return logits.astype(np.float32, copy=True)
-    finally:
-        with captured_stderr():  # freeing the context logs its buffer sizes
-            if batch is not None:
-                llama.llama_batch_free(batch)
-            if ctx:
-                llama.llama_free(ctx)
-            llama.llama_model_free(model)
 
 
 def quantize(src: Path, dst: Path, quant: str, threads: int | None = None) -> None:
@@ -157,6 +111,25 @@ def quantize(src: Path, dst: Path, quant: str, threads: int | None = None) -> No
         )
 
 
+def adapter_refusal(adapter_config: dict) -> tuple[str, str] | None:
+    """Why an adapter (its ``adapter_config.json``) cannot become a llama.cpp LoRA file, with
+    the fix, or None. The one statement of the rule: the exporter refuses by it and the server
+    decides by it whether ``BASE:ADAPTER`` is servable."""
+    if adapter_config.get("trainable_token_indices"):
+        return (
+            "also retrained the embedding rows of its turn tokens, which a llama.cpp LoRA file "
+            "cannot carry (the head shares those rows)",
+            "export the merged model instead (drop --adapter-only), or train with "
+            "train_turn_tokens: false",
+        )
+    if adapter_config.get("use_rslora") or adapter_config.get("use_dora"):
+        return (
+            "is an rsLoRA or DoRA adapter, which llama.cpp does not apply",
+            "export the merged model instead (drop --adapter-only)",
+        )
+    return None
+
+
 def write_adapter(source: ExportSource, out: Path, reporter: Reporter) -> None:
     """The adapter's A and B matrices under the base model's GGUF tensor names, with the
     alpha llama.cpp scales them by. Only what llama.cpp can apply is accepted."""
@@ -164,16 +137,11 @@ def write_adapter(source: ExportSource, out: Path, reporter: Reporter) -> None:
     from safetensors.numpy import load_file
 
     adapter_config = _adapter_config(source)
-    if adapter_config.get("trainable_token_indices"):
-        raise ConfigError(
-            f"{source.name!r} also retrained the embedding rows of its turn tokens, which a "
-            "llama.cpp LoRA file cannot carry (the head shares those rows)",
-            hint="export the merged model instead (drop --adapter-only), or train with "
-            "train_turn_tokens: false",
-        )
+    refusal = adapter_refusal(adapter_config)
+    if refusal is not None:
+        why, hint = refusal
+        raise ConfigError(f"{source.name!r} {why}", hint=hint)
     r, alpha = int(adapter_config["r"]), float(adapter_config["lora_alpha"])
-    if adapter_config.get("use_rslora") or adapter_config.get("use_dora"):
-        raise ConfigError("rsLoRA and DoRA adapters are not exported to GGUF")
     config = source.config
     arch = architecture_for(config)
     names = gguf.get_tensor_name_map(

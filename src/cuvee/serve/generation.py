@@ -16,10 +16,9 @@ import collections
 import contextlib
 import functools
 import json
-import threading
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -152,20 +151,8 @@ class EventPump:
         self._items: collections.deque[tuple[int, Event]] = collections.deque()
         self._waiter: asyncio.Future[None] | None = None
         for index, handle in enumerate(handles):
-            if hasattr(handle, "subscribe"):
-                # the engine's thread hands each event straight to the loop: no thread per stream
-                handle.subscribe(lambda event, i=index: self._put((i, event)))
-            else:
-                threading.Thread(
-                    target=self._pump, args=(index, handle), name="cuvee-serve-pump", daemon=True
-                ).start()
-
-    def _pump(self, index: int, handle: Handle) -> None:
-        try:
-            for event in handle:
-                self._put((index, event))
-        except Exception as exc:  # the engine broke its contract: end this choice with an error
-            self._put((index, Finished("error", 0, 0, f"{type(exc).__name__}: {exc}")))
+            # the engine's thread hands each event straight to the loop: no thread per stream
+            handle.subscribe(lambda event, i=index: self._put((i, event)))
 
     def _put(self, item: tuple[int, Event]) -> None:
         with contextlib.suppress(RuntimeError):  # a closed loop: nobody listens any more
@@ -440,21 +427,22 @@ def sse(obj: dict[str, Any] | str) -> bytes:
 
 
 class EventStreamResponse(StreamingResponse):
-    """A server-sent event stream that closes its generation however the response ends."""
+    """A server-sent event stream that calls ``on_close`` however the response ends (sent,
+    failed, or the client gone): a generation or an answer nobody reads stops using the engine."""
 
-    def __init__(self, content: AsyncIterator[bytes], generation: Generation) -> None:
+    def __init__(self, content: AsyncIterator[bytes], on_close: Callable[[], None]) -> None:
         super().__init__(
             content,
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
-        self.generation = generation
+        self.on_close = on_close
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         try:
             await super().__call__(scope, receive, send)
         finally:
-            self.generation.close()
+            self.on_close()
 
 
 def stream(
@@ -487,7 +475,7 @@ def stream(
             yield sse(formatter.usage_chunk(generation.usage()))
         yield sse("[DONE]")
 
-    return EventStreamResponse(body(), generation)
+    return EventStreamResponse(body(), generation.close)
 
 
 async def collect(generation: Generation, http: HTTPRequest, formatter: Formatter) -> Response:

@@ -1,7 +1,7 @@
 """Which models the server can serve, and the engines loaded for them.
 
 Every model in the store is servable under its store name: an engine is opened on first use
-(``choose_target`` picks or makes its GGUF, then ``open_engine``), and beyond ``max_loaded``
+(``resolve.open_model`` picks or makes its GGUF and opens the engine), and beyond ``max_loaded``
 engines the least recently used idle one is closed, so a small machine can offer many models
 while keeping only a few in memory. An engine in use by a request is never closed under it: if
 every loaded engine is busy the limit is exceeded for a while and enforced when one is released.
@@ -18,7 +18,6 @@ threads."""
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -27,6 +26,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from cuvee import resolve
 from cuvee.engine.base import Engine, Handle, Request
 from cuvee.errors import ConfigError, CuveeError, StoreError
 
@@ -111,9 +111,9 @@ class ModelRegistry:
         self._names = names
         # injected names without injected adapters: a test registry that has none
         self._adapters = adapters or (
-            (lambda: ()) if names is not None else (lambda: store_adapters(settings))
+            (lambda: ()) if names is not None else (lambda: resolve.adapters(settings))
         )
-        self._adapter_file = adapter_file or (lambda name: store_adapter_file(settings, name))
+        self._adapter_file = adapter_file or (lambda name: resolve.adapter_file(settings, name))
         self._clock = clock
         self._lock = threading.Lock()
         self._slots: dict[str, _Slot] = {}
@@ -153,7 +153,7 @@ class ModelRegistry:
             stored = self._store().get(adapter)
         except CuveeError:
             return None
-        problem = lora_problem(stored)
+        problem = resolve.adapter_problem(stored)
         if problem is None and stored.manifest.parent != base:
             problem = f"'{adapter}' was trained over '{stored.manifest.parent}', not '{base}'"
         if problem is None and not self._store().exists(base):
@@ -319,89 +319,11 @@ def _timestamp(iso: str) -> int:
 
 
 def store_opener(settings: Any, engine: str, options: dict[str, Any]) -> Opener:
-    """Open a stored model as ``cuvee run`` does: its GGUF (exported on first use) on llama.cpp.
-    A GGUF without a chat template (a pretrained base's) gets its family's from the manifest,
-    so chat requests work on it too."""
+    """Open a stored model as ``cuvee run`` does (``resolve.open_model``), silently."""
 
     def open_model(name: str) -> Engine:
-        from cuvee.engine.base import open_engine
-        from cuvee.engine.select import choose_target
-        from cuvee.progress import SilentReporter
+        from cuvee.resolve import open_model
 
-        target = choose_target(settings, name, engine, SilentReporter())
-        extra = dict(options)
-        if target.engine != "llamacpp":
-            extra.pop("n_threads", None)
-        elif "chat_template" not in extra:
-            template = _family_template(settings, name)
-            if template is not None:
-                extra["chat_template"] = template
-        return open_engine(target.engine, target.path, **extra)
+        return open_model(settings, name, engine, **options)[1]
 
     return open_model
-
-
-def lora_problem(stored: Any) -> str | None:
-    """Why a stored model cannot be served as an adapter over its base, or None. Mirrors what
-    the GGUF LoRA export accepts (``export.gguf_format.write_adapter``)."""
-    from cuvee.model_loading import ADAPTER_DIR, has_full_weights
-
-    manifest = stored.manifest
-    if manifest.parent is None or not (stored.path / ADAPTER_DIR).is_dir():
-        return f"'{manifest.name}' is not a LoRA fine-tune"
-    if has_full_weights(stored):
-        return f"'{manifest.name}' stores merged weights, not only its adapter"
-    try:
-        config = json.loads((stored.path / ADAPTER_DIR / "adapter_config.json").read_text())
-    except (OSError, ValueError):
-        return f"'{manifest.name}' has no readable adapter config"
-    if config.get("trainable_token_indices"):
-        return (
-            f"'{manifest.name}' also retrained its turn tokens' embedding rows, which a "
-            "llama.cpp LoRA file cannot carry (train with train_turn_tokens: false)"
-        )
-    if config.get("use_rslora") or config.get("use_dora"):
-        return f"'{manifest.name}' is an rsLoRA or DoRA adapter, which llama.cpp does not apply"
-    return None
-
-
-def store_adapters(settings: Any) -> list[tuple[str, str]]:
-    """(base, adapter) for each stored LoRA fine-tune servable over its stored base."""
-    from cuvee.store import ModelStore
-
-    store = ModelStore(settings.models_dir)
-    models, _ = store.list()
-    names = {m.manifest.name for m in models}
-    return [
-        (m.manifest.parent, m.manifest.name)
-        for m in models
-        if m.manifest.parent in names and lora_problem(m) is None
-    ]
-
-
-def store_adapter_file(settings: Any, name: str) -> Path:
-    """The adapter's GGUF LoRA file: its recorded export, or one exported now (once)."""
-    from cuvee.export.formats import export
-    from cuvee.progress import SilentReporter
-    from cuvee.store import ModelStore
-
-    store = ModelStore(settings.models_dir)
-    stored = store.get(name)
-    for entry in reversed(stored.manifest.exports):
-        path = Path(entry.get("path", ""))
-        recorded = entry.get("format") == "gguf" and entry.get("adapter_only")
-        if recorded and path.is_file() and path.stat().st_size == entry.get("size"):
-            return path
-    entry = export(settings, store, name, "gguf", adapter_only=True, reporter=SilentReporter())
-    return Path(entry["path"])
-
-
-def _family_template(settings: Any, name: str) -> str | None:
-    from cuvee.chat_template import get_template
-    from cuvee.store import ModelStore
-
-    try:
-        family = ModelStore(settings.models_dir).get(name).manifest.chat_template
-        return get_template(family).jinja
-    except CuveeError:
-        return None

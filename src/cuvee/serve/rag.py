@@ -41,7 +41,7 @@ from typing import Any, Protocol
 
 import anyio
 from starlette.requests import Request as HTTPRequest
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, Response
 
 from cuvee.docs import index
 from cuvee.docs import verify as verifying
@@ -54,6 +54,7 @@ from cuvee.errors import CuveeError, DocsError
 from cuvee.serve import errors
 from cuvee.serve.generation import (
     DISCONNECT_POLL_S,
+    EventStreamResponse,
     acquire_engine,
     engine_limiter,
     finish_reason,
@@ -624,24 +625,6 @@ async def answer_route(
     return JSONResponse({**response, **_extras(outcome.result)})
 
 
-class _JobStream(StreamingResponse):
-    """The SSE response of an answer: however it ends, a draft nobody waits for is cancelled."""
-
-    def __init__(self, content: Any, job: _Job) -> None:
-        super().__init__(
-            content,
-            media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-        )
-        self.job = job
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            self.job.cancel()
-
-
 def _stream(job: _Job, formatter: ChatFormatter, include_usage: bool) -> Response:
     """The role chunk at once (the client knows it is being answered), then the verified
     answer as one content chunk, the finish chunk with the citations, usage, [DONE]."""
@@ -671,4 +654,4 @@ def _stream(job: _Job, formatter: ChatFormatter, include_usage: bool) -> Respons
             yield sse(formatter.usage_chunk(outcome.usage))
         yield sse("[DONE]")
 
-    return _JobStream(body(), job)
+    return EventStreamResponse(body(), job.cancel)

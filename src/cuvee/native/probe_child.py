@@ -1,7 +1,7 @@
 """The engine probe's child: build a tiny GGUF, quantize it with llama.cpp, load it in one
 configuration and decode a few tokens. If llama.cpp crashes here, only this process dies.
 
-    python -m cuvee.engine.probe_child repack|plain WORKDIR
+    python -m cuvee.native.probe_child repack|plain WORKDIR
 
 Prints one JSON line (the model buffer types llama.cpp used) and exits 0 when all went well.
 The model is shaped so the quantized matrices take the same kernels a real model's do: rows of

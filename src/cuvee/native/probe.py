@@ -207,7 +207,7 @@ def _llama_version() -> str:
 
 def child_argv(config: ProbeConfig, workdir: Path) -> list[str]:
     """The command of one child run (a seam for tests that make the child die)."""
-    return [sys.executable, "-m", "cuvee.engine.probe_child", config.name, str(workdir)]
+    return [sys.executable, "-m", "cuvee.native.probe_child", config.name, str(workdir)]
 
 
 def _run_child(config: ProbeConfig, workdir: Path) -> Attempt:
