@@ -1,32 +1,133 @@
-"""`cuvee train`: instruction-tune a stored base model from a recipe and/or flags."""
+"""`cuvee train`: instruction-tune a stored base model from a recipe and/or flags.
+
+The recipe flags are generated from the fields of :class:`cuvee.train.recipe.Recipe`: one
+``--kebab-case`` flag per field, its type and bounds from the field's annotation and
+constraints, its help from the field's description; a new knob gets its flag by itself."""
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
+from types import UnionType
+from typing import Any, Literal, Union, get_args, get_origin
 
 import click
+from pydantic.fields import FieldInfo
 
 from cuvee.cli.output import print_json
 
-# flag name -> recipe key, for the flags that override a recipe knob one to one.
-_KNOBS = (
-    "base",
-    "name",
-    "method",
-    "epochs",
-    "max_steps",
-    "time_budget",
-    "lr",
-    "seq_len",
-    "batch_size",
-    "grad_accum",
-    "lora_r",
-    "lora_alpha",
-    "eval_split",
-    "augment",
-    "seed",
-    "precision",
-)
+# Old flag names kept beside the generated --kebab-case one, by recipe field.
+ALIASES: dict[str, tuple[str, ...]] = {"authors": ("--author",)}
+# List knobs whose flag also takes comma-separated values (module names never hold a comma;
+# file names and authors may, so theirs are only repeatable).
+COMMA_SEPARATED = frozenset({"lora_targets"})
+
+
+def flag_name(field: str) -> str:
+    return "--" + field.replace("_", "-")
+
+
+def _scalar_type(annotation: Any, metadata: list[Any]) -> click.ParamType:
+    """The click type of one value of a recipe field: a Choice for a Literal, a range for a
+    bounded int or float, else the plain type (a union like float | str stays text, for the
+    recipe's own validation)."""
+    if get_origin(annotation) is Literal:
+        return click.Choice([str(a) for a in get_args(annotation)])
+    bounds: dict[str, Any] = {}
+    for rule in metadata:
+        for attr, key, is_open in (("gt", "min", True), ("ge", "min", False)):
+            if getattr(rule, attr, None) is not None:
+                bounds.update({key: getattr(rule, attr), f"{key}_open": is_open})
+        for attr, key, is_open in (("lt", "max", True), ("le", "max", False)):
+            if getattr(rule, attr, None) is not None:
+                bounds.update({key: getattr(rule, attr), f"{key}_open": is_open})
+    if annotation is int:
+        return click.IntRange(**bounds) if bounds else click.INT
+    if annotation is float:
+        return click.FloatRange(**bounds) if bounds else click.FLOAT
+    return click.STRING
+
+
+def _shown_default(field: FieldInfo) -> str | None:
+    value = field.get_default(call_default_factory=True)
+    if value is None or value == "" or value == []:
+        return None
+    if isinstance(value, list):
+        return ", ".join(map(str, value))
+    return str(value)
+
+
+def _knob_option(name: str, field: FieldInfo) -> Callable[[Callable], Callable]:
+    """The flag of recipe field ``name``: unset (None, or no values) keeps the recipe file's
+    value, so a flag overrides the file, which overrides the default."""
+    annotation = field.annotation
+    args = [a for a in get_args(annotation) if a is not type(None)]
+    if get_origin(annotation) in (Union, UnionType) and len(args) == 1:
+        annotation = args[0]  # Optional[X]: None is the recipe's "unset", never typed
+    help_text = field.description or ""
+    default = _shown_default(field)
+    flags = [flag_name(name), *ALIASES.get(name, ())]
+    if annotation is bool:
+        dash = flag_name(name)[2:]
+        shown = f"--{dash}" if field.default else f"--no-{dash}"
+        return click.option(
+            f"--{dash}/--no-{dash}", name, default=None, help=f"{help_text} [default: {shown}]"
+        )
+    kwargs: dict[str, Any] = {"default": None}
+    if get_origin(annotation) in (list, tuple):
+        (item,) = get_args(annotation)
+        kwargs.update(type=_scalar_type(item, []), multiple=True, default=())
+        help_text += (
+            " Repeatable, or comma-separated." if name in COMMA_SEPARATED else " Repeatable."
+        )
+    else:
+        kwargs["type"] = _scalar_type(annotation, field.metadata)
+    if default is not None:
+        help_text += f" [default: {default}]"
+    return click.option(*flags, name, help=help_text, **kwargs)
+
+
+def recipe_options(command: Callable) -> Callable:
+    """One flag per field of the Recipe, in the recipe's order, help from its description."""
+    from cuvee.train.recipe import Recipe
+
+    for name, field in reversed(Recipe.model_fields.items()):
+        command = _knob_option(name, field)(command)
+    return command
+
+
+def recipe_overrides(knobs: dict[str, Any]) -> dict[str, Any]:
+    """The recipe keys the flags set: unset flags (None, no values) are left out."""
+    from cuvee.train.recipe import Recipe
+
+    overrides: dict[str, Any] = {}
+    for name in Recipe.model_fields:
+        value = knobs.get(name)
+        if value is None or value == ():
+            continue
+        if isinstance(value, tuple):
+            value = list(value)
+            if name in COMMA_SEPARATED:
+                value = [v.strip() for part in value for v in part.split(",") if v.strip()]
+        overrides[name] = value
+    return overrides
+
+
+class TrainCommand(click.Command):
+    """Lists the recipe knobs apart from the other options in --help."""
+
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        from cuvee.train.recipe import Recipe
+
+        knobs, others = [], []
+        for param in self.get_params(ctx):
+            record = param.get_help_record(ctx) if isinstance(param, click.Option) else None
+            if record is not None:
+                (knobs if param.name in Recipe.model_fields else others).append(record)
+        with formatter.section("Recipe knobs (a flag overrides the recipe file's value)"):
+            formatter.write_dl(knobs)
+        with formatter.section("Options"):
+            formatter.write_dl(others)
 
 
 def _quiet_libraries() -> None:
@@ -49,44 +150,9 @@ def _list_recipes() -> None:
         click.echo(f"{name:<20} {first}")
 
 
-@click.command("train")
+@click.command("train", cls=TrainCommand)
 @click.argument("recipe", required=False)
-@click.option("--base", help="Stored base model [recipe; else the default_base setting].")
-@click.option(
-    "--data",
-    multiple=True,
-    help="Training data file (repeatable); `starter` is the bundled set.",
-)
-@click.option("--name", help="Name of the fine-tuned model in the store.")
-@click.option("--method", type=click.Choice(["lora", "full"]), help="LoRA adapters or all weights.")
-@click.option("--epochs", type=float, help="Passes over the data.")
-@click.option("--max-steps", type=int, help="Stop after this many optimizer steps.")
-@click.option("--time-budget", help="Stop and save after this long, e.g. 10m, 2h.")
-@click.option("--lr", type=float, help="Peak learning rate.")
-@click.option("--seq-len", type=int, help="Tokens per packed row.")
-@click.option("--batch-size", type=int, help="Rows per micro-batch (per process).")
-@click.option("--grad-accum", type=int, help="Micro-batches per optimizer step.")
-@click.option("--lora-r", type=int, help="LoRA rank.")
-@click.option("--lora-alpha", type=int, help="LoRA scaling numerator.")
-@click.option("--lora-targets", help="Comma-separated module names, or all-linear.")
-@click.option("--eval-split", help="Held-out fraction (0.05), auto, or none.")
-@click.option(
-    "--augment",
-    type=click.IntRange(0, 4),
-    help="Add N format-constrained variants of each training record (0 turns it off).",
-)
-@click.option("--seed", type=int, help="Seed for data order, splits and initialisation.")
-@click.option("--precision", type=click.Choice(["auto", "bf16", "fp32"]))
-@click.option("--train-on-prompt", is_flag=True, default=None, help="Learn prompt tokens too.")
-@click.option("--no-packing", is_flag=True, default=False, help="One record per row.")
-@click.option("--merge", is_flag=True, default=None, help="Also store merged full weights.")
-@click.option("--author", "authors", multiple=True, help="Contributor named in the model card.")
-@click.option(
-    "--report-to",
-    multiple=True,
-    type=click.Choice(["tensorboard", "mlflow"]),
-    help="Also log metrics there (must be installed).",
-)
+@recipe_options
 @click.option("--resume", "resume", metavar="RUN", help="Continue a stopped run (dir or name).")
 @click.option("--force", is_flag=True, help="Replace a stored model of the same name.")
 @click.option(
@@ -119,13 +185,6 @@ def _list_recipes() -> None:
 def train(
     settings,
     recipe,
-    data,
-    lora_targets,
-    train_on_prompt,
-    no_packing,
-    merge,
-    authors,
-    report_to,
     resume,
     force,
     launcher,
@@ -144,12 +203,11 @@ def train(
     registered in the store only when training completes, with its lineage and MODEL_CARD.md.
     Ctrl-C stops after the current step and saves a checkpoint for --resume.
 
+    \b
     Examples:
-
       cuvee train --base gemma3-270m --data starter --name demo --time-budget 10m
-
       cuvee train starter-lora-cpu --data mine.jsonl --name mine --author "A. Person"
-
+      cuvee train my-recipe.yaml --lr 1e-4 --no-packing
       cuvee train --resume demo
     """
     from cuvee.train.recipe import build_recipe
@@ -157,21 +215,7 @@ def train(
     if list_recipes:
         _list_recipes()
         return
-    overrides = {k: knobs[k] for k in _KNOBS if knobs.get(k) is not None}
-    if data:
-        overrides["data"] = list(data)
-    if lora_targets:
-        overrides["lora_targets"] = [t.strip() for t in lora_targets.split(",") if t.strip()]
-    if train_on_prompt:
-        overrides["train_on_prompt"] = True
-    if no_packing:
-        overrides["packing"] = False
-    if merge:
-        overrides["merge"] = True
-    if authors:
-        overrides["authors"] = list(authors)
-    if report_to:
-        overrides["report_to"] = list(report_to)
+    overrides = recipe_overrides(knobs)
 
     if launcher:
         from cuvee.train.launch import launch_plan
