@@ -5,7 +5,11 @@ stalls the ones already streaming.
 
 LoRA: llama.cpp applies adapters to a whole context (``llama_set_adapters_lora``), not per
 sequence, so sequences with different adapters never share a step: each step serves one
-adapter group, round-robin over the groups with work. Throughput is shared between groups."""
+adapter group, round-robin over the groups with work. Throughput is shared between groups.
+
+Size: one class over one native context, which only the scheduler thread touches once the
+engine is open; its methods share that rule and the native handles, so they stay together. What
+needs neither (how a step's sequences are cut into ubatches and padded) is in ``layout``."""
 
 from __future__ import annotations
 
