@@ -10,20 +10,51 @@ import click
 from cuvee.cli.output import reporter_for
 
 
-@click.command(
-    epilog="""MODEL is a stored model name, a .gguf file, or an OpenAI-compatible endpoint written
+def _suites() -> list:
+    from cuvee.eval.suites import SUITES, suite_names
+
+    return [SUITES[name] for name in suite_names()]
+
+
+def _epilog() -> str:
+    """The suites from the registry, then how MODEL and --suite are read."""
+    import textwrap
+
+    rows = []
+    for suite in _suites():
+        text = suite.description
+        if getattr(suite, "compares", False):
+            text += " (by --judge, against the first MODEL)"
+        rows.append(
+            textwrap.fill(
+                text, width=94, initial_indent=f"  {suite.name:<13} ", subsequent_indent=" " * 16
+            )
+        )
+    return (
+        "\b\nSuites:\n"
+        + "\n".join(rows)
+        + """
+
+MODEL is a stored model name, a .gguf file, or an OpenAI-compatible endpoint written
 openai:BASE_URL#MODEL_ID (key from CUVEE_EVAL_API_KEY or OPENAI_API_KEY if the endpoint needs
-one). Suites: instructions (IFEval-style; an official IFEval input_data.jsonl is read as is),
-tasks (summarise, classify, extract, closed_qa records), pairwise (open prompts judged by
---judge, each pair in both orders, against the first MODEL). --suite FILE picks the suite from
-the file's records; NAME=FILE names it. Decoding is greedy with a fixed seed; answers are cached
-in $CUVEE_HOME/eval/cache by model hash, suite hash and settings, so a re-run is instant.
+one). --suite NAME uses the suite's packaged items; --suite FILE picks the suite from the file's
+records (an official IFEval input_data.jsonl is read as is); NAME=FILE names it. Decoding is
+greedy with a fixed seed; answers are cached in $CUVEE_HOME/eval/cache by model hash, suite hash
+and settings, so a re-run is instant.
 
 \b
 Examples:
   cuvee eval gemma3-270m demo --suite instructions --suite tasks --report report.html
   cuvee eval demo --suite input_data.jsonl --limit 50 --json
   cuvee eval gemma3-270m demo --suite pairwise --judge openai:http://127.0.0.1:8080/v1#judge"""
+    )
+
+
+@click.command(
+    help="Evaluate MODEL(s) on suites ("
+    + ", ".join(s.name for s in _suites())
+    + ") and compare the figures.",
+    epilog=_epilog(),
 )
 @click.argument("models", nargs=-1, required=True)
 @click.option(
@@ -32,7 +63,8 @@ Examples:
     multiple=True,
     default=("instructions",),
     show_default=True,
-    help="Suite name, a suite FILE, or NAME=FILE (repeatable).",
+    help=f"Suite name ({', '.join(s.name for s in _suites())}), a suite FILE, or NAME=FILE "
+    "(repeatable).",
 )
 @click.option("--limit", type=int, default=None, help="Only the first N items of each suite.")
 @click.option("--judge", default=None, help="Judge model for pairwise: openai:BASE_URL#MODEL_ID.")
@@ -52,7 +84,7 @@ Examples:
 def eval(  # the command is called eval; it shadows the builtin only here
     settings, models, suites, limit, judge, max_tokens, seed, no_cache, json_output, report
 ) -> None:
-    """Evaluate MODEL(s) on suites: instruction following, tasks, pairwise judgement."""
+    # the help is generated from the suite registry (see the decorator)
     from cuvee.eval.runner import run_evaluation
 
     result = run_evaluation(
