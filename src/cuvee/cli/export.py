@@ -7,13 +7,38 @@ from pathlib import Path
 import click
 
 from cuvee.cli.output import human_size, print_json, reporter_for
+from cuvee.export.formats import FORMATS
 
-_FORMATS = ["gguf", "hf", "onnx", "modelfile"]
-_QUANTS = ["f16", "f32", "q8_0", "q4_k_m"]
+
+def _quants() -> list[str]:
+    """Every quantization some format takes, in the registry's order."""
+    return list(dict.fromkeys(q for fmt in FORMATS.values() for q in fmt.quants))
+
+
+def _quant_help() -> str:
+    per_format = [
+        f"{fmt.name}: {fmt.quants[0]} (default), {', '.join(fmt.quants[1:])}"
+        if len(fmt.quants) > 1
+        else f"{fmt.name}: {fmt.quants[0]}"
+        for fmt in FORMATS.values()
+        if fmt.quants
+    ]
+    return "Weights' quantization; " + "; ".join(per_format) + "."
+
+
+def _formats_help() -> str:
+    return "\n".join(f"  {fmt.name:<10} {fmt.description}" for fmt in FORMATS.values())
 
 
 @click.command(
-    epilog="""Examples:
+    help="Export model NAME: merged weights (or the adapter alone) as "
+    + ", ".join(FORMATS)
+    + ", with the chat template the model was trained with.",
+    epilog="\b\nFormats:\n"
+    + _formats_help()
+    + """
+
+Examples:
 
 \b
   cuvee export demo --format gguf --quant q4_k_m     # llama.cpp, LM Studio, Ollama
@@ -23,20 +48,23 @@ _QUANTS = ["f16", "f32", "q8_0", "q4_k_m"]
   cuvee export demo --format onnx                    # ONNX Runtime
 
 Without -o the export goes to $CUVEE_HOME/exports/NAME/; every export is recorded in the
-model's manifest (cuvee models show NAME)."""
+model's manifest (cuvee models show NAME).""",
 )
 @click.argument("name")
-@click.option("--format", "fmt", type=click.Choice(_FORMATS), required=True, help="Target format.")
 @click.option(
-    "--quant",
-    type=click.Choice(_QUANTS),
-    default=None,
-    help="GGUF weights: f16 (default for gguf), f32, q8_0, q4_k_m; modelfile defaults to q8_0.",
+    "--format",
+    "fmt",
+    type=click.Choice(list(FORMATS)),
+    required=True,
+    help="Target format (see Formats below).",
 )
+@click.option("--quant", type=click.Choice(_quants()), default=None, help=_quant_help())
 @click.option(
     "--adapter-only",
     is_flag=True,
-    help="Export the LoRA adapter alone (gguf: a llama.cpp LoRA file; hf: the PEFT directory).",
+    help="Export the LoRA adapter alone, for "
+    + ", ".join(f.name for f in FORMATS.values() if f.adapter_only)
+    + " (gguf: a llama.cpp LoRA file; hf: the PEFT directory).",
 )
 @click.option(
     "-o", "--output", type=click.Path(path_type=Path), default=None, help="Where to write."
@@ -45,8 +73,7 @@ model's manifest (cuvee models show NAME)."""
 @click.option("--json", "json_output", is_flag=True, help="Print the export record as JSON.")
 @click.pass_obj
 def export(settings, name, fmt, quant, adapter_only, output, force, json_output) -> None:
-    """Export model NAME: merged weights (or the adapter alone) as GGUF, HF, ONNX or an Ollama
-    Modelfile, with the chat template the model was trained with."""
+    # the help is generated from the format registry (see the decorator)
     from cuvee.export.formats import export as run_export
     from cuvee.store import ModelStore
 
