@@ -14,7 +14,11 @@ from cuvee import __version__
 # name -> (module, attribute, one-line help shown by `cuvee --help` without importing the module)
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "models": ("cuvee.cli.models", "models", "Pull, add, list, show and remove models."),
-    "data": ("cuvee.cli.data", "data", "Check, augment and export instruction data."),
+    "data": (
+        "cuvee.cli.data",
+        "data",
+        "Check and augment instruction data, and write the bundled starter set.",
+    ),
     "train": (
         "cuvee.cli.train",
         "train",

@@ -1,5 +1,6 @@
 """`cuvee data`: check instruction data like a compiler, augment it with verifiable constraints,
-and export the bundled starter set."""
+and write the bundled starter set. The formats offered are the readers' and writers' registries
+(cuvee.data.formats.FORMATS, cuvee.data.writers.WRITERS)."""
 
 from __future__ import annotations
 
@@ -9,19 +10,28 @@ from pathlib import Path
 import click
 
 from cuvee.cli.output import print_json
+from cuvee.data.formats import FORMATS
+from cuvee.data.writers import WRITERS
 
-FORMAT_CHOICES = ["alpaca", "dolly", "openai", "sharegpt", "text"]
+# The formats `check` and `augment` read, in detection order.
+FORMAT_CHOICES = list(FORMATS)
 
 
-@click.group("data")
+def _group_help() -> str:
+    formats = "\n".join(f"  {fmt.name:<9} {fmt.description}" for fmt in FORMATS.values())
+    return f"""Check and augment instruction data, and write the bundled starter set.
+
+\b
+Formats read (detected from the keys, in this order, or given with --format):
+{formats}
+
+A licence can be declared with --licence or a sidecar file FILE.cuvee.yaml holding `licence:`,
+`authors:` and `source:`."""
+
+
+@click.group("data", help=_group_help())
 def data() -> None:
-    """Check, augment and export instruction data.
-
-    Formats (detected from the keys, or given with --format): alpaca (instruction/input/output),
-    dolly (instruction/context/response/category), openai (messages), sharegpt (conversations),
-    text (.txt files or {"text": ...} lines). A licence can be declared with --licence or a
-    sidecar file FILE.cuvee.yaml holding `licence:`, `authors:` and `source:`.
-    """
+    pass
 
 
 @data.command("check")
@@ -114,10 +124,15 @@ def _print_report(summary: dict, report, show: int) -> None:
     help="Which records: the training part, the held-out evaluation slice, or all (marked).",
 )
 @click.option(
-    "--format", "fmt", type=click.Choice(["dolly", "openai"]), default="dolly", show_default=True
+    "--format",
+    "fmt",
+    type=click.Choice(list(WRITERS)),
+    default="dolly",
+    show_default=True,
+    help="Format to write.",
 )
 def starter(output: Path, split: str, fmt: str) -> None:
-    """Export the bundled starter data set (Apache-2.0, written for cuvee).
+    """Write the bundled starter data set (Apache-2.0, written for cuvee) to a file.
 
     Each record carries "split": "train" or "heldout"; never train on the held-out slice.
 
