@@ -8,13 +8,20 @@ import hashlib
 import random
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from cuvee.chat_template import get_template
 from cuvee.data.formats import read_file
 from cuvee.data.records import Conversation
 from cuvee.data.validate import read_declaration
-from cuvee.errors import DataError
+from cuvee.errors import ConfigError, DataError
 from cuvee.licences import resolve_licence
+from cuvee.store import ModelStore, StoredModel
+from cuvee.tokenizer import load_tokenizer, special_tokens
+from cuvee.train.encode import Encoder
 from cuvee.train.lineage import DataSource
+from cuvee.train.packing import Row, pack
+from cuvee.train.recipe import Recipe
 
 STARTER = "starter"
 
@@ -119,3 +126,56 @@ def augment_train(split: Split, per_record: int, seed: int) -> Split:
     variants = list(augment_records(split.train, per_record=per_record, seed=seed))
     how = f"{split.how}; {len(variants)} format-constrained variants added for training"
     return Split(split.train + variants, split.eval, how)
+
+
+@dataclass
+class Prepared:
+    """Everything decided before the first step."""
+
+    recipe: Recipe
+    base: StoredModel
+    sources: list[DataSource]
+    train_rows: list[Row]
+    eval_rows: list[Row]
+    split_how: str
+    encode_stats: dict[str, Any]
+    train_records: int
+    eval_records: int
+    template: str
+    turn_token_ids: list[int]
+
+
+def prepare(store: ModelStore, recipe: Recipe) -> Prepared:
+    base = store.get(recipe.base)
+    template = get_template(base.manifest.chat_template)
+    records, sources = load_data(recipe.data)
+    split = split_records(records, recipe.eval_split, recipe.seed, recipe.max_eval_records)
+    split = augment_train(split, recipe.augment, recipe.seed)
+    if not split.train:
+        raise ConfigError("no training records left after holding out the evaluation set")
+    tokenizer = load_tokenizer(base.path)
+    bos, eos = special_tokens(base.path)
+    encoder = Encoder(
+        tokenizer, template, bos_token=bos, eos_token=eos, train_on_prompt=recipe.train_on_prompt
+    )
+    train_ex, stats = encoder.encode_all(split.train, recipe.seq_len)
+    eval_ex, _ = encoder.encode_all(split.eval, recipe.seq_len)
+    if not train_ex:
+        raise ConfigError("no training record has anything left to learn after truncation")
+    pad_id = tokenizer.token_to_id("<pad>")
+    pad_id = 0 if pad_id is None else pad_id
+    return Prepared(
+        recipe=recipe,
+        base=base,
+        sources=sources,
+        train_rows=pack(train_ex, recipe.seq_len, pad_id, packing=recipe.packing, seed=recipe.seed),
+        eval_rows=pack(eval_ex, recipe.seq_len, pad_id, packing=recipe.packing, seed=recipe.seed),
+        split_how=split.how,
+        encode_stats=stats.__dict__,
+        train_records=len(split.train),
+        eval_records=len(split.eval),
+        template=template.family,
+        turn_token_ids=sorted(
+            {i for t in template.turn_tokens if (i := tokenizer.token_to_id(t)) is not None}
+        ),
+    )

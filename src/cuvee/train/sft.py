@@ -24,21 +24,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from cuvee.chat_template import get_template
 from cuvee.config import Settings
 from cuvee.errors import ConfigError, CuveeError
 from cuvee.model_loading import load_causal_lm
 from cuvee.store import ModelStore, StoredModel, check_name
-from cuvee.tokenizer import load_tokenizer, special_tokens
 from cuvee.train import checkpoint as ckpt
-from cuvee.train.data import augment_train, load_data, split_records
+from cuvee.train.data import Prepared, prepare
 from cuvee.train.display import Display, SilentDisplay
-from cuvee.train.encode import IGNORE, Encoder
+from cuvee.train.encode import IGNORE
 from cuvee.train.kernels import Kernels
 from cuvee.train.kernels import choose as choose_kernels
-from cuvee.train.lineage import DataSource
 from cuvee.train.loss import Workspace, linear_cross_entropy
-from cuvee.train.packing import Row, pack
+from cuvee.train.packing import Row
 from cuvee.train.parallel import Single
 from cuvee.train.parallel import choose as choose_parallel
 from cuvee.train.recipe import Recipe
@@ -258,59 +255,6 @@ def _tensors(rows: list[Row], device: torch.device) -> dict[str, torch.Tensor]:
         "position_ids": torch.tensor([r.position_ids[:width] for r in rows], device=device),
         "labels": torch.tensor([r.labels[:width] for r in rows], device=device),
     }
-
-
-@dataclass
-class Prepared:
-    """Everything decided before the first step."""
-
-    recipe: Recipe
-    base: StoredModel
-    sources: list[DataSource]
-    train_rows: list[Row]
-    eval_rows: list[Row]
-    split_how: str
-    encode_stats: dict[str, Any]
-    train_records: int
-    eval_records: int
-    template: str
-    turn_token_ids: list[int]
-
-
-def prepare(store: ModelStore, recipe: Recipe) -> Prepared:
-    base = store.get(recipe.base)
-    template = get_template(base.manifest.chat_template)
-    records, sources = load_data(recipe.data)
-    split = split_records(records, recipe.eval_split, recipe.seed, recipe.max_eval_records)
-    split = augment_train(split, recipe.augment, recipe.seed)
-    if not split.train:
-        raise ConfigError("no training records left after holding out the evaluation set")
-    tokenizer = load_tokenizer(base.path)
-    bos, eos = special_tokens(base.path)
-    encoder = Encoder(
-        tokenizer, template, bos_token=bos, eos_token=eos, train_on_prompt=recipe.train_on_prompt
-    )
-    train_ex, stats = encoder.encode_all(split.train, recipe.seq_len)
-    eval_ex, _ = encoder.encode_all(split.eval, recipe.seq_len)
-    if not train_ex:
-        raise ConfigError("no training record has anything left to learn after truncation")
-    pad_id = tokenizer.token_to_id("<pad>")
-    pad_id = 0 if pad_id is None else pad_id
-    return Prepared(
-        recipe=recipe,
-        base=base,
-        sources=sources,
-        train_rows=pack(train_ex, recipe.seq_len, pad_id, packing=recipe.packing, seed=recipe.seed),
-        eval_rows=pack(eval_ex, recipe.seq_len, pad_id, packing=recipe.packing, seed=recipe.seed),
-        split_how=split.how,
-        encode_stats=stats.__dict__,
-        train_records=len(split.train),
-        eval_records=len(split.eval),
-        template=template.family,
-        turn_token_ids=sorted(
-            {i for t in template.turn_tokens if (i := tokenizer.token_to_id(t)) is not None}
-        ),
-    )
 
 
 def _precision(recipe: Recipe, device_type: str) -> str:
