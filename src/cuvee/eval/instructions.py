@@ -8,7 +8,8 @@ or unusable arguments fail the load (naming file and line) instead of being skip
 checker that raises is counted as not followed and reported in ``checker_errors``. Sentence
 splitting, which the checkers take from NLTK's punkt data (a download), is routed to the
 ``nupunkt`` package's shipped model, so nothing is fetched and no check depends on what happens
-to be installed in ``nltk_data``."""
+to be installed in ``nltk_data``; that routing lives in ``cuvee.ifeval_checkers``, which the
+training constraints (``cuvee.data.constraints``) use too, so both count alike."""
 
 from __future__ import annotations
 
@@ -16,55 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from cuvee.eval.suites import EvalError, Item, Score, read_jsonl, require, source_of
-
-_offline_ready = False
-
-
-class _NupunktSentences:
-    """Stands in for NLTK's punkt tokenizer object: ``tokenize(text) -> sentences``."""
-
-    def tokenize(self, text: str) -> list[str]:
-        import nupunkt
-
-        return nupunkt.sent_tokenize(text)
-
-
-class _OfflineNltk:
-    """The ``nltk`` module as if-verifiable's helpers see it, with ``word_tokenize`` splitting
-    sentences with nupunkt (NLTK's own would load punkt data) and then words with NLTK's
-    Treebank tokenizer, which needs no data; every other attribute is NLTK's."""
-
-    def __init__(self, nltk: Any) -> None:
-        self._nltk = nltk
-        self._words = nltk.tokenize.NLTKWordTokenizer()
-        self._sentences = _NupunktSentences()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._nltk, name)
-
-    def word_tokenize(
-        self, text: str, language: str = "english", preserve_line: bool = False
-    ) -> list[str]:
-        sentences = [text] if preserve_line else self._sentences.tokenize(text)
-        return [token for sentence in sentences for token in self._words.tokenize(sentence)]
-
-
-def offline_checkers() -> dict[str, type]:
-    """IFEval's instruction registry (id -> checker class), with sentence splitting routed to
-    nupunkt and language detection made deterministic (langdetect is random unless seeded)."""
-    global _offline_ready
-    import langdetect
-    import nltk
-    from if_verifiable.ifeval import instructions_util
-    from if_verifiable.ifeval.instructions_registry import INSTRUCTION_DICT
-
-    if not _offline_ready:
-        sentences = _NupunktSentences()
-        instructions_util._get_sentence_tokenizer = lambda: sentences
-        instructions_util.nltk = _OfflineNltk(nltk)
-        langdetect.DetectorFactory.seed = 0
-        _offline_ready = True
-    return INSTRUCTION_DICT
+from cuvee.ifeval_checkers import offline_checkers
 
 
 def build_checker(instruction_id: str, kwargs: dict[str, Any], prompt: str, where: str) -> Any:
