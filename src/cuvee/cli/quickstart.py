@@ -1,8 +1,170 @@
-"""`cuvee quickstart`: pull, fine-tune, evaluate, export, index and serve, in one command."""
+"""`cuvee quickstart`: pull, fine-tune, evaluate, export, index and serve, in one command.
+
+The steps are a list of :class:`Step` objects, each with a check ("is it done?") and an action
+that runs the same command a user would type, in this process, so the quickstart never drifts
+from the commands it teaches:
+
+1. pull the base model (``cuvee models pull``);
+2. fine-tune it on the bundled starter set within a time budget (``cuvee train
+   starter-lora-cpu``: the shipped recipe, with format-constrained variants of the records);
+3. evaluate base and fine-tune on a slice of the ``instructions`` suite and of the starter
+   set's held-out records (``cuvee eval``; the results are cached, so a second run is
+   instant);
+4. export the fine-tune to GGUF q8_0 (``cuvee export``), what the engine runs;
+5. index the bundled document set into the ``sample`` collection (``cuvee docs add``;
+   unchanged files are skipped by hash);
+6. print what to try, then serve both models (``cuvee serve``) until Ctrl-C.
+
+What it works on (recipe, suite, documents) is in :mod:`cuvee.quickstart`."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
 import click
+
+from cuvee.quickstart import EVAL_SUITE, SAMPLE_COLLECTION, STARTER_RECIPE, sample_documents
+
+
+@dataclass
+class Plan:
+    settings: Any
+    base: str
+    name: str
+    time_budget: str
+    eval_limit: int
+    port: int
+    serve: bool
+
+    @property
+    def home_args(self) -> list[str]:
+        return ["--home", str(self.settings.home)]
+
+
+def invoke(plan: Plan, *args: str) -> None:
+    """Run a cuvee command in this process, exactly as typed (same code, same output)."""
+    from cuvee.cli import cli
+
+    cli.main(args=[*plan.home_args, *args], prog_name="cuvee", standalone_mode=False)
+
+
+def _store(plan: Plan):
+    from cuvee.store import ModelStore
+
+    return ModelStore(plan.settings.models_dir)
+
+
+@dataclass(frozen=True)
+class Step:
+    title: str
+    done: Callable[[Plan], str | None]  # why it can be skipped, or None
+    run: Callable[[Plan], None]
+
+
+def _pulled(plan: Plan) -> str | None:
+    return f"{plan.base} is in the store" if _store(plan).exists(plan.base) else None
+
+
+def _pull(plan: Plan) -> None:
+    invoke(plan, "models", "pull", plan.base)
+
+
+def _trained(plan: Plan) -> str | None:
+    return f"{plan.name} is in the store" if _store(plan).exists(plan.name) else None
+
+
+def _train(plan: Plan) -> None:
+    invoke(
+        plan,
+        "train",
+        STARTER_RECIPE,
+        "--base",
+        plan.base,
+        "--name",
+        plan.name,
+        "--time-budget",
+        plan.time_budget,
+    )
+
+
+def _evaluate(plan: Plan) -> None:
+    from cuvee.data.starter import HELDOUT_SUITE, write_heldout_suite
+
+    heldout = plan.settings.home / "quickstart" / HELDOUT_SUITE
+    write_heldout_suite(heldout)
+    invoke(
+        plan,
+        "eval",
+        plan.base,
+        plan.name,
+        "--suite",
+        EVAL_SUITE,
+        "--suite",
+        f"tasks={heldout}",
+        "--limit",
+        str(plan.eval_limit),
+    )
+
+
+def _exported(plan: Plan) -> str | None:
+    from cuvee.export.formats import find_export
+
+    store = _store(plan)
+    if store.exists(plan.name) and find_export(store.get(plan.name), "gguf", "q8_0"):
+        return "a q8_0 GGUF is recorded"
+    return None
+
+
+def _export(plan: Plan) -> None:
+    invoke(plan, "export", plan.name, "--format", "gguf", "--quant", "q8_0")
+
+
+def _index(plan: Plan) -> None:
+    invoke(plan, "docs", "add", SAMPLE_COLLECTION, str(sample_documents()))
+
+
+STEPS: list[Step] = [
+    Step("pull the base model", _pulled, _pull),
+    Step("fine-tune on the starter set", _trained, _train),
+    Step("evaluate base and fine-tune", lambda plan: None, _evaluate),
+    Step("export the fine-tune to GGUF", _exported, _export),
+    Step("index the sample documents", lambda plan: None, _index),
+]
+
+
+def try_these(plan: Plan) -> str:
+    url = f"http://127.0.0.1:{plan.port}/v1"
+    return f"""
+Try it:
+
+  cuvee chat {plan.name}
+  cuvee ask {SAMPLE_COLLECTION} "How many days of annual leave do I get?" --model {plan.name}
+  cuvee eval {plan.base} {plan.name} --suite tasks --limit 20 --report report.html
+
+  curl {url}/chat/completions -H 'Content-Type: application/json' \\
+    -d '{{"model": "{plan.name}", "messages": [{{"role": "user", "content": "Name 3 fruits."}}]}}'
+
+  python -c 'from openai import OpenAI; c = OpenAI(base_url="{url}", api_key="none"); \\
+print(c.chat.completions.create(model="rag:{SAMPLE_COLLECTION}", messages=[{{"role": "user", \\
+"content": "What is the nightly hotel limit in capital cities?"}}]).choices[0].message.content)'
+"""
+
+
+def run(plan: Plan) -> None:
+    total = len(STEPS) + int(plan.serve)
+    for number, step in enumerate(STEPS, 1):
+        skipped = step.done(plan)
+        if skipped:
+            click.secho(f"[{number}/{total}] {step.title}: done already ({skipped})", fg="green")
+            continue
+        click.secho(f"[{number}/{total}] {step.title}", bold=True)
+        step.run(plan)
+    click.echo(try_these(plan))
+    if plan.serve:
+        click.secho(f"[{total}/{total}] serving {plan.base} and {plan.name}", bold=True)
+        invoke(plan, "serve", "--model", plan.name, "--model", plan.base, "--port", str(plan.port))
 
 
 @click.command(
@@ -35,7 +197,6 @@ def quickstart(settings, time_budget, name, base, eval_limit, port, no_serve) ->
     """The whole recipe on this machine: pull the base model, fine-tune it on the bundled
     starter set within --time-budget, compare base and fine-tune, export to GGUF, index the
     bundled documents, and serve both models through the OpenAI-compatible API."""
-    from cuvee.quickstart import Plan, run
     from cuvee.train.recipe import parse_duration
 
     try:
