@@ -42,7 +42,7 @@ class Recipe(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
-    # The descriptions are the help of `cuvee train`'s flags, one per field (cuvee.cli.train).
+    # The descriptions are the help of `cuvee train`'s flags, one per field (cli/train.py).
     base: str | None = Field(
         None, description="Stored base model to fine-tune [default: the default_base setting]."
     )
