@@ -101,7 +101,8 @@ def test_eager_attention_gives_the_sdpa_loss_and_gradients_on_packed_rows(
 
     from cuvee.train.encode import IGNORE, Example
     from cuvee.train.packing import pack
-    from cuvee.train.sft import SFTLoss, _causal_lm
+    from cuvee.train.sft import SFTLoss
+    from cuvee.train.surgery import causal_lm
 
     directory = tiny_gemma_dir if family == "gemma" else tiny_llama_dir
     torch.manual_seed(0)
@@ -134,11 +135,11 @@ def test_eager_attention_gives_the_sdpa_loss_and_gradients_on_packed_rows(
 
     ref_loss, ref_grads = run()
     if attention == "eager":
-        _causal_lm(model).set_attn_implementation("eager")
+        causal_lm(model).set_attn_implementation("eager")
     else:
         from cuvee.train.kernels import Kernels
 
-        assert Kernels().compile_attention(_causal_lm(model))
+        assert Kernels().compile_attention(causal_lm(model))
     loss, grads = run()
     torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-5)
     for name, grad in grads.items():
@@ -148,8 +149,9 @@ def test_eager_attention_gives_the_sdpa_loss_and_gradients_on_packed_rows(
 def test_cpu_training_builds_the_model_with_the_fast_paths(
     tiny_gemma_dir: Path, tmp_path: Path
 ) -> None:
+    from cuvee.train.data import prepare
     from cuvee.train.recipe import Recipe
-    from cuvee.train.sft import build_model, prepare
+    from cuvee.train.surgery import build_model
     from helpers import store_tiny, write_data
 
     _, store = store_tiny(tiny_gemma_dir)

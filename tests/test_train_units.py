@@ -331,7 +331,8 @@ def test_loss_module_matches_the_full_forward_with_trainable_turn_tokens(
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from cuvee.train.sft import SFTLoss, sparse_token_rows
+    from cuvee.train.sft import SFTLoss
+    from cuvee.train.surgery import sparse_token_rows
 
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(tiny_gemma_dir, attn_implementation="sdpa")
@@ -369,9 +370,9 @@ def test_loss_module_matches_the_full_forward_with_trainable_turn_tokens(
     ref_grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
     model.zero_grad()
     assert sparse_token_rows(model)
-    from cuvee.train.sft import _causal_lm, _head_weights
+    from cuvee.train.surgery import causal_lm, head_weights
 
-    weight, index, rows = _head_weights(_causal_lm(model).get_output_embeddings())
+    weight, index, rows = head_weights(causal_lm(model).get_output_embeddings())
     assert index.tolist() == [4, 5] and rows.requires_grad and not weight.requires_grad
     ours = SFTLoss(model, torch.float32)(**batch)
     ours.backward()

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from cuvee.errors import ConfigError
+from cuvee.train.surgery import causal_lm
 
 _PREFIX = "model."  # the peft/transformers model sits at SFTLoss.model
 
@@ -89,8 +90,6 @@ class FSDP(Single):
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import fully_shard
 
-        from cuvee.train.sft import _causal_lm
-
         # an explicit mesh on the training device: left alone, FSDP picks CUDA whenever a GPU
         # is visible, even for a run told to stay on the CPU
         mesh = init_device_mesh(device.type, (dist.get_world_size(),))
@@ -102,7 +101,7 @@ class FSDP(Single):
             for tensor in [*loss_fn.parameters(), *loss_fn.buffers()]:
                 dist.broadcast(tensor.data, src=0)
 
-        layers = getattr(_causal_lm(loss_fn.model).get_decoder(), "layers", None)
+        layers = getattr(causal_lm(loss_fn.model).get_decoder(), "layers", None)
         if layers is None:
             raise ConfigError("FSDP needs a decoder with a `layers` list; this model has none")
         for layer in layers:
