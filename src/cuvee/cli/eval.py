@@ -67,7 +67,13 @@ Examples:
     "(repeatable).",
 )
 @click.option("--limit", type=int, default=None, help="Only the first N items of each suite.")
-@click.option("--judge", default=None, help="Judge model for pairwise: openai:BASE_URL#MODEL_ID.")
+@click.option(
+    "--judge",
+    default=None,
+    help="Judge model for "
+    + ", ".join(s.name for s in _suites() if getattr(s, "compares", False))
+    + ": openai:BASE_URL#MODEL_ID.",
+)
 @click.option(
     "--max-tokens", type=int, default=None, help="Generation limit (default: each suite's own)."
 )
