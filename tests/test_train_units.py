@@ -17,7 +17,7 @@ from cuvee.train.encode import IGNORE, Encoder
 from cuvee.train.loss import Workspace, linear_cross_entropy
 from cuvee.train.packing import assign_bins, pack
 from cuvee.train.recipe import Recipe, build_recipe, parse_duration, shipped_recipes
-from cuvee.train.sft import Schedule, lr_at, plan_steps, replan_due, warmup_for
+from cuvee.train.schedule import Schedule, lr_at, plan_steps, replan_due, warmup_for
 
 # ---------------------------------------------------------------------------- recipes
 

@@ -10,18 +10,16 @@ the current step, with a checkpoint it can resume from exactly."""
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import signal
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from cuvee.config import Settings
@@ -37,6 +35,7 @@ from cuvee.train.packing import Row
 from cuvee.train.parallel import Single
 from cuvee.train.parallel import choose as choose_parallel
 from cuvee.train.recipe import Recipe
+from cuvee.train.schedule import Schedule, TimeBudget, lr_at, warmup_for
 from cuvee.train.surgery import build_model, causal_lm, head_weights, precision_for
 from cuvee.train.throughput import (
     Meter,
@@ -45,34 +44,6 @@ from cuvee.train.throughput import (
     price_per_hour,
 )
 from cuvee.train.tracking import check_trackers, open_trackers
-
-# Session step counts after which a time-budgeted run re-plans its number of steps, and then
-# every _REPLAN_EVERY steps from the pace of the last _REPLAN_EVERY: a slow spell at the start
-# (another job on the machine) must not fix the plan for the whole budget; a run planned at
-# 20 s/step while CI ran beside it stopped after 14 of its 30 minutes once the pace tripled.
-_REPLAN_AT = (2, 12)
-_REPLAN_EVERY = 20
-
-
-def replan_due(steps_this_session: int) -> bool:
-    return steps_this_session in _REPLAN_AT or (
-        steps_this_session > _REPLAN_AT[-1] and steps_this_session % _REPLAN_EVERY == 0
-    )
-
-
-def warmup_for(ratio: float, total: int, step: int, current: int | None = None) -> int:
-    """Warm-up steps for a plan of ``total`` steps. A re-plan after the warm-up has ended keeps
-    it as it was: a plan that grew must not send the learning rate back into the ramp."""
-    if current is not None and step >= current:
-        return current
-    return max(1, math.ceil(ratio * total))
-
-
-def plan_steps(done: int, seconds_left: float, per_step: float, limit: int) -> int:
-    """Optimizer steps for the whole run: those done plus what fits in the time left at this
-    pace, at most ``limit`` (the epochs' or max_steps) and never fewer than already done."""
-    fit = done + max(0, int(seconds_left / max(per_step, 1e-9)))
-    return max(done, min(limit, fit))
 
 
 class Interrupted(CuveeError):
@@ -128,51 +99,6 @@ class SFTLoss(torch.nn.Module):
             row_values=row_values,
             workspace=self.workspace,
         )
-
-
-def lr_at(step: int, total: int, warmup: int, peak: float) -> float:
-    """Linear warm-up over ``warmup`` steps, then cosine decay to zero at ``total``."""
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return peak * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-
-@dataclass
-class Schedule:
-    """Which rows each micro-batch of each step holds: a pure function of the seed."""
-
-    rows: int
-    batch_size: int
-    grad_accum: int
-    epochs: float
-    seed: int
-    world: int = 1
-    _perms: dict[int, np.ndarray] = field(default_factory=dict)
-
-    @property
-    def micro_per_epoch(self) -> int:
-        return math.ceil(self.rows / self.batch_size)
-
-    @property
-    def steps_for_epochs(self) -> int:
-        micro = math.ceil(self.epochs * self.micro_per_epoch)
-        return max(1, math.ceil(micro / (self.grad_accum * self.world)))
-
-    def micro_batch(self, k: int) -> list[int]:
-        epoch, j = divmod(k, self.micro_per_epoch)
-        if epoch not in self._perms:
-            self._perms = {epoch: np.random.default_rng(self.seed + epoch).permutation(self.rows)}
-        return self._perms[epoch][j * self.batch_size : (j + 1) * self.batch_size].tolist()
-
-    def step(self, step: int) -> list[list[list[int]]]:
-        """For each micro-batch slot, the rows of every process: [slot][rank] -> rows."""
-        per = self.grad_accum * self.world
-        base = step * per
-        return [
-            [self.micro_batch(base + a * self.world + r) for r in range(self.world)]
-            for a in range(self.grad_accum)
-        ]
 
 
 def _tensors(rows: list[Row], device: torch.device) -> dict[str, torch.Tensor]:
@@ -381,14 +307,15 @@ def _train(
         f"{precision} on {device.type}; run {run_dir}"
     )
     display.message(kernels_line)
-    budget = recipe.time_budget_s
-    eval_seconds = 0.0
+    budget = TimeBudget(
+        recipe.time_budget_s, recipe.max_steps or schedule.steps_for_epochs, recipe.warmup_ratio
+    )
     if state["base_eval_loss"] is None and prepared.eval_rows:
         t0 = time.perf_counter()
         state["base_eval_loss"] = evaluate(
             loss_fn, prepared.eval_rows, recipe.batch_size, device, autocast
         )
-        eval_seconds = time.perf_counter() - t0
+        budget.eval_seconds = time.perf_counter() - t0
         state["evals"].append({"step": 0, "eval_loss": state["base_eval_loss"]})
         display.message(f"held-out loss before training: {state['base_eval_loss']:.4f}")
         for t in trackers:
@@ -408,7 +335,6 @@ def _train(
         recipe.warmup_ratio, state["total_steps"], 0
     )
     session_start_step = state["step"]
-    step_times: list[float] = []
     interrupted = False
     display.start(state["total_steps"], state["step"])
     try:
@@ -448,35 +374,25 @@ def _train(
             state["tokens_seen"] += tokens
             state["supervised_seen"] += sup
             meter.add(tokens, sup)
-            step_times.append(time.perf_counter() - t_step)
+            budget.step_took(time.perf_counter() - t_step)
 
-            if budget is not None and replan_due(len(step_times)):
-                # Fit the schedule to the time budget once a step's cost is known, again once
-                # it has settled, then from the recent pace; time is kept for the final
-                # evaluation and saving. A budgeted run's step count depends on the machine's
-                # speed, by design.
-                recent = step_times[1:] if len(step_times) <= _REPLAN_AT[-1] else step_times
-                per_step = _mean(recent[-_REPLAN_EVERY:] or step_times)
-                left = budget - meter.elapsed - 2 * eval_seconds - 15
-                limit = recipe.max_steps or schedule.steps_for_epochs
-                planned = plan_steps(state["step"], left, per_step, limit)
-                if planned != state["total_steps"]:
-                    state["total_steps"] = planned
-                    state["warmup"] = warmup_for(
-                        recipe.warmup_ratio, planned, state["step"], state["warmup"]
-                    )
-                    display.message(
-                        f"time budget {recipe.time_budget}: {per_step:.1f} s/step, "
-                        f"planning {state['total_steps']} steps"
-                    )
+            plan = budget.replan(
+                state["step"], state["total_steps"], state["warmup"], meter.elapsed
+            )
+            if plan is not None:
+                state["total_steps"], state["warmup"] = plan.total_steps, plan.warmup
+                display.message(
+                    f"time budget {recipe.time_budget}: {plan.per_step:.1f} s/step, "
+                    f"planning {state['total_steps']} steps"
+                )
 
             metrics: dict[str, Any] = {
                 "loss": step_loss,
                 "lr": lr,
                 "tokens": tokens,
-                "tokens_per_s": meter.tokens_per_s() or tokens / max(step_times[-1], 1e-9),
+                "tokens_per_s": meter.tokens_per_s() or tokens / max(budget.step_times[-1], 1e-9),
                 "elapsed_s": meter.elapsed,
-                "eta_s": Meter.eta(state["step"], state["total_steps"], _mean(step_times)),
+                "eta_s": Meter.eta(state["step"], state["total_steps"], budget.per_step),
                 "cost_usd": meter.cost(),
             }
             if prepared.eval_rows and (
@@ -486,7 +402,7 @@ def _train(
                 metrics["eval_loss"] = evaluate(
                     loss_fn, prepared.eval_rows, recipe.batch_size, device, autocast
                 )
-                eval_seconds = time.perf_counter() - t0
+                budget.eval_seconds = time.perf_counter() - t0
                 state["evals"].append({"step": state["step"], "eval_loss": metrics["eval_loss"]})
             for t in trackers:
                 t.log(state["step"], metrics)
@@ -494,7 +410,7 @@ def _train(
                 on_step(state["step"], metrics)
             display.update(state["step"], state["total_steps"], metrics)
 
-            if budget is not None and meter.elapsed + _mean(step_times) > budget:
+            if budget.spent(meter.elapsed):
                 state["total_steps"] = state["step"]
             asked = stop["requested"] or (
                 stop_after_step is not None and state["step"] >= stop_after_step
@@ -553,11 +469,6 @@ def _train(
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
         shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
     return RunResult(run_dir, stored, summary, state["losses"])
-
-
-def _mean(values: list[float]) -> float:
-    recent = values[-10:]
-    return sum(recent) / len(recent) if recent else 0.0
 
 
 def _main_thread() -> bool:
