@@ -23,11 +23,10 @@ for a collection it may not see as for one that does not exist, here, on ``/v1/r
 ``/v1/models``, so it can neither read nor discover the others. The model writing the answer
 must also be one the key may use.
 
-The embedding backend (``settings.embedding_model``) is loaded once, on first use, and shared;
-collections are opened once and kept (a collection caches its vectors and sees later changes
-through its version counter; one removed or re-created under the same name is reopened). Their
-SQLite connections are shared across worker threads (``check_same_thread=False``; Python's
-sqlite3 is built serialised, and the server only reads)."""
+The embedding backend (``settings.embedding_model``) and the open collections are the docs
+package's ``Library``: loaded once, kept, reopened when replaced. Collections' SQLite
+connections are shared across worker threads (``check_same_thread=False``; Python's sqlite3 is
+built serialised, and the server only reads)."""
 
 from __future__ import annotations
 
@@ -37,7 +36,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import anyio
 from starlette.requests import Request as HTTPRequest
@@ -47,15 +46,16 @@ from cuvee.docs import index
 from cuvee.docs import verify as verifying
 from cuvee.docs.answer import AskResult, ask, place
 from cuvee.docs.embedders import Backend
-from cuvee.docs.generate import MAX_ANSWER_TOKENS, default_model
+from cuvee.docs.generate import default_model
+from cuvee.docs.library import CollectionMissing, Library
 from cuvee.docs.retrieval import RERANKERS, retrieve
-from cuvee.engine.base import Finished, Request, SamplingParams, TokenEvent
+from cuvee.engine.base import SamplingParams
 from cuvee.errors import CuveeError, DocsError
 from cuvee.serve import errors
+from cuvee.serve.drafts import Answerer, AnswererFactory, Cancelled, EngineAnswerer
 from cuvee.serve.generation import (
     DISCONNECT_POLL_S,
     EventStreamResponse,
-    acquire_engine,
     engine_limiter,
     finish_reason,
     sse,
@@ -147,82 +147,6 @@ def check_not_rag(body: ChatCompletionRequest) -> None:
             )
 
 
-# ---- generation on the server's engines -----------------------------------------------------
-
-
-class Answerer(Protocol):
-    """What :func:`cuvee.docs.answer.ask` calls: messages -> text. The server's own also has
-    ``fits`` / ``context_length`` (so ``ask`` gives a small model fewer passages), ``usage``,
-    ``cancel`` and ``close``; a test double may have none of them."""
-
-    def __call__(self, messages: list[dict]) -> str: ...
-
-
-# (state, answering model, sampling parameters) -> answerer; called in a worker thread
-AnswererFactory = Callable[[Any, str, SamplingParams], Answerer]
-
-
-class _Cancelled(Exception):
-    """The client left: the draft was cancelled and nobody waits for the answer."""
-
-
-class EngineAnswerer:
-    """A draft answer from the registry's engine for ``model``: the same engine, KV cache and
-    batch as the model's ordinary requests. Opened in a worker thread (loading may take
-    minutes), closed when the answer is done (the registry may then unload it)."""
-
-    def __init__(self, state: Any, model: str, params: SamplingParams) -> None:
-        self.state = state
-        self.model = model
-        self.params = params
-        self.engine = acquire_engine(state, model)
-        if params.max_tokens <= 0:  # none asked: leave most of the context to the passages
-            params.max_tokens = min(MAX_ANSWER_TOKENS, max(16, self.engine.context_length // 4))
-        self.usage = {"prompt_tokens": 0, "completion_tokens": 0}
-        self.reason = "stop"
-        self._handle = None
-        self._cancelled = threading.Event()
-        self._closed = False
-
-    @property
-    def context_length(self) -> int:
-        return self.engine.context_length
-
-    def fits(self, messages: list[dict]) -> bool:
-        used = len(self.engine.prompt_tokens(Request(messages=messages, params=self.params)))
-        return used + self.params.max_tokens <= self.engine.context_length
-
-    def __call__(self, messages: list[dict]) -> str:
-        if self._cancelled.is_set():
-            raise _Cancelled
-        self._handle = self.engine.submit(Request(messages=messages, params=self.params))
-        if self._cancelled.is_set():
-            self._handle.cancel()
-        parts: list[str] = []
-        for event in self._handle:
-            if isinstance(event, TokenEvent):
-                parts.append(event.text)
-            elif isinstance(event, Finished):
-                self.usage["prompt_tokens"] += event.prompt_tokens
-                self.usage["completion_tokens"] += event.completion_tokens
-                self.reason = event.reason
-                if event.reason == "cancelled":
-                    raise _Cancelled
-                if event.reason == "error":
-                    raise CuveeError(f"generation failed: {event.error}")
-        return "".join(parts)
-
-    def cancel(self) -> None:
-        self._cancelled.set()
-        if self._handle is not None:
-            self._handle.cancel()
-
-    def close(self) -> None:
-        if not self._closed:
-            self._closed = True
-            self.state.registry.release(self.model)
-
-
 # ---- the service ----------------------------------------------------------------------------
 
 
@@ -237,7 +161,8 @@ class Target:
 
 
 class DocsService:
-    """The collections a server searches and the embedding backend it searches them with."""
+    """The server's view of the collections (``docs.library.Library``): what a key may see, and
+    the library's errors as HTTP answers."""
 
     def __init__(
         self,
@@ -245,13 +170,8 @@ class DocsService:
         backend_factory: Callable[[], Backend],
         answerer_factory: AnswererFactory | None = None,
     ) -> None:
-        self.home = Path(home)
-        self._backend_factory = backend_factory
+        self.library = Library(home, backend_factory)
         self.answerer_factory: AnswererFactory = answerer_factory or EngineAnswerer
-        self._backend: Backend | None = None
-        self._backend_lock = threading.Lock()
-        self._collections: dict[str, tuple[int, index.Collection]] = {}
-        self._lock = threading.Lock()
 
     @classmethod
     def from_settings(
@@ -267,43 +187,27 @@ class DocsService:
 
         return cls(settings.home, backend_factory or default_backend, answerer_factory)
 
-    # -- collections ----------------------------------------------------------------------
-
     def names(self) -> list[str]:
-        return index.list_names(self.home)
+        return self.library.names()
 
     def visible(self, key: ApiKey | None) -> list[str]:
         return [name for name in self.names() if key is None or key.sees(name)]
 
     def open(self, name: str, key: ApiKey | None, param: str) -> index.Collection:
         """The collection ``name`` if the key may see it, else the 404 (blocking: run it in a
-        worker thread). Kept open across requests; reopened when its file was replaced."""
+        worker thread)."""
         if key is not None and not key.sees(name):
             raise collection_not_found(name, param)
         try:
-            path = index.collection_path(self.home, name)
-            inode = path.stat().st_ino
-        except (DocsError, OSError):  # not even a valid name, or no such file
-            with self._lock:
-                # dropped from the cache: its connection closes once no request holds it
-                self._collections.pop(name, None)
+            return self.library.open(name)
+        except CollectionMissing:
             raise collection_not_found(name, param) from None
-        with self._lock:
-            cached = self._collections.get(name)
-            if cached is not None and cached[0] == inode:
-                return cached[1]
-            try:
-                collection = index.open_collection(self.home, name)
-            except DocsError as exc:
-                if not path.is_file():
-                    raise collection_not_found(name, param) from None
-                raise errors.server_error(f"collection '{name}' cannot be read: {exc}") from exc
-            self._collections[name] = (inode, collection)
-            return collection
+        except DocsError as exc:
+            raise errors.server_error(f"collection '{name}' cannot be read: {exc}") from exc
 
     def describe(self, name: str) -> dict[str, Any]:
         """The ``rag:NAME`` model object (cuvee's extra fields beside OpenAI's)."""
-        loaded = name in self._collections  # before open() below, which loads it
+        loaded = self.library.is_open(name)  # before open() below, which loads it
         created = 0
         with contextlib.suppress(Exception):
             created = int(self.open(name, None, "model").stats()["created"])
@@ -317,36 +221,21 @@ class DocsService:
             "loaded": loaded,
         }
 
-    # -- the embedding backend ------------------------------------------------------------
-
     def backend(self) -> Backend:
-        """The embedding backend, loaded once however many requests arrive together (blocks).
-        A failed load is not remembered: installing what was missing fixes a running server."""
-        if self._backend is None:
-            with self._backend_lock:
-                if self._backend is None:
-                    try:
-                        self._backend = self._backend_factory()
-                    except CuveeError as exc:
-                        raise errors.server_error(
-                            f"the embedding model could not be loaded: {exc}"
-                        ) from exc
-        return self._backend
+        try:
+            return self.library.backend()
+        except CuveeError as exc:
+            raise errors.server_error(f"the embedding model could not be loaded: {exc}") from exc
 
     def checked_backend(self, collection: index.Collection, param: str) -> Backend:
-        backend = self.backend()
+        self.backend()  # a load failure is a 500, not a mismatch
         try:
-            collection.check_embedder(backend.identity, backend.dim)
+            return self.library.checked_backend(collection)
         except DocsError as exc:
             raise embedder_mismatch(exc, param) from None
-        return backend
 
     def close(self) -> None:
-        with self._lock:
-            collections, self._collections = self._collections, {}
-        for _, collection in collections.values():
-            with contextlib.suppress(Exception):
-                collection.close()
+        self.library.close()
 
 
 # ---- POST /v1/retrieve ----------------------------------------------------------------------
@@ -520,7 +409,7 @@ class _Job:
 
 
 def _as_api_error(exc: BaseException) -> BaseException:
-    if isinstance(exc, errors.APIError | _Cancelled):
+    if isinstance(exc, errors.APIError | Cancelled):
         return exc
     if isinstance(exc, DocsError):  # the context cannot hold one passage and an answer
         return errors.context_length_exceeded(exc.message, "messages")
@@ -569,11 +458,11 @@ async def answer_route(
     def run(job: _Job) -> _Outcome:
         try:
             if job.cancelled:
-                raise _Cancelled
+                raise Cancelled
             job.answerer = state.docs.answerer_factory(state, model, params)
             try:
                 if job.cancelled:  # the client left while the engine loaded
-                    raise _Cancelled
+                    raise Cancelled
                 result = ask(
                     target.collection,
                     backend,
@@ -617,7 +506,7 @@ async def answer_route(
         return _stream(job, formatter, include_usage)
     try:
         outcome = await job.outcome()
-    except _Cancelled:
+    except Cancelled:
         outcome = None
     if outcome is None:  # nobody reads this, but answer something well-formed
         return JSONResponse(errors.error_body("client disconnected"), status_code=499)
@@ -634,7 +523,7 @@ def _stream(job: _Job, formatter: ChatFormatter, include_usage: bool) -> Respons
             yield sse(chunk)
         try:
             outcome = await job.outcome()
-        except _Cancelled:
+        except Cancelled:
             return
         except errors.APIError as exc:
             yield sse(exc.body())
