@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 LOCK := constraints.txt
 PIP := $(PY) -m pip install -q -c $(LOCK)
 
-.PHONY: setup quickstart test test-slow lint format lock doctor clean
+.PHONY: setup quickstart test check test-slow lint format lock doctor clean
 
 $(VENV)/bin/python:
 	python3 -m venv $(VENV)
@@ -46,6 +46,9 @@ lint: $(VENV)/.dev
 test: lint
 	CUVEE_REQUIRE_CORE=1 $(PY) -m pytest -q -rs; rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "error: pytest collected no tests" >&2; fi; exit $$rc
+
+# Everything CI checks before a change lands: lint, the format check and the default tier.
+check: test
 
 test-slow: $(VENV)/.gemma3
 	CUVEE_REQUIRE_CORE=1 $(PY) -m pytest -q -rs -m slow
