@@ -9,9 +9,7 @@ the current step, with a checkpoint it can resume from exactly."""
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 import signal
 import time
 from collections.abc import Callable
@@ -26,6 +24,7 @@ from cuvee.config import Settings
 from cuvee.errors import ConfigError, CuveeError
 from cuvee.store import ModelStore, StoredModel, check_name
 from cuvee.train import checkpoint as ckpt
+from cuvee.train import rundir
 from cuvee.train.data import Prepared, prepare
 from cuvee.train.display import Display, SilentDisplay
 from cuvee.train.encode import IGNORE
@@ -35,6 +34,7 @@ from cuvee.train.packing import Row
 from cuvee.train.parallel import Single
 from cuvee.train.parallel import choose as choose_parallel
 from cuvee.train.recipe import Recipe
+from cuvee.train.rundir import find_run as find_run  # cuvee.cli.train and tests look it up here
 from cuvee.train.schedule import Schedule, TimeBudget, lr_at, warmup_for
 from cuvee.train.surgery import build_model, causal_lm, head_weights, precision_for
 from cuvee.train.throughput import (
@@ -135,36 +135,6 @@ class RunResult:
     losses: list[float]
 
 
-def new_run_dir(settings: Settings, name: str) -> Path:
-    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
-    run_dir = settings.runs_dir / f"{name}-{stamp}"
-    n = 1
-    while run_dir.exists():
-        n += 1
-        run_dir = settings.runs_dir / f"{name}-{stamp}-{n}"
-    return run_dir
-
-
-def find_run(settings: Settings, spec: str) -> Path:
-    """A run directory by path, directory name, or model name (its newest run)."""
-    path = Path(spec)
-    if (path / "recipe.yaml").is_file():
-        return path
-    candidates = []
-    if settings.runs_dir.is_dir():
-        candidates = sorted(
-            p
-            for p in settings.runs_dir.iterdir()
-            if (p / "recipe.yaml").is_file() and (p.name == spec or p.name.startswith(spec + "-"))
-        )
-    if not candidates:
-        raise ConfigError(
-            f"no training run {spec!r}",
-            hint=f"runs live in {settings.runs_dir}; pass a run directory or the model name",
-        )
-    return candidates[-1]
-
-
 def train(
     settings: Settings,
     recipe: Recipe,
@@ -217,7 +187,7 @@ def _train(
     if not recipe.name:
         raise ConfigError("the fine-tuned model needs a name", hint="pass --name NAME")
     check_name(recipe.name)
-    if resume_dir is not None and (resume_dir / "summary.json").is_file():
+    if resume_dir is not None and rundir.completed(resume_dir):
         raise ConfigError(
             f"{resume_dir}: this run already completed and registered {recipe.name!r}",
             hint="nothing to resume; start a new run to train further",
@@ -233,10 +203,9 @@ def _train(
     device = _device(dist, settings.device, group=dist.world > 1 or parallel.shards_weights)
     precision = precision_for(recipe, device.type)
     prepared = prepare(store, recipe)
-    run_dir = resume_dir or new_run_dir(settings, recipe.name)
+    run_dir = resume_dir or rundir.new_run_dir(settings, recipe.name)
     if dist.main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        _write_recipe(run_dir, recipe)
+        rundir.create(run_dir, recipe)
 
     kernels, kernels_line = choose_kernels(
         settings.train_compile, device.type, recipe.method == "lora"
@@ -280,7 +249,7 @@ def _train(
         "base_eval_loss": None,
         "parallel": parallel.name,
     }
-    latest = ckpt.list_checkpoints(run_dir / "checkpoints")
+    latest = ckpt.list_checkpoints(rundir.checkpoints(run_dir))
     if resume_dir is not None:
         if not latest:
             raise ConfigError(f"{run_dir}: the run has no checkpoint to resume from")
@@ -423,7 +392,7 @@ def _train(
                 opt_state = parallel.optimizer_state(loss_fn, optimizer)
                 if dist.main:
                     ckpt.save(
-                        run_dir / "checkpoints",
+                        rundir.checkpoints(run_dir),
                         state["step"],
                         weights,
                         opt_state,
@@ -444,7 +413,7 @@ def _train(
     if interrupted:
         raise Interrupted(
             f"training stopped at step {state['step']} of {state['total_steps']}; "
-            f"checkpoint saved in {run_dir / 'checkpoints'}",
+            f"checkpoint saved in {rundir.checkpoints(run_dir)}",
             hint=f"continue with: cuvee train --resume {run_dir}",
         )
     summary = _summary(
@@ -466,8 +435,7 @@ def _train(
         )
         summary["model"] = stored.manifest.name
         summary["commercial_use"] = stored.manifest.model_dump().get("commercial_use")
-        (run_dir / "summary.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
-        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+        rundir.complete(run_dir, summary)
     return RunResult(run_dir, stored, summary, state["losses"])
 
 
@@ -499,14 +467,6 @@ def _device(dist: Dist, wanted: str = "auto", group: bool = False) -> torch.devi
             )
         torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return device
-
-
-def _write_recipe(run_dir: Path, recipe: Recipe) -> None:
-    import yaml
-
-    path = run_dir / "recipe.yaml"
-    if not path.exists():
-        path.write_text(yaml.safe_dump(recipe.resolved(), sort_keys=False), encoding="utf-8")
 
 
 def _summary(
