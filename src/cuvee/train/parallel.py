@@ -3,7 +3,9 @@
 The loop asks its strategy four things: which module to call for a micro-batch, whether
 gradients synchronise after it, and how to read and restore the trainable weights and the
 optimizer state as plain, whole tensors (for checkpoints and for the model written to the
-store). Each strategy answers them its own way; the loop stays the same.
+store). Each strategy answers them its own way; the loop stays the same. ``Dist`` is this
+process's place in the run and ``device_for`` its device and process group, both read from
+what the launcher (torchrun, accelerate launch) put in the environment.
 
 - ``single``: one process.
 - ``ddp``: a full model per process, gradients all-reduced (torch DDP).
@@ -19,6 +21,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from contextlib import nullcontext
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -31,6 +34,50 @@ _PREFIX = "model."  # the peft/transformers model sits at SFTLoss.model
 
 def _truthy(value: str | None) -> bool:
     return (value or "").lower() in ("1", "true", "yes")
+
+
+@dataclass(frozen=True)
+class Dist:
+    """This process's place in a data-parallel run (torchrun / accelerate launch set the env)."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @classmethod
+    def from_env(cls) -> Dist:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        return cls(int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def device_for(dist: Dist, wanted: str = "auto", group: bool = False) -> torch.device:
+    """This process's device (its local GPU, or the CPU), and with ``group`` the process group
+    joined, as the launcher's environment describes it."""
+    if wanted == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device is cuda but torch sees no CUDA GPU", hint="use auto or cpu")
+    if wanted != "cpu" and torch.cuda.is_available():
+        if dist.local_rank >= torch.cuda.device_count():
+            raise ConfigError(
+                f"process {dist.local_rank} of this node has no GPU: "
+                f"{torch.cuda.device_count()} visible",
+                hint="start one process per GPU (--gpus N no more than the GPUs on a node)",
+            )
+        device = torch.device("cuda", dist.local_rank)
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    if group and not torch.distributed.is_initialized():
+        if "MASTER_ADDR" not in os.environ:
+            raise ConfigError(
+                "sharded training needs a launcher",
+                hint="start it with torchrun or accelerate launch (see cuvee train --launcher)",
+            )
+        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return device
 
 
 class Single:

@@ -9,7 +9,6 @@ the current step, with a checkpoint it can resume from exactly."""
 
 from __future__ import annotations
 
-import os
 import signal
 import time
 from collections.abc import Callable
@@ -31,7 +30,7 @@ from cuvee.train.encode import IGNORE
 from cuvee.train.kernels import choose as choose_kernels
 from cuvee.train.loss import Workspace, linear_cross_entropy
 from cuvee.train.packing import Row
-from cuvee.train.parallel import Single
+from cuvee.train.parallel import Dist, Single, device_for
 from cuvee.train.parallel import choose as choose_parallel
 from cuvee.train.recipe import Recipe
 from cuvee.train.rundir import find_run as find_run  # cuvee.cli.train and tests look it up here
@@ -50,24 +49,6 @@ class Interrupted(CuveeError):
     """Training stopped on request; a checkpoint was saved."""
 
     exit_code = 130
-
-
-@dataclass(frozen=True)
-class Dist:
-    """This process's place in a data-parallel run (torchrun / accelerate launch set the env)."""
-
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    @classmethod
-    def from_env(cls) -> Dist:
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        return cls(int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0")))
 
 
 class SFTLoss(torch.nn.Module):
@@ -200,7 +181,7 @@ def _train(
     check_trackers(recipe.report_to)
 
     torch.manual_seed(recipe.seed)
-    device = _device(dist, settings.device, group=dist.world > 1 or parallel.shards_weights)
+    device = device_for(dist, settings.device, group=dist.world > 1 or parallel.shards_weights)
     precision = precision_for(recipe, device.type)
     prepared = prepare(store, recipe)
     run_dir = resume_dir or rundir.new_run_dir(settings, recipe.name)
@@ -443,30 +424,6 @@ def _main_thread() -> bool:
     import threading
 
     return threading.current_thread() is threading.main_thread()
-
-
-def _device(dist: Dist, wanted: str = "auto", group: bool = False) -> torch.device:
-    if wanted == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device is cuda but torch sees no CUDA GPU", hint="use auto or cpu")
-    if wanted != "cpu" and torch.cuda.is_available():
-        if dist.local_rank >= torch.cuda.device_count():
-            raise ConfigError(
-                f"process {dist.local_rank} of this node has no GPU: "
-                f"{torch.cuda.device_count()} visible",
-                hint="start one process per GPU (--gpus N no more than the GPUs on a node)",
-            )
-        device = torch.device("cuda", dist.local_rank)
-        torch.cuda.set_device(device)
-    else:
-        device = torch.device("cpu")
-    if group and not torch.distributed.is_initialized():
-        if "MASTER_ADDR" not in os.environ:
-            raise ConfigError(
-                "sharded training needs a launcher",
-                hint="start it with torchrun or accelerate launch (see cuvee train --launcher)",
-            )
-        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return device
 
 
 def _summary(
