@@ -1,9 +1,10 @@
 """The parts of training that must be right by construction: recipes, masking, packing
-isolation, the chunked loss, the schedule."""
+isolation, the chunked loss, the schedule, the run state a checkpoint keeps."""
 
 from __future__ import annotations
 
 import itertools
+import json
 from pathlib import Path
 
 import pytest
@@ -405,3 +406,93 @@ def test_a_replan_after_the_warmup_does_not_restart_it() -> None:
     # ramp would have dropped it to 11/20 of it
     assert lr_at(10, 400, warmup_for(0.05, 400, 10, 4), peak) > peak * 0.99
     assert lr_at(10, 400, warmup_for(0.05, 400, 10), peak) < peak * 0.6
+
+
+# ---------------------------------------------------------------------------- run state
+
+# state.json of a checkpoint as the loop wrote it while its run state was a dict of these keys
+# (a tiny LoRA run stopped at step 4): the format a resume must go on reading
+OLD_STATE_JSON = """{
+ "step": 4,
+ "total_steps": 7,
+ "elapsed_s": 0.8113,
+ "tokens_seen": 677,
+ "supervised_seen": 231,
+ "losses": [
+  4.201379910321303,
+  4.070565938949585,
+  3.9415713946024575,
+  3.9445323944091797
+ ],
+ "evals": [
+  {
+   "step": 0,
+   "eval_loss": 4.288240432739258
+  },
+  {
+   "step": 3,
+   "eval_loss": 3.8598395756312778
+  }
+ ],
+ "base_eval_loss": 4.288240432739258,
+ "parallel": "single",
+ "warmup": 1
+}"""
+
+
+def test_a_run_state_written_by_the_old_loop_loads_and_is_written_back_the_same(
+    tmp_path: Path,
+) -> None:
+    from cuvee.train import checkpoint as ckpt
+
+    state = ckpt.RunState.from_json(json.loads(OLD_STATE_JSON), tmp_path / "state.json")
+    assert (state.step, state.total_steps, state.warmup, state.parallel) == (4, 7, 1, "single")
+    assert state.losses[-1] == 3.9445323944091797
+    assert state.evals[1] == {"step": 3, "eval_loss": 3.8598395756312778}
+    assert json.dumps(state.to_json(), indent=1) == OLD_STATE_JSON  # same keys, order, values
+    old = json.loads(OLD_STATE_JSON)
+    # through a checkpoint on disk, as --resume reads it
+    directory = tmp_path / "checkpoints"
+    saved = ckpt.save(directory, 4, {"w": torch.ones(2)}, {}, old, keep=2)
+    resumed, weights, _ = ckpt.load_run(saved, {"w"})
+    assert resumed == state and torch.equal(weights["w"], torch.ones(2))
+    state.record(3.9, tokens=180, supervised=70)
+    ckpt.save(directory, state.step, {"w": torch.ones(2)}, {}, state, keep=2)
+    again = json.loads((directory / "step-000005" / ckpt.STATE).read_text(encoding="utf-8"))
+    assert list(again) == list(old)
+    assert again["step"] == 5 and again["losses"][-1] == 3.9 and again["tokens_seen"] == 857
+
+
+def test_a_run_state_from_before_parallel_and_warmup_were_kept_still_loads(
+    tmp_path: Path,
+) -> None:
+    from cuvee.train import checkpoint as ckpt
+
+    old = json.loads(OLD_STATE_JSON)
+    del old["parallel"], old["warmup"]
+    state = ckpt.RunState.from_json(old, tmp_path / "state.json")
+    assert state.parallel == "single" and state.warmup is None  # the loop recomputes it
+
+
+@pytest.mark.parametrize(
+    ("edit", "named"),
+    [
+        (lambda s: s.update(learning_rate=0.1), "unknown key(s) learning_rate"),
+        (lambda s: s.pop("losses"), "missing key(s) losses"),
+    ],
+)
+def test_a_run_state_with_an_unknown_or_missing_key_is_refused_naming_the_file(
+    tmp_path: Path, edit, named: str
+) -> None:
+    from cuvee.errors import CuveeError
+    from cuvee.train import checkpoint as ckpt
+
+    state = json.loads(OLD_STATE_JSON)
+    edit(state)
+    saved = ckpt.save(tmp_path / "checkpoints", 4, {"w": torch.ones(2)}, {}, state, keep=2)
+    with pytest.raises(CuveeError) as caught:
+        ckpt.load_run(saved, {"w"})
+    message = str(caught.value)
+    assert str(saved / ckpt.STATE) in message and named in message, message
+    with pytest.raises(CuveeError, match="a run state is a JSON object"):
+        ckpt.RunState.from_json([1, 2], saved / ckpt.STATE)

@@ -219,34 +219,22 @@ def _train(
     total_steps = schedule.steps_for_epochs
     if recipe.max_steps:
         total_steps = min(total_steps, recipe.max_steps)
-    state: dict[str, Any] = {
-        "step": 0,
-        "total_steps": total_steps,
-        "elapsed_s": 0.0,
-        "tokens_seen": 0,
-        "supervised_seen": 0,
-        "losses": [],
-        "evals": [],
-        "base_eval_loss": None,
-        "parallel": parallel.name,
-    }
+    state = ckpt.RunState(total_steps=total_steps, parallel=parallel.name)
     latest = ckpt.list_checkpoints(rundir.checkpoints(run_dir))
     if resume_dir is not None:
         if not latest:
             raise ConfigError(f"{run_dir}: the run has no checkpoint to resume from")
-        state, weights, opt_state = ckpt.load(latest[-1], trainable_names)
-        saved_by = state.get("parallel", "single")
+        state, weights, opt_state = ckpt.load_run(latest[-1], trainable_names)
+        saved_by = state.parallel
         if (saved_by == "fsdp") != parallel.shards_weights:  # their optimizer states differ
             raise ConfigError(
                 f"{latest[-1]}: saved by a {saved_by} run; this one is {parallel.name}",
                 hint="resume with the launcher and strategy the run started with",
             )
         parallel.load_state(loss_fn, optimizer, weights, opt_state)
-        display.message(f"resumed {run_dir.name} at step {state['step']}")
+        display.message(f"resumed {run_dir.name} at step {state.step}")
 
-    meter = Meter(
-        price_per_hour(device.type, dist.world, settings), elapsed_before=state["elapsed_s"]
-    )
+    meter = Meter(price_per_hour(device.type, dist.world, settings), elapsed_before=state.elapsed_s)
     trackers = open_trackers(run_dir, recipe.report_to, recipe.resolved()) if dist.main else []
     hw = hardware(device.type, dist.world)
     hw["kernels"] = "compiled" if kernels is not None else "plain"
@@ -260,16 +248,16 @@ def _train(
     budget = TimeBudget(
         recipe.time_budget_s, recipe.max_steps or schedule.steps_for_epochs, recipe.warmup_ratio
     )
-    if state["base_eval_loss"] is None and prepared.eval_rows:
+    if state.base_eval_loss is None and prepared.eval_rows:
         t0 = time.perf_counter()
-        state["base_eval_loss"] = evaluate(
+        state.base_eval_loss = evaluate(
             loss_fn, prepared.eval_rows, recipe.batch_size, device, autocast
         )
         budget.eval_seconds = time.perf_counter() - t0
-        state["evals"].append({"step": 0, "eval_loss": state["base_eval_loss"]})
-        display.message(f"held-out loss before training: {state['base_eval_loss']:.4f}")
+        state.evals.append({"step": 0, "eval_loss": state.base_eval_loss})
+        display.message(f"held-out loss before training: {state.base_eval_loss:.4f}")
         for t in trackers:
-            t.log(0, {"eval_loss": state["base_eval_loss"]})
+            t.log(0, {"eval_loss": state.base_eval_loss})
 
     stop = {"requested": False}
 
@@ -281,21 +269,19 @@ def _train(
 
     previous = signal.signal(signal.SIGINT, _on_sigint) if _main_thread() else None
     # kept in the state: a resumed run goes on with the warm-up it had, whatever re-plans did
-    state["warmup"] = state.get("warmup") or warmup_for(
-        recipe.warmup_ratio, state["total_steps"], 0
-    )
-    session_start_step = state["step"]
+    state.warmup = state.warmup or warmup_for(recipe.warmup_ratio, state.total_steps, 0)
+    session_start_step = state.step
     interrupted = False
-    display.start(state["total_steps"], state["step"])
+    display.start(state.total_steps, state.step)
     try:
-        while state["step"] < state["total_steps"]:
-            step = state["step"]
+        while state.step < state.total_steps:
+            step = state.step
             t_step = time.perf_counter()
             slots = schedule.step(step)
             global_sup = sum(
                 prepared.train_rows[i].supervised for slot in slots for rows in slot for i in rows
             )
-            lr = lr_at(step, state["total_steps"], state["warmup"], recipe.lr)
+            lr = lr_at(step, state.total_steps, state.warmup, recipe.lr)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             loss_sum, tokens, sup = 0.0, 0, 0
@@ -319,21 +305,16 @@ def _train(
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             step_loss = loss_sum / max(global_sup, 1)
-            state["step"] = step + 1
-            state["losses"].append(step_loss)
-            state["tokens_seen"] += tokens
-            state["supervised_seen"] += sup
+            state.record(step_loss, tokens, sup)
             meter.add(tokens, sup)
             budget.step_took(time.perf_counter() - t_step)
 
-            plan = budget.replan(
-                state["step"], state["total_steps"], state["warmup"], meter.elapsed
-            )
+            plan = budget.replan(state.step, state.total_steps, state.warmup, meter.elapsed)
             if plan is not None:
-                state["total_steps"], state["warmup"] = plan.total_steps, plan.warmup
+                state.total_steps, state.warmup = plan.total_steps, plan.warmup
                 display.message(
                     f"time budget {recipe.time_budget}: {plan.per_step:.1f} s/step, "
-                    f"planning {state['total_steps']} steps"
+                    f"planning {state.total_steps} steps"
                 )
 
             metrics: dict[str, Any] = {
@@ -342,39 +323,39 @@ def _train(
                 "tokens": tokens,
                 "tokens_per_s": meter.tokens_per_s() or tokens / max(budget.step_times[-1], 1e-9),
                 "elapsed_s": meter.elapsed,
-                "eta_s": Meter.eta(state["step"], state["total_steps"], budget.per_step),
+                "eta_s": Meter.eta(state.step, state.total_steps, budget.per_step),
                 "cost_usd": meter.cost(),
             }
             if prepared.eval_rows and (
-                state["step"] % recipe.eval_every == 0 or state["step"] == state["total_steps"]
+                state.step % recipe.eval_every == 0 or state.step == state.total_steps
             ):
                 t0 = time.perf_counter()
                 metrics["eval_loss"] = evaluate(
                     loss_fn, prepared.eval_rows, recipe.batch_size, device, autocast
                 )
                 budget.eval_seconds = time.perf_counter() - t0
-                state["evals"].append({"step": state["step"], "eval_loss": metrics["eval_loss"]})
+                state.evals.append({"step": state.step, "eval_loss": metrics["eval_loss"]})
             for t in trackers:
-                t.log(state["step"], metrics)
+                t.log(state.step, metrics)
             if on_step:
-                on_step(state["step"], metrics)
-            display.update(state["step"], state["total_steps"], metrics)
+                on_step(state.step, metrics)
+            display.update(state.step, state.total_steps, metrics)
 
             if budget.spent(meter.elapsed):
-                state["total_steps"] = state["step"]
+                state.total_steps = state.step
             asked = stop["requested"] or (
-                stop_after_step is not None and state["step"] >= stop_after_step
+                stop_after_step is not None and state.step >= stop_after_step
             )
-            finished = state["step"] >= state["total_steps"]
-            if (asked or state["step"] % recipe.save_every == 0) and not finished:
-                state["elapsed_s"] = meter.elapsed
+            finished = state.step >= state.total_steps
+            if (asked or state.step % recipe.save_every == 0) and not finished:
+                state.elapsed_s = meter.elapsed
                 # gathering whole tensors is collective under FSDP: every process takes part
                 weights = parallel.trainable_state(loss_fn)
                 opt_state = parallel.optimizer_state(loss_fn, optimizer)
                 if dist.main:
                     ckpt.save(
                         rundir.checkpoints(run_dir),
-                        state["step"],
+                        state.step,
                         weights,
                         opt_state,
                         state,
@@ -390,10 +371,10 @@ def _train(
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
 
-    state["elapsed_s"] = meter.elapsed
+    state.elapsed_s = meter.elapsed
     if interrupted:
         raise Interrupted(
-            f"training stopped at step {state['step']} of {state['total_steps']}; "
+            f"training stopped at step {state.step} of {state.total_steps}; "
             f"checkpoint saved in {rundir.checkpoints(run_dir)}",
             hint=f"continue with: cuvee train --resume {run_dir}",
         )
@@ -417,7 +398,7 @@ def _train(
         summary["model"] = stored.manifest.name
         summary["commercial_use"] = stored.manifest.model_dump().get("commercial_use")
         rundir.complete(run_dir, summary)
-    return RunResult(run_dir, stored, summary, state["losses"])
+    return RunResult(run_dir, stored, summary, state.losses)
 
 
 def _main_thread() -> bool:
@@ -428,7 +409,7 @@ def _main_thread() -> bool:
 
 def _summary(
     prepared: Prepared,
-    state: dict[str, Any],
+    state: ckpt.RunState,
     meter: Meter,
     hw: dict[str, Any],
     precision: str,
@@ -436,13 +417,13 @@ def _summary(
     n_trainable: int,
     session_start_step: int,
 ) -> dict[str, Any]:
-    losses = state["losses"]
+    losses = state.losses
     tail = losses[-10:]
-    evals = [e for e in state["evals"] if e["step"] > 0]
-    wall = state["elapsed_s"]
+    evals = [e for e in state.evals if e["step"] > 0]
+    wall = state.elapsed_s
     return {
         "run_dir": str(run_dir),
-        "steps": state["step"],
+        "steps": state.step,
         "train_records": prepared.train_records,
         "eval_records": prepared.eval_records,
         "eval_split": prepared.split_how,
@@ -450,17 +431,17 @@ def _summary(
         "train_rows": len(prepared.train_rows),
         "trainable_parameters": n_trainable,
         "precision": precision,
-        "parallel": state.get("parallel", "single"),
+        "parallel": state.parallel,
         "hardware": hw,
         "wall_time_s": wall,
-        "tokens_seen": state["tokens_seen"],
-        "supervised_tokens_seen": state["supervised_seen"],
-        "tokens_per_s": state["tokens_seen"] / wall if wall > 0 else 0.0,
+        "tokens_seen": state.tokens_seen,
+        "supervised_tokens_seen": state.supervised_seen,
+        "tokens_per_s": state.tokens_seen / wall if wall > 0 else 0.0,
         "peak_memory_mb": round(peak_memory_mb(hw["device"])),
         "price_per_hour": meter.price_per_hour,
         "estimated_cost_usd": meter.cost(wall),
         "train_loss": sum(tail) / len(tail) if tail else None,
         "eval_loss": evals[-1]["eval_loss"] if evals else None,
-        "base_eval_loss": state["base_eval_loss"],
+        "base_eval_loss": state.base_eval_loss,
         "resumed_at_step": session_start_step or None,
     }
