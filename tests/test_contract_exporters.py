@@ -52,25 +52,9 @@ CASES = [Case(name, quant) for name, fmt in FORMATS.items() for quant in fmt.qua
 CASES += [Case(name, None, adapter_only=True) for name, fmt in FORMATS.items() if fmt.adapter_only]
 
 # (check, case id) -> a bug the check found, reported to the exporters' owner.
-FIND_EXPORT_FILES_ONLY = (
-    "find_export (src/cuvee/export/formats.py) only returns an entry whose path is_file(): a "
-    "directory export is recorded with its size and per-file digests but never found"
-)
-DEFAULT_PATH_WITHOUT_FORMAT = (
-    "default_path (src/cuvee/export/formats.py) names an export by model, quantization and "
-    "-lora but not by format: hf and onnx (no quantizations, no suffix) both default to "
-    "exports/NAME/NAME, so exporting one is refused as 'already exists' after the other, and "
-    "--force deletes the other"
-)
-BUGS: dict[tuple[str, str], str] = {
-    **{
-        ("find_export", c.id): FIND_EXPORT_FILES_ONLY
-        for c in CASES
-        if c.fmt in ("hf", "onnx", "modelfile")
-    },
-    ("default_path", "hf"): DEFAULT_PATH_WITHOUT_FORMAT,
-    ("default_path", "onnx"): DEFAULT_PATH_WITHOUT_FORMAT,
-}
+# (check, case id) -> why it fails today; an entry makes that case a strict xfail, so fixing
+# the bug makes the run fail until the entry goes. Empty: none known.
+BUGS: dict[tuple[str, str], str] = {}
 
 
 def over_cases(check: str, cases: list[Case] = CASES):

@@ -10,7 +10,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cuvee.errors import ConfigError, CuveeError
 from cuvee.export.base import Format
@@ -24,6 +24,9 @@ from cuvee.store import (
     write_failed,
     write_manifest,
 )
+
+if TYPE_CHECKING:
+    from cuvee.config import Settings
 
 FORMATS: dict[str, Format] = {}
 
@@ -42,13 +45,17 @@ def get_format(name: str) -> Format:
         ) from None
 
 
-def default_path(settings, source: ExportSource, fmt: Format, quant: str | None, adapter: bool):
+def default_path(
+    settings: Settings, source: ExportSource, fmt: Format, quant: str | None, adapter: bool
+):
+    """Where an export goes without -o. A format written as a directory (no suffix) puts its
+    name in the path, so two such formats (hf, onnx) never share one."""
     stem = source.name + (f"-{quant}" if quant else "") + ("-lora" if adapter else "")
-    return settings.home / "exports" / source.name / f"{stem}{fmt.suffix}"
+    return settings.home / "exports" / source.name / (stem + (fmt.suffix or f"-{fmt.name}"))
 
 
 def export(
-    settings,
+    settings: Settings,
     store: ModelStore,
     name: str,
     fmt_name: str,
@@ -149,16 +156,23 @@ def find_export(
     stored, fmt: str, quant: str | None = None, *, adapter_only: bool = False
 ) -> Path | None:
     """The newest recorded export of a format (and quantization), a merged model's or, with
-    ``adapter_only``, a LoRA file's, whose file is still there at its recorded size."""
+    ``adapter_only``, a LoRA file's, still there at its recorded size (a directory export's
+    size is its files' total, as recorded)."""
     for entry in reversed(stored.manifest.exports):
         if entry.get("format") != fmt or bool(entry.get("adapter_only")) != adapter_only:
             continue
         if quant is not None and entry.get("quantization") != quant:
             continue
         path = Path(entry["path"])
-        if path.is_file() and path.stat().st_size == entry.get("size"):
+        if path.exists() and _digest_size(path) == entry.get("size"):
             return path
     return None
+
+
+def _digest_size(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
 def _register_builtin() -> None:
