@@ -4,13 +4,17 @@ engine opened for all the questions of a command, closed by the caller."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from cuvee.progress import Reporter
+
+if TYPE_CHECKING:
+    from cuvee.config import Settings
 
 MAX_ANSWER_TOKENS = 256
 
 
-def default_model(settings) -> str:
+def default_model(settings: Settings) -> str:
     """The configured chat model, else the base model."""
     return settings.default_chat_model or settings.default_base
 
@@ -52,7 +56,7 @@ class EngineGenerator:
 
 
 def open_generator(
-    settings,
+    settings: Settings,
     model: str | None,
     reporter: Reporter,
     threads: int | None = None,

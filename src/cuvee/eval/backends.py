@@ -11,11 +11,14 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from cuvee.config import SECRETS, secret
 from cuvee.eval.suites import EvalError, Item
 from cuvee.progress import Reporter
+
+if TYPE_CHECKING:
+    from cuvee.config import Settings
 
 # Sequences the local engine decodes together: enough to keep a small CPU's cores busy with one
 # pass over the weights per step, small enough that the KV cache stays modest.
@@ -68,7 +71,7 @@ class StoreBackend:
     """A stored model (or a .gguf path) on the llama.cpp engine, as `cuvee run` picks it: the
     newest matching GGUF export, the GGUF it was pulled as, or a q8_0 export made once."""
 
-    def __init__(self, settings, spec: str) -> None:
+    def __init__(self, settings: Settings, spec: str) -> None:
         self.settings = settings
         self.label = spec
         self.target = None
@@ -168,7 +171,7 @@ class OpenAIBackend:
     base URL usually ends in ``/v1``), several requests in flight. A key, if the endpoint needs
     one, comes from the first of ``API_KEY_ENV`` that is set."""
 
-    def __init__(self, settings, spec: str) -> None:
+    def __init__(self, settings: Settings, spec: str) -> None:
         self.label = spec
         rest = spec.split(":", 1)[1]
         base_url, sep, model = rest.partition("#")
@@ -260,7 +263,7 @@ def _reply_text(response, label: str, item: Item) -> str:
 BACKENDS: dict[str, type] = {"openai": OpenAIBackend}
 
 
-def open_backend(settings, spec: str) -> Backend:
+def open_backend(settings: Settings, spec: str) -> Backend:
     scheme, sep, _ = spec.partition(":")
     cls = BACKENDS.get(scheme) if sep else None
     if sep and cls is None and not spec.endswith(".gguf"):

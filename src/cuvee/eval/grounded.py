@@ -14,9 +14,12 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cuvee.eval.suites import EvalError, Item, Score
+
+if TYPE_CHECKING:
+    from cuvee.config import Settings
 
 COLLECTION = "grounded-sample"
 K = 5
@@ -32,13 +35,13 @@ class GroundedSuite:
     version: str = "1"
     description: str = "answers from documents, every sentence checked (sample handbook)"
     max_tokens: int = 256
-    settings: Any = None
+    settings: Settings | None = None
 
     @property
     def fixture(self) -> Path:
         return _sample() / "qa.jsonl"
 
-    def bind(self, settings: Any) -> GroundedSuite:
+    def bind(self, settings: Settings) -> GroundedSuite:
         return replace(self, settings=settings)
 
     def accepts(self, record: dict[str, Any]) -> bool:

@@ -9,12 +9,15 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cuvee.eval.backends import Backend, GenerationSettings, open_backend
 from cuvee.eval.cache import GenerationCache, cache_key
 from cuvee.eval.suites import EvalError, Item, ResolvedSuite, Score, resolve_suite
 from cuvee.progress import Reporter, SilentReporter
+
+if TYPE_CHECKING:
+    from cuvee.config import Settings
 
 DEFAULT_SEED = 0
 
@@ -101,7 +104,7 @@ def _judge_settings(run: SuiteRun, seed: int) -> GenerationSettings:
 
 
 def run_evaluation(
-    settings,
+    settings: Settings,
     models: list[str],
     suites: list[str],
     *,

@@ -11,10 +11,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from importlib.resources import files
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from cuvee.errors import CuveeError
 from cuvee.jsonl import read_objects
+
+if TYPE_CHECKING:
+    from cuvee.config import Settings
 
 
 class EvalError(CuveeError):
@@ -149,7 +152,7 @@ def fixture_path(name: str) -> Path:
     return Path(str(files("cuvee.eval") / "fixtures" / f"{name}.jsonl"))
 
 
-def resolve_suite(spec: str, settings: Any = None) -> ResolvedSuite:
+def resolve_suite(spec: str, settings: Settings | None = None) -> ResolvedSuite:
     """``spec`` is a suite name (its packaged fixture), ``NAME=FILE``, or a FILE whose format
     picks the suite (the first suite that accepts its first record). A suite that needs the
     settings in force (``--home``, the embedding model) has a ``bind(settings)`` returning a

@@ -25,7 +25,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import anyio
 from fastapi import Depends, FastAPI, Header
@@ -63,6 +63,9 @@ from cuvee.serve.schemas import (
 )
 from cuvee.serve.state import Capacity, ServerState
 
+if TYPE_CHECKING:
+    from cuvee.config import Settings
+
 log = logging.getLogger("cuvee.serve")
 
 
@@ -85,7 +88,7 @@ Body = TypeVar("Body", bound=BaseModel)
 
 
 def create_app(
-    settings: Any,
+    settings: Settings,
     registry: ModelRegistry,
     auth: Authenticator | None = None,
     *,
@@ -365,7 +368,7 @@ async def _preload(state: ServerState) -> None:
         state.preload_error = ""
 
 
-def _shared_backend(settings: Any, embeddings: EmbeddingService):
+def _shared_backend(settings: Settings, embeddings: EmbeddingService):
     """Document search with the embedder /v1/embeddings serves: one copy of the model in
     memory, not two (a local model only; an endpoint has nothing to share)."""
 

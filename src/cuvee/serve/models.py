@@ -24,11 +24,14 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cuvee import resolve
 from cuvee.engine.base import Engine, Handle, Request
 from cuvee.errors import ConfigError, CuveeError, StoreError
+
+if TYPE_CHECKING:
+    from cuvee.config import Settings
 
 Opener = Callable[[str], Engine]
 # (base, adapter) pairs that can be served as BASE:ADAPTER
@@ -89,7 +92,7 @@ class ModelRegistry:
 
     def __init__(
         self,
-        settings: Any,
+        settings: Settings,
         *,
         engine: str = "llamacpp",
         max_loaded: int = 2,
@@ -318,7 +321,7 @@ def _timestamp(iso: str) -> int:
         return 0
 
 
-def store_opener(settings: Any, engine: str, options: dict[str, Any]) -> Opener:
+def store_opener(settings: Settings, engine: str, options: dict[str, Any]) -> Opener:
     """Open a stored model as ``cuvee run`` does (``resolve.open_model``), silently."""
 
     def open_model(name: str) -> Engine:

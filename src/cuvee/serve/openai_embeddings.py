@@ -15,13 +15,16 @@ from __future__ import annotations
 import base64
 import threading
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 import numpy as np
 
 from cuvee.serve import errors
 from cuvee.serve.schemas import MAX_EMBEDDING_INPUTS, EmbeddingRequest
+
+if TYPE_CHECKING:
+    from cuvee.config import Settings
 
 
 class EmbedderLike(Protocol):
@@ -47,7 +50,7 @@ class EmbeddingService:
 
     @classmethod
     def from_settings(
-        cls, settings: Any, factory: EmbedderFactory | None = None
+        cls, settings: Settings, factory: EmbedderFactory | None = None
     ) -> EmbeddingService:
         from cuvee.embeddings import embedding_model_id
 

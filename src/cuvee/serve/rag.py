@@ -36,7 +36,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 from starlette.requests import Request as HTTPRequest
@@ -71,6 +71,9 @@ from cuvee.serve.openai_chat import (
 )
 from cuvee.serve.requestlog import note
 from cuvee.serve.schemas import ChatCompletionRequest, RetrieveRequest
+
+if TYPE_CHECKING:
+    from cuvee.config import Settings
 
 PREFIX = "rag:"
 
@@ -176,7 +179,7 @@ class DocsService:
     @classmethod
     def from_settings(
         cls,
-        settings: Any,
+        settings: Settings,
         backend_factory: Callable[[], Backend] | None = None,
         answerer_factory: AnswererFactory | None = None,
     ) -> DocsService:

@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cuvee.serve.errors import overloaded
 from cuvee.serve.keys import Authenticator
 from cuvee.serve.metrics import Metrics
 from cuvee.serve.models import ModelRegistry
 from cuvee.serve.openai_embeddings import EmbeddingService
+
+if TYPE_CHECKING:
+    from cuvee.config import Settings
 
 
 class Capacity:
@@ -61,7 +64,7 @@ class Arrivals:
 
 @dataclass
 class ServerState:
-    settings: Any
+    settings: Settings
     registry: ModelRegistry
     auth: Authenticator
     metrics: Metrics
