@@ -120,6 +120,10 @@ class TimeBudget:
         self.step_times.append(seconds)
 
     @property
+    def last_step(self) -> float:
+        return self.step_times[-1]
+
+    @property
     def per_step(self) -> float:
         """Seconds per step over the last ten of this session."""
         return _mean(self.step_times)
