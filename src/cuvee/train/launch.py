@@ -4,7 +4,7 @@ cuvee does not schedule clusters; it writes what the existing launchers need (th
 themselves are in cuvee.train.parallel). The recipe is
 resolved and written next to the configs so every process (and every node) trains the same
 thing. The training loop reads RANK / WORLD_SIZE / LOCAL_RANK, which both launchers set, and
-shards micro-batches across processes (see sft.Schedule)."""
+shards micro-batches across processes (see schedule.Schedule)."""
 
 from __future__ import annotations
 
