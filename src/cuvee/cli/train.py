@@ -248,7 +248,7 @@ def train(
         built = build_recipe(recipe, overrides)
 
     if eval_suites:
-        from cuvee.train.evaluation import check_suites
+        from cuvee.eval.record import check_suites
 
         check_suites(settings, list(eval_suites))
     _quiet_libraries()
@@ -263,7 +263,7 @@ def train(
         return
     if eval_suites:
         from cuvee.cli.output import reporter_for
-        from cuvee.train.evaluation import evaluate_and_record
+        from cuvee.eval.record import evaluate_and_record
 
         summary["evaluation"] = evaluate_and_record(
             settings, summary["model"], list(eval_suites), eval_limit, reporter_for(json_output)

@@ -1,18 +1,22 @@
 """`cuvee train --eval-suite`: the fine-tune and its base evaluated on the same suites once
 training is done, the figures written into the fine-tune's manifest (``evaluation``) and its
-MODEL_CARD.md, so whoever picks the model up sees whether tuning helped."""
+MODEL_CARD.md, so whoever picks the model up sees whether tuning helped. Evaluation's job (it
+runs after training, from the CLI), so it lives here, above train, not in train/."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cuvee.progress import Reporter
 from cuvee.store import ModelStore, write_manifest
 
+if TYPE_CHECKING:
+    from cuvee.config import Settings
+
 CARD_HEADING = "## Evaluation"
 
 
-def check_suites(settings, suites: list[str]) -> None:
+def check_suites(settings: Settings, suites: list[str]) -> None:
     """Resolve every suite before training starts: a typo fails now, not after the run."""
     from cuvee.eval.suites import resolve_suite
 
@@ -21,7 +25,7 @@ def check_suites(settings, suites: list[str]) -> None:
 
 
 def evaluate_and_record(
-    settings, name: str, suites: list[str], limit: int | None, reporter: Reporter
+    settings: Settings, name: str, suites: list[str], limit: int | None, reporter: Reporter
 ) -> dict[str, Any]:
     from cuvee.eval.runner import run_evaluation
 
