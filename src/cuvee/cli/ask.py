@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 
 from cuvee.cli.output import print_json, reporter_for
 from cuvee.docs.verify import DEFAULT_MIN_SUPPORT
+
+if TYPE_CHECKING:
+    from cuvee.config import Settings
 
 
 @click.command(
@@ -50,7 +55,7 @@ is, the answer says the documents do not say."""
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.pass_obj
 def ask(
-    settings,
+    settings: Settings,
     collection,
     question,
     model,

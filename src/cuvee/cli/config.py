@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 
 from cuvee.cli.output import print_json
+
+if TYPE_CHECKING:
+    from cuvee.config import Settings
 
 
 @click.command("config")
 @click.option("--json", "json_output", is_flag=True, help="Print one JSON object.")
 @click.pass_obj
-def config(settings, json_output: bool) -> None:
+def config(settings: Settings, json_output: bool) -> None:
     """Show every setting, its value, env var and the config file in use.
 
     Precedence: flag > environment variable > config file > default.

@@ -6,12 +6,16 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from cuvee.cli.output import print_json
 from cuvee.data.formats import FORMATS
 from cuvee.data.writers import WRITERS
+
+if TYPE_CHECKING:
+    from cuvee.config import Settings
 
 # The formats `check` and `augment` read, in detection order.
 FORMAT_CHOICES = list(FORMATS)
@@ -45,7 +49,9 @@ def data() -> None:
 @click.option("--json", "json_output", is_flag=True, help="Print one JSON object.")
 @click.option("--show", default=20, show_default=True, help="How many problems to list.")
 @click.pass_obj
-def check(settings, files, fmt, model, licence, max_tokens, json_output: bool, show: int) -> None:
+def check(
+    settings: Settings, files, fmt, model, licence, max_tokens, json_output: bool, show: int
+) -> None:
     """Validate every record and report counts, lengths, duplicates and licence.
 
     Exits 1 if any record is invalid; never modifies its input.

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from cuvee.cli.output import print_json, reporter_for
 
+if TYPE_CHECKING:
+    from cuvee.config import Settings
 
-def _backend(settings, reporter=None):
+
+def _backend(settings: Settings, reporter=None):
     from cuvee.docs.embedders import open_backend
 
     if reporter is not None:
@@ -45,7 +49,9 @@ def _print_report(name: str, report, as_json: bool) -> None:
         click.echo(f"  skipped {skipped['path']}: {skipped['error']}", err=True)
 
 
-def _ingest(settings, name, paths, sync, skip_errors, chunk_size, overlap, as_json) -> None:
+def _ingest(
+    settings: Settings, name, paths, sync, skip_errors, chunk_size, overlap, as_json
+) -> None:
     from cuvee.docs import chunking, index
     from cuvee.docs.ingest import expand, ingest
     from cuvee.docs.loaders import LOADERS
@@ -134,7 +140,7 @@ def _add_options(fn):
 )
 @click.option("--overlap", type=int, default=None, help="Characters of overlap [150].")
 @click.pass_obj
-def add(settings, name, paths, skip_errors, as_json, chunk_size, overlap) -> None:
+def add(settings: Settings, name, paths, skip_errors, as_json, chunk_size, overlap) -> None:
     """Add files or folders to collection NAME (created if new). Files already indexed with
     the same content are skipped; changed files are re-indexed."""
     _ingest(
@@ -152,7 +158,7 @@ def add(settings, name, paths, skip_errors, as_json, chunk_size, overlap) -> Non
 @docs.command()
 @_add_options
 @click.pass_obj
-def sync(settings, name, paths, skip_errors, as_json) -> None:
+def sync(settings: Settings, name, paths, skip_errors, as_json) -> None:
     """Make collection NAME match PATHS: new and changed files indexed, unchanged ones
     skipped, documents that vanished from those folders removed."""
     _ingest(settings, name, paths, True, skip_errors, None, None, as_json)
@@ -162,7 +168,7 @@ def sync(settings, name, paths, skip_errors, as_json) -> None:
 @click.argument("name", required=False)
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
-def list_(settings, name, as_json) -> None:
+def list_(settings: Settings, name, as_json) -> None:
     """List collections, or the documents of collection NAME."""
     from cuvee.docs import index
 
@@ -194,7 +200,7 @@ def list_(settings, name, as_json) -> None:
 @click.argument("name")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
-def show(settings, name, as_json) -> None:
+def show(settings: Settings, name, as_json) -> None:
     """Show collection NAME: its settings, embedding model and documents."""
     from cuvee.docs import index
 
@@ -213,7 +219,7 @@ def show(settings, name, as_json) -> None:
 @click.argument("document", required=False)
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @click.pass_obj
-def rm(settings, name, document, yes) -> None:
+def rm(settings: Settings, name, document, yes) -> None:
     """Remove collection NAME, or only DOCUMENT (an id, a path or a unique file name) from it."""
     from cuvee.docs import index
 
@@ -233,7 +239,7 @@ def rm(settings, name, document, yes) -> None:
 @docs.command()
 @click.argument("name")
 @click.pass_obj
-def reindex(settings, name) -> None:
+def reindex(settings: Settings, name) -> None:
     """Re-embed every chunk of NAME with the configured embedding model (after changing
     CUVEE_EMBEDDING_MODEL)."""
     from cuvee.docs import index
@@ -266,7 +272,9 @@ def reindex(settings, name) -> None:
 @click.option("--threads", type=int, default=None, help="CPU threads for llama.cpp.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.pass_obj
-def eval_(settings, name, qa_file, model, k, split, baselines, limit, threads, as_json) -> None:
+def eval_(
+    settings: Settings, name, qa_file, model, k, split, baselines, limit, threads, as_json
+) -> None:
     """Score collection NAME on QA_FILE (JSON Lines: question, answers, docs; no answers means
     unanswerable): answer rate, accuracy and precision, abstention precision and recall, the
     right document cited, citation validity, sentences dropped, quoted answers, language,

@@ -4,10 +4,14 @@ output to paste into a bug report."""
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING
 
 import click
 
 from cuvee.cli.output import print_json
+
+if TYPE_CHECKING:
+    from cuvee.config import Settings
 
 _MARKS = {"ok": "ok  ", "warn": "WARN", "error": "FAIL"}
 
@@ -21,7 +25,7 @@ _MARKS = {"ok": "ok  ", "warn": "WARN", "error": "FAIL"}
 )
 @click.option("-v", "--verbose", is_flag=True, help="Show each check's details too.")
 @click.pass_obj
-def doctor(settings, json_output: bool, reprobe: bool, verbose: bool) -> None:
+def doctor(settings: Settings, json_output: bool, reprobe: bool, verbose: bool) -> None:
     """Check this machine and install: CPU, memory, disk, torch, llama.cpp, the engine probe
     (llama.cpp tried in a child process), dependencies, the embedding and base models.
 

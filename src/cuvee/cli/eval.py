@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from cuvee.cli.output import reporter_for
+
+if TYPE_CHECKING:
+    from cuvee.config import Settings
 
 
 def _suites() -> list:
@@ -88,7 +92,16 @@ Examples:
 )
 @click.pass_obj
 def eval(  # the command is called eval; it shadows the builtin only here
-    settings, models, suites, limit, judge, max_tokens, seed, no_cache, json_output, report
+    settings: Settings,
+    models,
+    suites,
+    limit,
+    judge,
+    max_tokens,
+    seed,
+    no_cache,
+    json_output,
+    report,
 ) -> None:
     # the help is generated from the suite registry (see the decorator)
     from cuvee.eval.runner import run_evaluation

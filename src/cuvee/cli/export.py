@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from cuvee.cli.output import human_size, print_json, reporter_for
 from cuvee.export.formats import FORMATS
+
+if TYPE_CHECKING:
+    from cuvee.config import Settings
 
 
 def _quants() -> list[str]:
@@ -72,7 +76,7 @@ model's manifest (cuvee models show NAME).""",
 @click.option("--force", is_flag=True, help="Replace an existing output.")
 @click.option("--json", "json_output", is_flag=True, help="Print the export record as JSON.")
 @click.pass_obj
-def export(settings, name, fmt, quant, adapter_only, output, force, json_output) -> None:
+def export(settings: Settings, name, fmt, quant, adapter_only, output, force, json_output) -> None:
     # the help is generated from the format registry (see the decorator)
     from cuvee.export.formats import export as run_export
     from cuvee.store import ModelStore

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 
 from cuvee.cli.output import print_json
 
+if TYPE_CHECKING:
+    from cuvee.config import Settings
 
-def key_store(settings):
+
+def key_store(settings: Settings):
     from cuvee.serve.keys import KeyStore
 
     return KeyStore(settings.home / "keys.sqlite")
@@ -38,7 +43,7 @@ def keys() -> None:
 )
 @click.option("--json", "json_output", is_flag=True, help="Print one JSON object with the key.")
 @click.pass_obj
-def create(settings, name: str, rpm, tpm, models, collections, json_output: bool) -> None:
+def create(settings: Settings, name: str, rpm, tpm, models, collections, json_output: bool) -> None:
     """Create a key and print it once (only its hash is kept).
 
     Example: cuvee keys create --name support-bot --rpm 60 --models demo --collections handbook
@@ -87,7 +92,7 @@ def create(settings, name: str, rpm, tpm, models, collections, json_output: bool
 @click.option("--json", "json_output", is_flag=True, help="Print a JSON array.")
 @click.option("--all", "show_all", is_flag=True, help="Include revoked keys.")
 @click.pass_obj
-def list_keys(settings, json_output: bool, show_all: bool) -> None:
+def list_keys(settings: Settings, json_output: bool, show_all: bool) -> None:
     """List keys: name, id prefix, limits, models, collections and dates (never the
     secrets)."""
     records = key_store(settings).list(include_revoked=show_all)
@@ -117,7 +122,7 @@ def list_keys(settings, json_output: bool, show_all: bool) -> None:
 @keys.command("revoke")
 @click.argument("name")
 @click.pass_obj
-def revoke(settings, name: str) -> None:
+def revoke(settings: Settings, name: str) -> None:
     """Revoke key NAME: a running server refuses it from the next request on."""
     record = key_store(settings).revoke(name)
     click.echo(f"key {record.name!r} ({record.public()['id']}) revoked")

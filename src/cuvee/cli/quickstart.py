@@ -21,11 +21,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from cuvee.quickstart import EVAL_SUITE, SAMPLE_COLLECTION, STARTER_RECIPE, sample_documents
+
+if TYPE_CHECKING:
+    from cuvee.config import Settings
 
 
 @dataclass
@@ -193,7 +196,7 @@ serving."""
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
 @click.option("--no-serve", is_flag=True, help="Do everything but start the server.")
 @click.pass_obj
-def quickstart(settings, time_budget, name, base, eval_limit, port, no_serve) -> None:
+def quickstart(settings: Settings, time_budget, name, base, eval_limit, port, no_serve) -> None:
     """The whole recipe on this machine: pull the base model, fine-tune it on the bundled
     starter set within --time-budget, compare base and fine-tune, export to GGUF, index the
     bundled documents, and serve both models through the OpenAI-compatible API."""

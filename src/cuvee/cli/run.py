@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING
 
 import click
 
 from cuvee.cli.output import print_json, reporter_for
 from cuvee.engine import ENGINES
+
+if TYPE_CHECKING:
+    from cuvee.config import Settings
 
 
 def _sampling_options(fn):
@@ -34,7 +38,7 @@ def _sampling_options(fn):
     return fn
 
 
-def _open(settings, name: str, engine: str, threads: int | None, quiet: bool):
+def _open(settings: Settings, name: str, engine: str, threads: int | None, quiet: bool):
     from cuvee.engine import get_engine
     from cuvee.resolve import open_model
 
@@ -99,7 +103,7 @@ def _stream(engine, request, echo: bool) -> tuple[str, object]:
 @_sampling_options
 @click.pass_obj
 def run(
-    settings,
+    settings: Settings,
     name,
     prompt,
     raw,
@@ -157,7 +161,17 @@ Example:
 @_sampling_options
 @click.pass_obj
 def chat(
-    settings, name, system, max_tokens, temperature, top_p, top_k, seed, stop, engine, threads
+    settings: Settings,
+    name,
+    system,
+    max_tokens,
+    temperature,
+    top_p,
+    top_k,
+    seed,
+    stop,
+    engine,
+    threads,
 ) -> None:
     """Talk with model NAME: replies stream as they are generated; the conversation is kept."""
     from cuvee.engine.base import Request

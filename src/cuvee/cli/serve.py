@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from cuvee.errors import ConfigError
+
+if TYPE_CHECKING:
+    from cuvee.config import Settings
 
 
 def is_loopback(host: str) -> bool:
@@ -103,7 +107,7 @@ running streams finish, new requests get 503."""
 )
 @click.pass_obj
 def serve(
-    settings,
+    settings: Settings,
     host: str,
     port: int,
     models: tuple[str, ...],

@@ -9,12 +9,15 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 from types import UnionType
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import TYPE_CHECKING, Any, Literal, Union, get_args, get_origin
 
 import click
 from pydantic.fields import FieldInfo
 
 from cuvee.cli.output import print_json
+
+if TYPE_CHECKING:
+    from cuvee.config import Settings
 
 # Old flag names kept beside the generated --kebab-case one, by recipe field.
 ALIASES: dict[str, tuple[str, ...]] = {"authors": ("--author",)}
@@ -183,7 +186,7 @@ def _list_recipes() -> None:
 @click.option("--json", "json_output", is_flag=True, help="Print the run summary as JSON.")
 @click.pass_obj
 def train(
-    settings,
+    settings: Settings,
     recipe,
     resume,
     force,

@@ -11,12 +11,15 @@ from __future__ import annotations
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from cuvee.errors import ConfigError
 from cuvee.train.recipe import Recipe
+
+if TYPE_CHECKING:
+    from cuvee.config import Settings
 
 
 @dataclass(frozen=True)
@@ -132,7 +135,7 @@ def validate_accelerate_config(path: Path) -> None:
 
 
 def launch_plan(
-    settings,
+    settings: Settings,
     recipe: Recipe,
     launcher: str,
     strategy_name: str,

@@ -6,7 +6,10 @@ import os
 import platform
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from cuvee.config import Settings
 
 
 def cpu_name() -> str:
@@ -70,7 +73,7 @@ def peak_memory_mb(device_type: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def price_per_hour(device_type: str, world_size: int, settings) -> float:
+def price_per_hour(device_type: str, world_size: int, settings: Settings) -> float:
     if device_type == "cuda":
         return settings.price_gpu_hour * world_size
     return settings.price_cpu_hour
