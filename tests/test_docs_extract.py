@@ -76,6 +76,52 @@ def test_no_window_answers_without_the_type_asked_for() -> None:
     assert not any(c.answers for c in found)
 
 
+def test_a_series_sibling_named_in_the_window_does_not_stand_for_the_code_asked() -> None:
+    # X1 is named earlier in the chunk, so it is "named before" the window; but the window
+    # itself is about X2 and X3, siblings of the series, so it does not answer about X1
+    text = (
+        "The Heron X1 is no longer sold. "
+        "The battery is covered for 12 months on the Heron X2 and for 24 months on the X3."
+    )
+    found = candidates("How long is the battery covered on the Heron X1?", [hit(text)])
+    about_x2 = next(c for c in found if "X2" in c.text and "X1" not in c.text)
+    assert "X1" in about_x2.missing and not about_x2.answers
+
+
+def test_a_window_about_another_rank_does_not_answer() -> None:
+    text = "The first production run is 8,000 units. The run starts in June."
+    found = candidates("How many units will the second production run contain?", [hit(text)])
+    assert not any(c.answers for c in found)
+    assert "second" in found[0].missing
+    same = candidates("How many units will the first production run contain?", [hit(text)])
+    assert same[0].answers and "8,000" in same[0].text
+
+
+def test_in_two_sentences_the_value_must_be_in_one_about_what_is_asked() -> None:
+    text = "The X3 adds a larger water tank. The X3 comes with a 3-year warranty."
+    found = candidates("What is the water tank capacity of the X3?", [hit(text)])
+    assert not any(c.answers for c in found)
+    filled = "The X3 adds a larger water tank. Its water tank capacity is 450 ml."
+    best = candidates("What is the water tank capacity of the X3?", [hit(filled)])[0]
+    assert best.answers and "450" in best.text
+
+
+def test_a_subject_named_at_the_end_of_the_previous_retrieved_chunk_counts() -> None:
+    header = "TICKET NR-20560\n\nOpened: 15 May 2025\nCustomer: Harbourside Hotel"
+    body = "Details: the dock was replaced.\nFirst response time: 38 minutes."
+    first = Hit(1, 7, "/docs/t.txt", "Tickets", "Tickets", 0, len(header), header, 1.0)
+    # the next chunk of the same document, two newlines later
+    start = len(header) + 2
+    second = Hit(2, 7, "/docs/t.txt", "Tickets", "Tickets", start, start + len(body), body, 1.0)
+    question = "What was the first response time on ticket NR-20560?"
+    found = candidates(question, [first, second])
+    value = next(c for c in found if "38 minutes" in c.text)
+    assert value.missing == [] and value.answers
+    # alone, the second chunk does not say which ticket it is about
+    alone = next(c for c in candidates(question, [second]) if "38 minutes" in c.text)
+    assert "NR-20560" in alone.missing
+
+
 def test_the_language_of_a_question() -> None:
     assert language("Combien de jours de congé ai-je ?") == "fr"
     assert language("Quel est le délai de préavis ?") == "fr"

@@ -167,6 +167,12 @@ def test_names_and_numbers_must_appear_in_the_source() -> None:
         "Okafor",
         "Lyon",
     ]
+    # a possessive names its owner, in the source without the 's
+    assert key_facts("Why did Daniel Forsyth's robot and Northwind’s line stop?") == [
+        "Daniel",
+        "Forsyth",
+        "Northwind",
+    ]
 
 
 def test_ask_returns_only_supported_sentences_or_abstains(collection, backend) -> None:
@@ -379,3 +385,22 @@ def test_sentence_citations_use_the_answers_numbers(collection, backend) -> None
     numbers = [s.citation.n if s.citation else None for s in result.sentences]
     assert numbers == [0, 1, 1]  # left out (off topic), then the answer's own [1] twice
     assert result.answer.count("[1]") == 1
+
+
+def test_each_retrievers_best_chunk_is_kept_among_the_k() -> None:
+    from cuvee.docs.retrieval import _keep_each_best
+
+    # chunk 9 is BM25's first (an exact ticket number) but no vector list's: fused by rank
+    # alone it comes sixth; it takes the place of the weakest chunk that is no list's best
+    fused = {
+        1: {"bm25_rank": 2, "vector_rank": 1},
+        2: {"bm25_rank": 3, "vector_rank": 2},
+        3: {"bm25_rank": 4, "vector_rank": 3},
+        4: {"bm25_rank": 5, "vector_rank": 4},
+        5: {"bm25_rank": 6, "vector_rank": 5},
+        9: {"bm25_rank": 1},
+    }
+    order = [1, 2, 3, 4, 5, 9]
+    assert _keep_each_best(order, fused, 5) == [1, 2, 3, 4, 9, 5]
+    assert _keep_each_best(order, fused, 6) == order  # already in: nothing moves
+    assert _keep_each_best([9, 1, 2], fused, 2) == [9, 1, 2]

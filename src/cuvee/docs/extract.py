@@ -14,8 +14,14 @@ reached on extension 4471."). The score adds:
 - the answer type the question asks for: a number for "how many" / "combien", a date for
   "when" / "quand", a name for "who" / "qui" (the window must hold one the question lacks);
 - the question's names and numbers: each must be in the window or named shortly before it in
-  its chunk (``SUBJECT_REACH``: a ticket's number in its header), and never only after it; a
-  name nearly every retrieved chunk holds (the company) need only be in the chunk.
+  its chunk (``SUBJECT_REACH``: a ticket's number in its header), or at the end of the retrieved
+  chunk just before, and never only after it; a name nearly every retrieved chunk holds (the
+  company) need only be in the chunk. A window that names a sibling of a code asked for ("X2"
+  for "X1", another ticket number) or another rank ("the first run" for "the second") does not
+  answer for it, whatever was named before;
+- in a window of two sentences, the value of the type asked for must be in one that holds
+  some of the question's terms ("a larger water tank. ... a 3-year warranty" gives no tank
+  capacity).
 
 The best window answers the question when it misses none of those names and numbers, holds
 the type asked for, and covers enough of the question's terms (``MIN_COVERAGE``) or is close
@@ -228,6 +234,8 @@ def candidates(
     specific = [f for f in facts if f not in framing]
     fact_terms = {stem(w) for f in facts for w in words(f)}
     focus = [t for t in wanted if t not in fact_terms] or wanted
+    before = [_preceding_text(hit, hits) for hit in hits]
+    asked_ranks = _ORDINALS & set(words(question))
     windows = []
     for n, hit in enumerate(hits):
         context = f"{hit.title}\n{hit.section}\n"
@@ -252,10 +260,24 @@ def candidates(
         context = f"{hit.title}\n{hit.section}\n"
         coverage = sum(weight[t] for t in focus if t in have) / total if total else 0.0
         typed = has_type(kind, text, question)
+        if typed and first_end < b:
+            # two sentences: the value asked for is in one that speaks of what is asked
+            # ("a larger water tank. ... a 3-year warranty" holds no tank capacity)
+            units = [hit.text[a:first_end], hit.text[first_end:b]]
+            asked = set(focus)
+            typed = any(
+                has_type(kind, unit, question) and asked & set(terms(unit)) for unit in units
+            ) or not any(asked & set(terms(unit)) for unit in units)
         # the subject may be named just before the window ("TICKET NR-20560 ... First
         # response: 38 minutes"), never only after it
-        lead = hit.text[max(0, a - SUBJECT_REACH) : first_end]
+        lead = before[n][-max(0, SUBJECT_REACH - a) :] if a < SUBJECT_REACH else ""
+        lead += hit.text[max(0, a - SUBJECT_REACH) : first_end]
         missing = facts_missing(specific, context + lead)
+        # named before, but the window is about a sibling ("the Heron X2" for "the Heron X1")
+        missing += [f for f in specific if f not in missing and _sibling_only(f, text)]
+        ranks = _ORDINALS & set(words(text))
+        if asked_ranks and ranks and not asked_ranks & ranks:  # "the first run" for "the second"
+            missing += sorted(asked_ranks)
         missing += facts_missing(framing, chunks[n])
         in_window = not facts_missing(specific, context + text)
         two = first_end < b
@@ -277,6 +299,38 @@ def candidates(
         )
     out.sort(key=lambda c: -c.score)
     return out
+
+
+# Ordinals: a window about "the first run" does not answer a question about "the second".
+_RANKS = """first second third fourth fifth premier premiere deuxieme seconde troisieme
+quatrieme cinquieme"""
+_ORDINALS = frozenset(_RANKS.split())
+_CODE = re.compile(r"([A-Za-z]+-?)(\d+)")
+
+
+def _sibling_only(fact: str, text: str) -> bool:
+    """Whether ``text`` names a code of the same series as ``fact`` but not ``fact`` itself:
+    "X2" and "X3" but no "X1", "NR-20517" but no "NR-20560"."""
+    shape = _CODE.fullmatch(fact)
+    if shape is None:
+        return False
+    prefix, digits = shape.groups()
+    series = re.findall(rf"(?<![\w-]){re.escape(prefix)}(\d+)\b", text, flags=re.IGNORECASE)
+    return bool(series) and digits not in series
+
+
+def _preceding_text(hit: Hit, hits: list[Hit]) -> str:
+    """The text just before ``hit`` in its document, when another retrieved chunk holds it: a
+    ticket's header ("TICKET NR-20560") may end one chunk and its facts ("First response time:
+    38 minutes") start the next, and the subject named there still counts as named before."""
+    for other in hits:
+        # chunks overlap, or are cut apart by the blank lines between them
+        if other.doc_id == hit.doc_id and other.start < hit.start <= other.end + _CHUNK_GAP:
+            return other.text[: hit.start - other.start] + "\n"
+    return ""
+
+
+_CHUNK_GAP = 4  # characters (whitespace) that may separate consecutive chunks
 
 
 def overlaps(candidate: Candidate, hit: int, start: int, end: int) -> bool:

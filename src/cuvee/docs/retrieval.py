@@ -71,6 +71,26 @@ def _term_coverage(question: str, hits: list[Hit]) -> list[Hit]:
 RERANKERS: dict[str, Reranker | None] = {"none": None, "coverage": _term_coverage}
 
 
+def _keep_each_best(order: list[int], fused: dict[int, dict], k: int) -> list[int]:
+    """The fused order, with each retriever's own best chunk moved into the first ``k``. Fusion
+    by rank alone drops a chunk that only one list found, however clearly: a ticket number
+    matched exactly by BM25 (its rank 1) but far down the vector list scores below chunks both
+    lists found in the middle. The best of each list is evidence enough to be read."""
+    firsts = [
+        cid for key in ("bm25_rank", "vector_rank") for cid in order if fused[cid].get(key) == 1
+    ]
+    top = order[:k]
+    for cid in firsts:
+        if cid not in top:
+            # it takes the place of the weakest fused chunk that is no list's best
+            for i in range(len(top) - 1, -1, -1):
+                if top[i] not in firsts:
+                    top[i] = cid
+                    break
+    top_set = set(top)
+    return sorted(top, key=order.index) + [cid for cid in order if cid not in top_set]
+
+
 def retrieve(
     collection: Collection,
     backend: Backend,
@@ -110,7 +130,7 @@ def retrieve(
         scores["rrf"] = sum(
             1.0 / (RRF_K + scores[key]) for key in ("bm25_rank", "vector_rank") if key in scores
         )
-    order = sorted(fused, key=lambda cid: -fused[cid]["rrf"])
+    order = _keep_each_best(sorted(fused, key=lambda cid: -fused[cid]["rrf"]), fused, k)
     pool = order[: max(k, candidates if RERANKERS[reranker] else k)]
     rows = collection.chunk_rows(pool)
     pool = [cid for cid in pool if cid in rows]  # a concurrent `docs sync` may have removed some

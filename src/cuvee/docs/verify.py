@@ -118,7 +118,8 @@ def key_facts(claim: str, vocabulary: set[str] | None = None) -> list[str]:
     stripped = claim.lstrip(" \"'«(*-•")
     offset = len(claim) - len(stripped)
     for match in _CAPITALISED.finditer(claim):
-        word = match.group(1).rstrip("'’-")
+        # a possessive names its owner: "Forsyth's" is the fact "Forsyth"
+        word = re.sub(r"['’]s$", "", match.group(1)).rstrip("'’-")
         folded = fold(word)
         if folded in STOPWORDS or not any(c.isalpha() for c in word):
             continue
