@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cuvee.engine import get_engine, open_engine
+from cuvee.engine import DEFAULT_ENGINE, get_engine, open_engine
 from cuvee.errors import ConfigError, CuveeError
 from cuvee.progress import Reporter, SilentReporter
 from cuvee.store import ModelStore, StoredModel
@@ -48,7 +48,7 @@ class Target:
 def target(
     settings: Settings,
     name: str,
-    engine: str = "llamacpp",
+    engine: str = DEFAULT_ENGINE,
     reporter: Reporter | None = None,
     quant: str | None = None,
 ) -> Target:
@@ -95,7 +95,7 @@ def target(
 def open_model(
     settings: Settings,
     name: str,
-    engine: str = "llamacpp",
+    engine: str = DEFAULT_ENGINE,
     reporter: Reporter | None = None,
     *,
     threads: int | None = None,

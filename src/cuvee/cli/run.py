@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import click
 
 from cuvee.cli.output import print_json, reporter_for
-from cuvee.engine import ENGINES
+from cuvee.engine import DEFAULT_ENGINE, ENGINES
 
 if TYPE_CHECKING:
     from cuvee.config import Settings
@@ -27,7 +27,7 @@ def _sampling_options(fn):
         click.option(
             "--engine",
             type=click.Choice(list(ENGINES)),
-            default="llamacpp",
+            default=DEFAULT_ENGINE,
             show_default=True,
             help="; ".join(f"{s.name}: {s.summary}" for s in ENGINES.values()) + ".",
         ),

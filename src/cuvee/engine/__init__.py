@@ -42,6 +42,8 @@ class EngineSpec:
 
 
 ENGINES: dict[str, EngineSpec] = {}
+# The engine a model runs on when none is named (run, chat, serve, resolve).
+DEFAULT_ENGINE = "llamacpp"
 
 
 def register(spec: EngineSpec) -> None:

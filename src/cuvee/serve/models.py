@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cuvee import resolve
+from cuvee.engine import DEFAULT_ENGINE
 from cuvee.engine.base import Engine, Handle, Request
 from cuvee.errors import ConfigError, CuveeError, StoreError
 
@@ -94,7 +95,7 @@ class ModelRegistry:
         self,
         settings: Settings,
         *,
-        engine: str = "llamacpp",
+        engine: str = DEFAULT_ENGINE,
         max_loaded: int = 2,
         preload: Iterable[str] = (),
         engine_options: dict[str, Any] | None = None,
