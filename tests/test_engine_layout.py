@@ -49,3 +49,20 @@ def test_padding_stays_within_each_feeds_limit_and_the_batch() -> None:
     assert plan_padding(feeds, 512, 13) == [0, 4, 0]
     assert plan_padding(feeds, 512, 12) == [0, 0, 0]
     assert plan_padding([Feed(0, 4, 0), Feed(1, 2, 0)], 512, 512) == [0, 0]
+
+
+def test_a_burst_of_prompts_is_padded_to_a_few_levels_when_one_level_costs_more() -> None:
+    # sixteen prompts of 11 to 25 tokens, ids in the order of their lengths (as the engine
+    # assigns them to a burst): one level either pads to 400 tokens or leaves several
+    # ubatches; three levels make three ubatches of 299 tokens
+    lengths = [11, 12, 14, 15, 15, 16, 16, 16, 16, 18, 19, 20, 20, 21, 24, 25]
+    feeds = [Feed(i, n, 2048) for i, n in enumerate(lengths)]
+    pads = plan_padding(feeds, 512, 512)
+    padded = [(i, n + p) for i, (n, p) in enumerate(zip(lengths, pads, strict=True))]
+    assert split_sizes(padded, 512) == [256, 28, 15]
+    single_levels = [
+        [(i, max(n, level)) for i, n in enumerate(lengths)] for level in sorted(set(lengths))
+    ]
+    assert cost(padded, 512) < min(cost(c, 512) for c in single_levels)
+    # every pad is one of the levels' shortfall: each prompt ends at 16, 20 or 25 tokens
+    assert {n for _, n in padded} == {16, 20, 25}
