@@ -42,6 +42,7 @@ class FakeEngine:
         fail_after: int | None = None,
         shut_down: bool = False,
         gate: threading.Event | None = None,
+        first_delay: float = 0.0,
     ) -> None:
         self.model = model
         self.script = script
@@ -51,6 +52,7 @@ class FakeEngine:
         self.fail_after = fail_after
         self.shut_down = shut_down  # cancel every request itself, as a closing engine does
         self.gate = gate  # when given, every request waits for it after its first token
+        self.first_delay = first_delay  # seconds before the first token (a prompt being read)
         self.submitted: list[Request] = []
         self.adapters: list[str] = []  # loaded with load_adapter, as the llama.cpp engine does
         self.adapter_files: list[str] = []
@@ -102,6 +104,8 @@ class FakeEngine:
                 return
         stop = StopFilter(request.params.stop)
         count = 0
+        if self.first_delay:
+            time.sleep(self.first_delay)
         while True:
             if handle.cancelled or self.shut_down:
                 self._end(handle, Finished("cancelled", n_prompt, count))

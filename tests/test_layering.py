@@ -16,7 +16,7 @@ ROOT = Path(cuvee.__file__).parent
 # Each top-level module or package of cuvee, by layer: a module may import its own layer and
 # those below. Same-layer siblings may import each other, but not in a circle.
 LAYERS: list[tuple[str, ...]] = [
-    ("errors",),
+    ("errors", "ui"),  # ui: the web UI's static files, no code
     ("config", "progress", "jsonl", "licences", "tokenizer", "chat_template", "embeddings"),
     ("quickstart",),  # what the quickstart works on: constants and the sample documents
     ("store", "catalog", "native", "ifeval_checkers"),

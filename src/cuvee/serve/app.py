@@ -36,6 +36,7 @@ from starlette.requests import Request as HTTPRequest
 from cuvee import __version__
 from cuvee.serve import errors
 from cuvee.serve.bodylimit import BodyLimitMiddleware
+from cuvee.serve.collections import collections_route, document_route
 from cuvee.serve.generation import collect, start, stream
 from cuvee.serve.keys import ApiKey, Authenticator
 from cuvee.serve.metrics import Metrics, MetricsMiddleware
@@ -50,7 +51,13 @@ from cuvee.serve.openai_embeddings import (
     run_embedder,
 )
 from cuvee.serve.openai_embeddings import response as embedding_response
-from cuvee.serve.rag import DocsService, answer_route, check_not_rag, collection_of, is_docs_request
+from cuvee.serve.rag import (
+    DocsService,
+    answer_route,
+    check_not_rag,
+    collection_of,
+    is_docs_request,
+)
 from cuvee.serve.rag import retrieve_route as docs_retrieve
 from cuvee.serve.requestlog import RequestLog, RequestLogMiddleware, note
 from cuvee.serve.schemas import (
@@ -62,6 +69,7 @@ from cuvee.serve.schemas import (
     with_body_schemas,
 )
 from cuvee.serve.state import Capacity, ServerState
+from cuvee.serve.ui import install_ui
 
 if TYPE_CHECKING:
     from cuvee.config import Settings
@@ -274,6 +282,18 @@ def create_app(
         _note_body(request, state, f"rag:{body.collection}", body.query)
         return JSONResponse(await docs_retrieve(state, request, key, body))
 
+    @app.get("/v1/collections")
+    async def list_collections(key: Key) -> dict[str, Any]:
+        """The document collections this key may see: documents, chunks, embedding model."""
+        return await collections_route(state, key)
+
+    @app.get("/v1/collections/{name}/document")
+    async def get_document(name: str, key: Key, ref: str) -> dict[str, Any]:
+        """One document's whole text, by ``ref`` (its id or the path a citation names), so a
+        citation's character offsets can be shown in place."""
+        return await document_route(state, key, name, ref)
+
+    install_ui(app)
     return app
 
 

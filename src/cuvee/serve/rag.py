@@ -437,6 +437,16 @@ def _extras(result: AskResult) -> dict[str, Any]:
         "language": result.language,
         "wording": result.wording,
         "citations": [c.as_dict() for c in result.citations],
+        # what the model wrote and what the check made of it: the web UI shows the sentences
+        # it dropped as dropped, not hidden
+        "sentences": [
+            {
+                "text": s.text,
+                "verdict": s.verdict,
+                "n": s.citation.n if s.citation is not None and s.citation.n else None,
+            }
+            for s in result.sentences
+        ],
     }
 
 

@@ -1,0 +1,32 @@
+// The page: screens chosen by the URL's #fragment, the API key field, and each screen's module.
+
+import { apiKey, setApiKey } from "./api.js";
+import { initChat } from "./chat.js";
+import { initDocs } from "./docs.js";
+
+const screens = ["chat", "docs"];
+
+function show() {
+  const wanted = location.hash.slice(1);
+  const name = screens.includes(wanted) ? wanted : "chat";
+  for (const s of screens) {
+    document.getElementById(`screen-${s}`).hidden = s !== name;
+  }
+  for (const tab of document.querySelectorAll(".tab")) {
+    if (tab.dataset.screen === name) tab.setAttribute("aria-current", "page");
+    else tab.removeAttribute("aria-current");
+  }
+}
+
+const chat = initChat();
+const docs = initDocs();
+const key = document.getElementById("api-key");
+key.value = apiKey();
+key.addEventListener("change", () => {
+  setApiKey(key.value.trim());
+  chat.reload();
+  docs.reload();
+});
+window.addEventListener("hashchange", show);
+show();
+document.body.dataset.ready = "true";

@@ -1,0 +1,106 @@
+"""The web UI's routes without a browser: the files and their headers, the size budget, and the
+two small endpoints the documents screen uses (``/v1/collections`` and one document's text),
+with the same key checks as the rest of /v1."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from cuvee.serve.keys import KeyStore
+from cuvee.serve.ui import CSP, assets
+from test_serve import assert_error
+from test_serve_rag import Served, docs_home  # noqa: F401  (the fixture)
+
+
+def test_the_root_redirects_to_the_ui_and_its_files_carry_a_strict_policy(
+    docs_home: Path,  # noqa: F811
+) -> None:
+    client = Served(docs_home).client
+    r = client.get("/", follow_redirects=False)
+    assert r.status_code == 307 and r.headers["location"] == "/ui/"
+    assert client.get("/ui", follow_redirects=False).headers["location"] == "/ui/"
+    page = client.get("/ui/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert page.headers["content-security-policy"] == CSP
+    assert "script-src 'self'" in CSP and "connect-src 'self'" in CSP
+    assert page.headers["x-content-type-options"] == "nosniff"
+    script = client.get("/ui/app.js")
+    assert script.headers["content-type"].startswith("text/javascript")
+    # every file the page names is served
+    for name in ("ui.css", "app.js"):
+        assert f"/ui/{name}" in page.text
+    for name in assets():
+        assert client.get(f"/ui/{name}").status_code == 200
+
+
+def test_a_missing_ui_file_is_an_openai_shaped_404(docs_home: Path) -> None:  # noqa: F811
+    r = Served(docs_home).client.get("/ui/nothing.js")
+    assert_error(r, 404, code="not_found")
+    assert Served(docs_home).client.get("/ui/../pyproject.toml").status_code == 404
+
+
+def test_the_ui_stays_small_and_loads_nothing_from_elsewhere() -> None:
+    files = assets()
+    assert {"index.html", "app.js", "ui.css", "markdown.js"} <= set(files)
+    assert sum(len(data) for data in files.values()) <= 200_000  # the issue's budget
+    for name, data in files.items():
+        text = data.decode("utf-8")
+        assert "http://" not in text and "https://" not in text.replace("https?:", ""), (
+            f"{name} names another host"
+        )
+        assert ".innerHTML" not in text and "insertAdjacentHTML" not in text, name
+
+
+def test_collections_lists_what_the_key_may_see(docs_home: Path, tmp_path: Path) -> None:  # noqa: F811
+    keys = KeyStore(tmp_path / "keys.sqlite")
+    _, restricted = keys.create("analyst", collections=["hb"])
+    _, everything = keys.create("admin")
+    served = Served(docs_home, keys=keys)
+    r = served.client.get("/v1/collections", headers={"Authorization": f"Bearer {everything}"})
+    assert r.status_code == 200, r.text
+    listed = {c["id"]: c for c in r.json()["data"]}
+    assert set(listed) == {"hb", "secret"}
+    assert listed["hb"]["documents"] >= 2 and listed["hb"]["chunks"] >= listed["hb"]["documents"]
+    assert listed["hb"]["model"] == "rag:hb"
+    assert listed["hb"]["embedding_model"] == "hashing-test@1"
+    assert "path" not in listed["hb"]  # no server paths
+    r = served.client.get("/v1/collections", headers={"Authorization": f"Bearer {restricted}"})
+    assert [c["id"] for c in r.json()["data"]] == ["hb"]
+    assert_error(served.client.get("/v1/collections"), 401)
+
+
+def test_a_document_is_read_whole_by_the_path_a_citation_names(docs_home: Path) -> None:  # noqa: F811
+    served = Served(docs_home)
+    answer = served.chat().json()
+    (citation,) = answer["citations"]
+    r = served.client.get("/v1/collections/hb/document", params={"ref": citation["doc"]})
+    assert r.status_code == 200, r.text
+    doc = r.json()
+    assert doc["text"][citation["start"] : citation["end"]] == citation["quote"]
+    assert doc["path"] == citation["doc"] and doc["title"] == citation["title"]
+    # and by id
+    again = served.client.get("/v1/collections/hb/document", params={"ref": str(doc["id"])})
+    assert again.json()["text"] == doc["text"]
+    # the answer lists what the checker did with each sentence the model wrote
+    verdicts = {s["text"]: (s["verdict"], s["n"]) for s in answer["sentences"]}
+    assert verdicts["Staff also get a free car."][0] == "unsupported"
+    assert any(v == ("supported", 1) for v in verdicts.values())
+
+
+def test_document_errors(docs_home: Path, tmp_path: Path) -> None:  # noqa: F811
+    keys = KeyStore(tmp_path / "keys.sqlite")
+    _, restricted = keys.create("analyst", collections=["hb"])
+    served = Served(docs_home, keys=keys)
+    auth = {"Authorization": f"Bearer {restricted}"}
+    r = served.client.get("/v1/collections/hb/document", params={"ref": "nope.md"}, headers=auth)
+    assert_error(r, 404, code="document_not_found")
+    # another collection answers exactly as a missing one
+    hidden = served.client.get(
+        "/v1/collections/secret/document", params={"ref": "security.txt"}, headers=auth
+    )
+    missing = served.client.get(
+        "/v1/collections/nothing/document", params={"ref": "security.txt"}, headers=auth
+    )
+    assert hidden.status_code == missing.status_code == 404
+    assert hidden.json()["error"]["code"] == missing.json()["error"]["code"]
+    assert_error(served.client.get("/v1/collections/hb/document", headers=auth), 400)

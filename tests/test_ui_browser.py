@@ -1,0 +1,335 @@
+"""The web UI in a real browser: Python playwright driving Debian's Chromium against `cuvee serve`
+(uvicorn on a free port) with the fake engine, a hashing embedder and the sample documents.
+
+Every page is watched by a route handler that fails the test on any request to a host other
+than the server (the UI must work offline), and each screen is photographed into
+``CUVEE_UI_SCREENSHOTS`` (default: the test's temporary folder)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from cuvee.serve.keys import KeyStore
+from helpers import uvicorn_in_thread
+from test_serve import Fakes
+from test_serve_rag import SUPPORTED, Served
+
+CHROMIUM = "/usr/bin/chromium"
+XSS = '<img src=x onerror="window.__pwned=1"> <script>window.__pwned=2</script>'
+
+
+def _require_chromium() -> None:
+    if Path(CHROMIUM).is_file():
+        return
+    message = f"{CHROMIUM} is missing: apt-get install -y chromium (`make test` does, as root)"
+    if os.environ.get("CUVEE_REQUIRE_CORE") == "1":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator:
+    _require_chromium()
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        launched = p.chromium.launch(executable_path=CHROMIUM, args=["--disable-gpu"])
+        yield launched
+        launched.close()
+
+
+@pytest.fixture
+def shots(tmp_path: Path) -> Path:
+    folder = Path(os.environ.get("CUVEE_UI_SCREENSHOTS") or tmp_path / "screenshots")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+@pytest.fixture
+def docs_home(tmp_path: Path, isolated_home: Path) -> Path:
+    from cuvee.docs import index
+    from cuvee.docs.ingest import ingest
+    from docs_fakes import SAMPLE, HashingBackend
+
+    folder = tmp_path / "handbook"
+    shutil.copytree(str(SAMPLE / "docs"), folder)
+    backend = HashingBackend()
+    for name, paths in (("hb", [folder]), ("secret", [folder / "security.txt"])):
+        collection = index.create(isolated_home, name, backend.identity, backend.dim)
+        ingest(collection, backend, paths)
+        collection.close()
+    return isolated_home
+
+
+class Page:
+    """A browser page on the server at ``base``, failing on any request elsewhere."""
+
+    def __init__(self, browser, base: str) -> None:
+        self.base = base
+        self.context = browser.new_context(accept_downloads=True)
+        self.page = self.context.new_page()
+        self.foreign: list[str] = []
+        self.errors: list[str] = []
+        self.context.route("**/*", self._route)
+        self.page.on("pageerror", lambda exc: self.errors.append(str(exc)))
+
+    def _route(self, route) -> None:
+        url = route.request.url
+        if url.startswith(self.base + "/") or url == self.base:
+            route.continue_()
+        else:
+            self.foreign.append(url)
+            route.abort()
+
+    def open(self, path: str = "/ui/") -> None:
+        self.page.goto(self.base + path)
+        self.page.wait_for_selector("body[data-ready=true]")
+
+    def close(self) -> None:
+        assert not self.foreign, f"the UI asked other hosts: {self.foreign}"
+        assert not self.errors, f"script errors: {self.errors}"
+        self.context.close()
+
+
+def _served(home: Path, answer: str = SUPPORTED, **kw) -> Served:
+    kw.setdefault("fakes", Fakes(context=4096))  # room for the form's 512 max tokens
+    return Served(home, answer, **kw)
+
+
+def _send(page, text: str) -> None:
+    page.fill("#prompt", text)
+    page.keyboard.press("Enter")  # Enter sends (keyboard only)
+
+
+def test_chat_streams_an_answer_with_its_time_to_first_token_and_rate(
+    browser, docs_home: Path, shots: Path
+) -> None:
+    served = _served(docs_home)
+    with uvicorn_in_thread(served.app) as base:
+        ui = Page(browser, base)
+        page = ui.page
+        ui.open("/")  # the root redirects to the UI
+        assert page.url == base + "/ui/"
+        page.wait_for_selector("#chat-model option[value=fake]", state="attached")
+        page.select_option("#chat-model", "fake")
+        page.focus("#prompt")
+        _send(page, "Say hello")
+        stats = page.wait_for_selector(".message.assistant .stats")
+        text = stats.inner_text()
+        assert "TTFT" in text and "tokens/s" in text and "tokens" in text, text
+        answer = page.inner_text(".message.assistant .body")
+        assert answer.strip() == "".join(served.fakes.opened["fake"].script).strip()
+        # what the engine was sent: the settings of the form
+        (request,) = served.fakes.opened["fake"].submitted
+        assert request.params.temperature == pytest.approx(0.7)
+        assert request.params.max_tokens == 512
+        page.screenshot(path=str(shots / "chat.png"), full_page=True)
+        # the conversation is kept in this browser
+        page.reload()
+        page.wait_for_selector("body[data-ready=true]")
+        assert page.inner_text(".message.user .body").strip() == "Say hello"
+        assert page.inner_text("#conv-list .conv-title") == "Say hello"
+        ui.close()
+
+
+def test_the_time_to_first_token_shown_is_the_servers_own(browser, docs_home: Path) -> None:
+    served = _served(docs_home, fakes=Fakes(context=4096, first_delay=0.4))
+    with uvicorn_in_thread(served.app) as base:
+        ui = Page(browser, base)
+        page = ui.page
+        ui.open()
+        page.wait_for_selector("#chat-model option[value=fake]", state="attached")
+        _send(page, "Take your time")
+        shown = page.wait_for_selector(".message.assistant .stats").inner_text()
+        ttft_ui = float(shown.split("TTFT ")[1].split(" s")[0])
+        metrics = served.client.get("/metrics").text
+        line = next(
+            x for x in metrics.splitlines() if x.startswith("cuvee_time_to_first_token_seconds_sum")
+        )
+        ttft_server = float(line.rsplit(" ", 1)[1])
+        assert ttft_server >= 0.4
+        assert abs(ttft_ui - ttft_server) <= 0.05, (ttft_ui, ttft_server)
+        ui.close()
+
+
+def test_stop_cancels_the_sequence_in_the_engine(browser, docs_home: Path) -> None:
+    fakes = Fakes(endless=True, context=1 << 20)
+    served = _served(docs_home, fakes=fakes)
+    with uvicorn_in_thread(served.app) as base:
+        ui = Page(browser, base)
+        page = ui.page
+        ui.open()
+        page.wait_for_selector("#chat-model option[value=fake]", state="attached")
+        page.select_option("#chat-model", "fake")
+        page.fill("#chat-max-tokens", "100000")
+        _send(page, "Go on forever")
+        body = page.locator(".message.assistant .body")
+        deadline = time.monotonic() + 30
+        while len(body.inner_text()) <= 20 and time.monotonic() < deadline:
+            time.sleep(0.05)  # (wait_for_function evaluates strings, which the UI's CSP forbids)
+        assert len(body.inner_text()) > 20
+        page.click("#stop")
+        stats = page.wait_for_selector(".message.assistant .stats")
+        assert "stopped" in stats.inner_text()
+        engine = fakes.opened["fake"]
+        deadline = time.monotonic() + 10
+        while not engine.finishes and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert [f.reason for f in engine.finishes] == ["cancelled"]
+        assert page.is_enabled("#send") and not page.is_enabled("#stop")
+        ui.close()
+
+
+def test_conversations_can_be_renamed_deleted_and_exported(browser, docs_home: Path) -> None:
+    served = _served(docs_home)
+    with uvicorn_in_thread(served.app) as base:
+        ui = Page(browser, base)
+        page = ui.page
+        ui.open()
+        page.wait_for_selector("#chat-model option[value=fake]", state="attached")
+        _send(page, "First question")
+        page.wait_for_selector(".message.assistant .stats")
+        page.once("dialog", lambda dialog: dialog.accept("Renamed chat"))
+        page.click("#conv-list li.current >> text=Rename")
+        assert page.inner_text("#conv-list li.current .conv-title") == "Renamed chat"
+        with page.expect_download() as info:
+            page.click("#conv-export")
+        exported = json.loads(Path(info.value.path()).read_text(encoding="utf-8"))
+        assert [c["title"] for c in exported] == ["Renamed chat"]
+        assert [m["role"] for m in exported[0]["messages"]] == ["user", "assistant"]
+        assert exported[0]["messages"][0]["content"] == "First question"
+        page.click("#conv-new")
+        assert page.locator("#conv-list li").count() == 2
+        page.once("dialog", lambda dialog: dialog.accept())
+        page.click("#conv-list li:has-text('Renamed chat') >> text=Delete")
+        assert page.locator("#conv-list li").count() == 1
+        assert "Renamed chat" not in page.inner_text("#conv-list")
+        ui.close()
+
+
+def test_model_output_is_never_run_as_html(browser, docs_home: Path) -> None:
+    script = ("Look: ", XSS, " [click](javascript:window.__pwned=3) ", "**bold**")
+    served = _served(docs_home, fakes=Fakes(script=script, context=4096))
+    with uvicorn_in_thread(served.app) as base:
+        ui = Page(browser, base)
+        page = ui.page
+        ui.open()
+        page.wait_for_selector("#chat-model option[value=fake]", state="attached")
+        _send(page, "Show me markup")
+        page.wait_for_selector(".message.assistant .stats")
+        body = page.locator(".message.assistant .body")
+        assert "<img src=x" in body.inner_text() and "<script>" in body.inner_text()
+        assert body.locator("img, script, iframe").count() == 0
+        assert body.locator("a").count() == 0  # a javascript: link stays text
+        assert body.locator("strong").inner_text() == "bold"  # Markdown still renders
+        page.click(".message.assistant .body")
+        assert page.evaluate("window.__pwned") is None
+        ui.close()
+
+
+def test_a_citation_opens_its_source_with_the_quote_highlighted(
+    browser, docs_home: Path, shots: Path
+) -> None:
+    served = _served(docs_home)
+    with uvicorn_in_thread(served.app) as base:
+        ui = Page(browser, base)
+        page = ui.page
+        ui.open("/ui/#docs")
+        page.wait_for_selector("#docs-collection option[value=hb]", state="attached")
+        assert "documents" in page.inner_text("#collection-info")
+        page.select_option("#docs-collection", "hb")
+        page.fill("#docs-question", "How many days of paid annual leave does a full-time get?")
+        with page.expect_response("**/v1/chat/completions") as response:
+            page.click("#ask")
+        body = response.value.json()
+        (citation,) = body["citations"]
+        page.click("#answer .cite")
+        mark = page.wait_for_selector("#source-text mark")
+        assert mark.inner_text() == citation["quote"]
+        # the highlight sits at the citation's offsets in the whole document
+        whole = page.inner_text("#source-text")
+        assert whole[citation["start"] : citation["end"]] == citation["quote"]
+        assert "free car" in page.inner_text("#answer .dropped")  # dropped, shown as such
+        page.screenshot(path=str(shots / "documents.png"), full_page=True)
+        ui.close()
+
+
+def test_an_abstention_is_shown_as_one(browser, docs_home: Path) -> None:
+    served = _served(docs_home)
+    with uvicorn_in_thread(served.app) as base:
+        ui = Page(browser, base)
+        page = ui.page
+        ui.open("/ui/#docs")
+        page.wait_for_selector("#docs-collection option[value=hb]", state="attached")
+        page.select_option("#docs-collection", "hb")
+        page.fill("#docs-question", "What is the capital of the planet Zorblax?")
+        page.click("#ask")
+        box = page.wait_for_selector("#answer .abstained")
+        assert "No answer from the documents" in box.inner_text()
+        assert page.locator("#answer .cite").count() == 0
+        ui.close()
+
+
+def test_document_text_is_shown_as_text(browser, docs_home: Path, tmp_path: Path) -> None:
+    from cuvee.docs import index
+    from cuvee.docs.ingest import ingest
+    from docs_fakes import HashingBackend
+
+    folder = tmp_path / "markup"
+    folder.mkdir()
+    (folder / "markup.txt").write_text(
+        f"The parking badge office opens at 9 am. Note {XSS} here.\n", encoding="utf-8"
+    )
+    backend = HashingBackend()
+    collection = index.create(docs_home, "markup", backend.identity, backend.dim)
+    ingest(collection, backend, [folder])
+    collection.close()
+    served = _served(docs_home, "The parking badge office opens at 9 am [1].", backend=backend)
+    with uvicorn_in_thread(served.app) as base:
+        ui = Page(browser, base)
+        page = ui.page
+        ui.open("/ui/#docs")
+        page.wait_for_selector("#docs-collection option[value=markup]", state="attached")
+        page.select_option("#docs-collection", "markup")
+        page.fill("#docs-question", "At what time does the parking badge office open?")
+        page.click("#ask")
+        page.wait_for_selector("#answer .cite")
+        page.click("#answer .cite")
+        page.wait_for_selector("#source-text mark")
+        assert "<img src=x" in page.inner_text("#source-text")
+        for where in ("#answer", "#source"):
+            assert page.locator(f"{where} img, {where} script").count() == 0
+        assert page.evaluate("window.__pwned") is None
+        ui.close()
+
+
+def test_a_key_restricted_to_one_collection_sees_only_it(
+    browser, docs_home: Path, tmp_path: Path
+) -> None:
+    keys = KeyStore(tmp_path / "keys.sqlite")
+    _, secret = keys.create("analyst", collections=["hb"])
+    served = _served(docs_home, keys=keys)
+    with uvicorn_in_thread(served.app) as base:
+        ui = Page(browser, base)
+        page = ui.page
+        ui.open("/ui/#docs")
+        page.fill("#api-key", secret)
+        page.dispatch_event("#api-key", "change")
+        page.wait_for_selector("#docs-collection option[value=hb]", state="attached")
+        options = page.eval_on_selector_all("#docs-collection option", "os => os.map(o => o.value)")
+        assert options == ["hb"]
+        # the page's own fetch, with the key, cannot read the other collection either
+        status = page.evaluate(
+            """async (key) => (await fetch('/v1/collections/secret/document?ref=security.txt',
+                {headers: {Authorization: 'Bearer ' + key}})).status""",
+            secret,
+        )
+        assert status == 404
+        ui.close()
