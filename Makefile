@@ -41,9 +41,18 @@ lint: $(VENV)/.dev
 	$(VENV)/bin/ruff check $(LINTED)
 	$(VENV)/bin/ruff format --check $(LINTED)
 
+# The web UI's tests drive Debian's Chromium (never a browser playwright downloads). As root (CI,
+# a fresh machine of this kind) it is installed here; elsewhere the tests name the command.
+CHROMIUM := /usr/bin/chromium
+$(CHROMIUM):
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get install -y -q chromium || { apt-get update -q && apt-get install -y -q chromium; }; \
+	else echo "note: $(CHROMIUM) is missing: sudo apt-get install chromium" >&2; fi
+
 # pytest exits 5 when it collects nothing; that is a failure here, not a pass. CUVEE_REQUIRE_CORE
 # makes the run fail, not skip, when a core dependency (llama.cpp, torch, ...) does not import.
-test: lint
+test: lint $(CHROMIUM)
 	CUVEE_REQUIRE_CORE=1 $(PY) -m pytest -q -rs; rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "error: pytest collected no tests" >&2; fi; exit $$rc
 
