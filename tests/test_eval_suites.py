@@ -338,3 +338,45 @@ def test_suites_register_through_the_registry(monkeypatch) -> None:
     monkeypatch.setitem(registry.SUITES, "echo", registry.register(Echo()))
     assert "echo" in registry.suite_names()
     assert isinstance(get_suite("echo"), registry.Suite)
+
+
+def test_pairwise_reads_peoples_votes_beside_the_judges(tmp_path: Path) -> None:
+    # the votes file the web UI's compare screen writes (POST /v1/votes)
+    votes = tmp_path / "pairwise-votes.jsonl"
+    rows = [
+        {"id": "v1", "prompt": "Write a haiku.", "category": "vote",
+         "vote": {"a": "tune", "b": "base", "winner": "a"}},
+        # shown the other way round on screen: still a win for the tune
+        {"id": "v2", "prompt": "Explain rain.", "category": "vote",
+         "vote": {"a": "base", "b": "tune", "winner": "b"}},
+        {"id": "v3", "prompt": "Name a colour.", "category": "vote",
+         "vote": {"a": "tune", "b": "base", "winner": "tie"}},
+        # a vote on other models counts for nothing here
+        {"id": "v4", "prompt": "Say hi.", "category": "vote",
+         "vote": {"a": "tune", "b": "other", "winner": "b"}},
+    ]  # fmt: skip
+    votes.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    items = PAIRWISE.load(votes)
+    assert [i.data["vote"]["winner"] for i in items] == ["a", "b", "tie", "b"]
+    # the judge prefers answers with "good": A wins v1 and v2, ties v3 and v4
+    a = ["good", "good", "x", "x"]
+    b = ["plain", "plain", "x", "x"]
+    score = PAIRWISE.compare(items, a, b, _bias_judge("good", []), names=("tune", "base"))
+    assert score.counts["human_votes"] == 3
+    assert score.metrics["human_win"] == pytest.approx(2 / 3)
+    assert score.metrics["human_tie"] == pytest.approx(1 / 3)
+    assert score.metrics["human_loss"] == 0.0
+    assert score.metrics["judge_agrees_with_human"] == 1.0
+    # from the base's side the same votes are losses
+    flipped = PAIRWISE.compare(items, b, a, _bias_judge("good", []), names=("base", "tune"))
+    assert flipped.metrics["human_loss"] == pytest.approx(2 / 3)
+    # without names (or votes) nothing is added
+    plain = PAIRWISE.compare(items, a, b, _bias_judge("good", []))
+    assert "human_votes" not in plain.counts
+
+
+def test_a_malformed_vote_is_named_with_its_line(tmp_path: Path) -> None:
+    bad = tmp_path / "votes.jsonl"
+    bad.write_text(json.dumps({"prompt": "Hi", "vote": {"a": "x", "b": "y"}}) + "\n")
+    with pytest.raises(EvalError, match=r"votes.jsonl:1: 'vote' needs a 'winner'"):
+        PAIRWISE.load(bad)

@@ -4,6 +4,7 @@ with the same key checks as the rest of /v1."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from cuvee.serve.keys import KeyStore
@@ -104,3 +105,44 @@ def test_document_errors(docs_home: Path, tmp_path: Path) -> None:  # noqa: F811
     assert hidden.status_code == missing.status_code == 404
     assert hidden.json()["error"]["code"] == missing.json()["error"]["code"]
     assert_error(served.client.get("/v1/collections/hb/document", headers=auth), 400)
+
+
+def test_a_vote_is_appended_for_models_the_key_may_use(docs_home: Path, tmp_path: Path) -> None:  # noqa: F811
+    from cuvee.serve.votes import votes_path
+
+    keys = KeyStore(tmp_path / "keys.sqlite")
+    _, narrow = keys.create("narrow", models=["fake"])
+    _, wide = keys.create("wide")
+    served = Served(docs_home, keys=keys)
+    vote = {
+        "prompt": "Hi",
+        "a": {"model": "fake", "answer": "Hello"},
+        "b": {"model": "other", "answer": "Hey"},
+        "winner": "tie",
+    }
+    r = served.client.post("/v1/votes", json=vote, headers={"Authorization": f"Bearer {wide}"})
+    assert r.status_code == 200, r.text
+    assert r.json()["object"] == "vote" and r.json()["winner"] == "tie"
+    (line,) = votes_path(docs_home).read_text(encoding="utf-8").splitlines()
+    stored = json.loads(line)
+    assert stored["vote"]["key"] == "wide" and wide not in line  # the name, never the secret
+    # a model the key may not use answers as a missing one; nothing is written
+    r = served.client.post("/v1/votes", json=vote, headers={"Authorization": f"Bearer {narrow}"})
+    assert_error(r, 404, code="model_not_found")
+    bad = {**vote, "winner": "both"}
+    r = served.client.post("/v1/votes", json=bad, headers={"Authorization": f"Bearer {wide}"})
+    assert_error(r, 400, param="winner")
+    same = {**vote, "b": {"model": "fake", "answer": "x"}}
+    r = served.client.post("/v1/votes", json=same, headers={"Authorization": f"Bearer {wide}"})
+    assert_error(r, 400)
+    assert len(votes_path(docs_home).read_text(encoding="utf-8").splitlines()) == 1
+
+
+def test_model_objects_carry_lineage_for_the_compare_labels(tiny_gemma_dir: Path) -> None:
+    from cuvee.serve.models import ModelRegistry
+    from helpers import store_tiny
+
+    settings, _ = store_tiny(tiny_gemma_dir, "tiny", licence="MIT")
+    described = ModelRegistry(settings, opener=lambda name: None).describe("tiny")
+    assert described["licence"] == {"id": "MIT", "commercial_use": True}
+    assert described["created_at"] and "parent" in described

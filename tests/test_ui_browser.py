@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -231,6 +232,50 @@ def test_model_output_is_never_run_as_html(browser, docs_home: Path) -> None:
         assert body.locator("strong").inner_text() == "bold"  # Markdown still renders
         page.click(".message.assistant .body")
         assert page.evaluate("window.__pwned") is None
+        ui.close()
+
+
+def test_compare_streams_two_models_side_by_side_and_records_the_vote(
+    browser, docs_home: Path, shots: Path
+) -> None:
+    from cuvee.eval.pairwise import SUITE as PAIRWISE
+    from cuvee.serve.votes import votes_path
+
+    gate = threading.Event()  # both streams must be open before either goes past token 1
+    fakes = Fakes(context=4096, gate=gate)
+    served = _served(docs_home, fakes=fakes)
+    with uvicorn_in_thread(served.app) as base:
+        ui = Page(browser, base)
+        page = ui.page
+        ui.open("/ui/#compare")
+        page.wait_for_selector("#compare-models input[value=other]", state="attached")
+        page.fill("#compare-prompt", "Write a greeting.")
+        page.click("#compare-run")
+        deadline = time.monotonic() + 10
+        while len(fakes.opened) < 2 or not all(e.handles for e in fakes.opened.values()):
+            assert time.monotonic() < deadline, "the two models were not asked at once"
+            time.sleep(0.02)
+        gate.set()
+        page.wait_for_selector("#compare-vote:not([hidden])")
+        columns = page.locator(".compare-column")
+        assert columns.count() == 2
+        assert columns.nth(0).locator("h3").inner_text() == "A: fake"
+        assert columns.nth(1).locator("h3").inner_text() == "B: other"
+        for i in range(2):
+            assert "Hello" in columns.nth(i).locator(".body").inner_text()
+            assert "TTFT" in columns.nth(i).locator(".stats").inner_text()
+        page.screenshot(path=str(shots / "compare.png"), full_page=True)
+        page.click("#vote-b")
+        page.wait_for_selector("#vote-status:has-text('Vote saved')")
+        assert page.is_disabled("#vote-a")
+        (line,) = votes_path(docs_home).read_text(encoding="utf-8").splitlines()
+        vote = json.loads(line)
+        assert vote["prompt"] == "Write a greeting."
+        assert vote["vote"]["a"] == "fake" and vote["vote"]["b"] == "other"
+        assert vote["vote"]["winner"] == "b" and "Hello" in vote["vote"]["answer_b"]
+        # the file is one the pairwise suite reads
+        (item,) = PAIRWISE.load(votes_path(docs_home))
+        assert item.prompt == "Write a greeting." and item.data["vote"]["winner"] == "b"
         ui.close()
 
 

@@ -68,7 +68,7 @@ class PairwiseSuite:
     judge_max_tokens = 256  # the scores come first; the explanation may be cut
 
     def accepts(self, record: dict[str, Any]) -> bool:
-        return "prompt" in record and set(record) <= {"id", "prompt", "system", "category"}
+        return "prompt" in record and set(record) <= {"id", "prompt", "system", "category", "vote"}
 
     def load(self, path: Path | None) -> list[Item]:
         path = source_of(self.name, path)
@@ -83,7 +83,7 @@ class PairwiseSuite:
                     id=str(record.get("id", number)),
                     prompt=prompt,
                     system=record.get("system"),
-                    data={"category": record.get("category")},
+                    data={"category": record.get("category"), "vote": _vote(record, where)},
                     where=where,
                 )
             )
@@ -100,7 +100,11 @@ class PairwiseSuite:
         outputs_a: list[str],
         outputs_b: list[str],
         judge: Callable[[list[Item]], list[str]],
+        names: tuple[str, str] | None = None,
     ) -> Score:
+        """The judge's verdicts, A (``names[0]``) against B; where the prompts carry people's
+        votes on these two models (the web UI's compare screen), their verdicts too, and how
+        often the judge agreed with them."""
         replies = judge(judge_items(items, outputs_a, outputs_b))
         wins = ties = losses = judge_errors = 0
         sum_a = sum_b = 0.0
@@ -122,6 +126,7 @@ class PairwiseSuite:
             losses += verdict == "loss"
             details.append({"id": item.id, "verdict": verdict, "a": a / 2, "b": b / 2})
         judged = wins + ties + losses
+        human = _human_verdicts(items, names)
         metrics: dict[str, Any] = {}
         if judged:  # B scored 0 everywhere: no ratio (None), never infinity
             metrics = {
@@ -138,7 +143,49 @@ class PairwiseSuite:
             "losses": losses,
             "judge_errors": judge_errors,
         }
+        if human:
+            said = list(human.values())
+            for verdict in ("win", "tie", "loss"):
+                metrics[f"human_{verdict}"] = said.count(verdict) / len(said)
+            counts["human_votes"] = len(said)
+            both = [d for d in details if d["id"] in human and d["verdict"] != "unjudged"]
+            for d in details:
+                if d["id"] in human:
+                    d["human"] = human[d["id"]]
+            if both:
+                agree = sum(d["verdict"] == human[d["id"]] for d in both)
+                metrics["judge_agrees_with_human"] = agree / len(both)
         return Score(metrics=metrics, counts=counts, items=details)
+
+
+def _vote(record: dict[str, Any], where: str) -> dict[str, Any] | None:
+    """A person's verdict stored with the prompt (``POST /v1/votes``), checked."""
+    vote = record.get("vote")
+    if vote is None:
+        return None
+    if not isinstance(vote, dict) or vote.get("winner") not in ("a", "b", "tie"):
+        raise EvalError(f"{where}: 'vote' needs a 'winner' of a, b or tie")
+    for side in ("a", "b"):
+        if not isinstance(vote.get(side), str) or not vote[side]:
+            raise EvalError(f"{where}: 'vote' needs the model '{side}' as a string")
+    return vote
+
+
+def _human_verdicts(items: list[Item], names: tuple[str, str] | None) -> dict[str, str]:
+    """Item id -> "win"/"tie"/"loss" of model ``names[0]`` as people voted on these two models
+    (in either order on the screen)."""
+    if names is None:
+        return {}
+    out = {}
+    for item in items:
+        vote = (item.data or {}).get("vote")
+        if not vote or {vote["a"], vote["b"]} != set(names):
+            continue
+        if vote["winner"] == "tie":
+            out[item.id] = "tie"
+        else:
+            out[item.id] = "win" if vote[vote["winner"]] == names[0] else "loss"
+    return out
 
 
 SUITE = PairwiseSuite()

@@ -199,6 +199,7 @@ def run_evaluation(
                     result.outputs[model][run.label],
                     result.outputs[reference][run.label],
                     ask_judge,
+                    names=(model, reference),
                 )
                 score.counts["cached"] = result.scores[model][run.label].counts["cached"]
                 result.scores[model][run.label] = score

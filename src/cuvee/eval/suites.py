@@ -83,7 +83,12 @@ class ComparingSuite(Suite, Protocol):
     compares: bool
 
     def compare(
-        self, items: list[Item], outputs_a: list[str], outputs_b: list[str], judge: Any
+        self,
+        items: list[Item],
+        outputs_a: list[str],
+        outputs_b: list[str],
+        judge: Any,
+        names: tuple[str, str] | None = None,
     ) -> Score: ...
 
 

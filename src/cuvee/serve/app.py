@@ -65,11 +65,13 @@ from cuvee.serve.schemas import (
     CompletionRequest,
     EmbeddingRequest,
     RetrieveRequest,
+    VoteRequest,
     request_body,
     with_body_schemas,
 )
 from cuvee.serve.state import Capacity, ServerState
 from cuvee.serve.ui import install_ui
+from cuvee.serve.votes import append as append_vote
 
 if TYPE_CHECKING:
     from cuvee.config import Settings
@@ -292,6 +294,17 @@ def create_app(
         """One document's whole text, by ``ref`` (its id or the path a citation names), so a
         citation's character offsets can be shown in place."""
         return await document_route(state, key, name, ref)
+
+    @app.post("/v1/votes", openapi_extra=body_doc(VoteRequest))
+    async def vote(request: HTTPRequest, key: Key) -> JSONResponse:
+        """A person's verdict on two models' answers (the web UI's compare screen), appended to
+        the pairwise votes file that `cuvee eval --suite pairwise` reads."""
+        body = await _parse(request, VoteRequest)
+        note(request, model=f"{body.a.model} vs {body.b.model}")
+        for side in (body.a, body.b):
+            await _check_model(state, key, side.model, purpose="generation")
+        stored = await anyio.to_thread.run_sync(append_vote, settings.home, body, key)
+        return JSONResponse(stored)
 
     install_ui(app)
     return app

@@ -180,12 +180,23 @@ class ModelRegistry:
                 "loaded": loaded,
             }
         created, owned_by, kind = 0, "cuvee", None
+        lineage: dict[str, Any] = {}
         if self._names is None:
             try:
                 manifest = self._store().get(name).manifest
                 created = _timestamp(manifest.created_at)
                 kind = manifest.kind
                 owned_by = manifest.source.type
+                # what a person comparing models needs beside each answer: what it was
+                # tuned from, when, and whether its licence allows commercial use
+                lineage = {
+                    "parent": manifest.parent,
+                    "created_at": manifest.created_at,
+                    "licence": {
+                        "id": manifest.licence.id,
+                        "commercial_use": manifest.licence.commercial_use,
+                    },
+                }
             except CuveeError:
                 pass
         return {
@@ -195,6 +206,7 @@ class ModelRegistry:
             "owned_by": owned_by,
             "kind": kind,
             "loaded": name in self._slots,
+            **lineage,
         }
 
     def loaded(self) -> list[str]:

@@ -209,6 +209,22 @@ class RetrieveRequest(_Strict):
     reranker: str | None = None
 
 
+class VoteAnswer(_Strict):
+    model: str = Field(min_length=1)
+    answer: str
+
+
+class VoteRequest(_Strict):
+    """``POST /v1/votes``: a person's verdict on two models' answers to one prompt (the web UI's
+    compare screen), appended to the pairwise votes file ``cuvee eval --suite pairwise`` reads."""
+
+    prompt: str = Field(min_length=1)
+    system: str | None = None
+    a: VoteAnswer
+    b: VoteAnswer
+    winner: Literal["a", "b", "tie"]
+
+
 # Where the OpenAPI document keeps the schemas that request bodies refer to.
 _COMPONENTS = "#/components/schemas/{model}"
 

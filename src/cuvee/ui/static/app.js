@@ -2,9 +2,10 @@
 
 import { apiKey, setApiKey } from "./api.js";
 import { initChat } from "./chat.js";
+import { initCompare } from "./compare.js";
 import { initDocs } from "./docs.js";
 
-const screens = ["chat", "docs"];
+const screens = ["chat", "compare", "docs"];
 
 function show() {
   const wanted = location.hash.slice(1);
@@ -19,12 +20,14 @@ function show() {
 }
 
 const chat = initChat();
+const compare = initCompare();
 const docs = initDocs();
 const key = document.getElementById("api-key");
 key.value = apiKey();
 key.addEventListener("change", () => {
   setApiKey(key.value.trim());
   chat.reload();
+  compare.reload();
   docs.reload();
 });
 window.addEventListener("hashchange", show);
