@@ -146,3 +146,34 @@ def test_model_objects_carry_lineage_for_the_compare_labels(tiny_gemma_dir: Path
     described = ModelRegistry(settings, opener=lambda name: None).describe("tiny")
     assert described["licence"] == {"id": "MIT", "commercial_use": True}
     assert described["created_at"] and "parent" in described
+
+
+def test_the_store_is_listed_and_read_for_models_the_key_may_use(
+    tiny_gemma_dir: Path,
+    docs_home: Path,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    from helpers import store_tiny
+
+    store_tiny(tiny_gemma_dir, "tiny", licence="MIT")
+    store_tiny(tiny_gemma_dir, "hidden", licence="MIT")
+    keys = KeyStore(tmp_path / "keys.sqlite")
+    _, narrow = keys.create("narrow", models=["tiny"])
+    served = Served(docs_home, keys=keys)
+    auth = {"Authorization": f"Bearer {narrow}"}
+    r = served.client.get("/v1/store/models", headers=auth)
+    assert r.status_code == 200, r.text
+    (listed,) = r.json()["data"]
+    assert listed["id"] == "tiny" and listed["licence"]["id"] == "MIT"
+    assert listed["commercial_use"] is True and listed["kind"]
+    r = served.client.get("/v1/store/models/tiny", headers=auth)
+    assert r.status_code == 200, r.text
+    model = r.json()
+    assert model["manifest"]["name"] == "tiny" and "chat_template" not in model["manifest"]
+    assert model["manifest"]["files"]  # hashes of the weights
+    hidden = served.client.get("/v1/store/models/hidden", headers=auth)
+    missing = served.client.get("/v1/store/models/nothing", headers=auth)
+    assert_error(hidden, 404, code="model_not_found")
+    assert hidden.json()["error"]["message"].replace("hidden", "X") == missing.json()["error"][
+        "message"
+    ].replace("nothing", "X")

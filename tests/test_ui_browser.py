@@ -378,3 +378,30 @@ def test_a_key_restricted_to_one_collection_sees_only_it(
         )
         assert status == 404
         ui.close()
+
+
+def test_the_models_screen_shows_lineage_exports_and_card(
+    browser, docs_home: Path, tiny_gemma_dir: Path, shots: Path
+) -> None:
+    from cuvee.store import ModelStore
+    from helpers import store_tiny
+
+    settings, store = store_tiny(tiny_gemma_dir, "tiny", licence="MIT")
+    card = store.model_dir("tiny") / "MODEL_CARD.md"
+    card.write_text(f"# Tiny\n\nA **test** model. {XSS}\n", encoding="utf-8")
+    served = _served(docs_home)
+    with uvicorn_in_thread(served.app) as base:
+        ui = Page(browser, base)
+        page = ui.page
+        ui.open("/ui/#models")
+        page.click("#store-list button:has-text('tiny')")
+        page.wait_for_selector("#model-detail h2:has-text('tiny')")
+        detail = page.inner_text("#model-detail")
+        assert "MIT" in detail and "Commercial use" in detail and "yes" in detail
+        assert "No exports yet" in detail
+        assert page.inner_text("#model-detail .card strong") == "test"
+        assert page.locator("#model-detail img, #model-detail script").count() == 0
+        assert page.evaluate("window.__pwned") is None
+        page.screenshot(path=str(shots / "models.png"), full_page=True)
+        assert isinstance(store, ModelStore) and settings.models_dir.is_dir()
+        ui.close()

@@ -70,6 +70,8 @@ from cuvee.serve.schemas import (
     with_body_schemas,
 )
 from cuvee.serve.state import Capacity, ServerState
+from cuvee.serve.stored import list_route as store_list
+from cuvee.serve.stored import model_route as store_model
 from cuvee.serve.ui import install_ui
 from cuvee.serve.votes import append as append_vote
 
@@ -305,6 +307,20 @@ def create_app(
             await _check_model(state, key, side.model, purpose="generation")
         stored = await anyio.to_thread.run_sync(append_vote, settings.home, body, key)
         return JSONResponse(stored)
+
+    @app.get("/v1/store/models")
+    async def list_store(key: Key) -> dict[str, Any]:
+        """The stored models this key may use: kind, parent, licence, commercial use."""
+        from cuvee.store import ModelStore
+
+        return await store_list(ModelStore(settings.models_dir), key)
+
+    @app.get("/v1/store/models/{name}")
+    async def get_stored(name: str, key: Key) -> dict[str, Any]:
+        """One stored model: its whole manifest (lineage, recipe, exports) and model card."""
+        from cuvee.store import ModelStore
+
+        return await store_model(ModelStore(settings.models_dir), key, name)
 
     install_ui(app)
     return app

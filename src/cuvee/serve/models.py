@@ -194,7 +194,10 @@ class ModelRegistry:
                     "created_at": manifest.created_at,
                     "licence": {
                         "id": manifest.licence.id,
-                        "commercial_use": manifest.licence.commercial_use,
+                        # a fine-tune's own verdict (its data's licences included) comes first
+                        "commercial_use": (manifest.model_extra or {}).get(
+                            "commercial_use", manifest.licence.commercial_use
+                        ),
                     },
                 }
             except CuveeError:

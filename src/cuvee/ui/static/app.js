@@ -4,8 +4,9 @@ import { apiKey, setApiKey } from "./api.js";
 import { initChat } from "./chat.js";
 import { initCompare } from "./compare.js";
 import { initDocs } from "./docs.js";
+import { initModels } from "./models.js";
 
-const screens = ["chat", "compare", "docs"];
+const screens = ["chat", "compare", "docs", "models"];
 
 function show() {
   const wanted = location.hash.slice(1);
@@ -22,6 +23,7 @@ function show() {
 const chat = initChat();
 const compare = initCompare();
 const docs = initDocs();
+const models = initModels();
 const key = document.getElementById("api-key");
 key.value = apiKey();
 key.addEventListener("change", () => {
@@ -29,6 +31,7 @@ key.addEventListener("change", () => {
   chat.reload();
   compare.reload();
   docs.reload();
+  models.reload();
 });
 window.addEventListener("hashchange", show);
 show();
