@@ -45,7 +45,7 @@ def test_the_ui_stays_small_and_loads_nothing_from_elsewhere() -> None:
     assert {"index.html", "app.js", "ui.css", "markdown.js"} <= set(files)
     assert sum(len(data) for data in files.values()) <= 200_000  # the budget
     for name, data in files.items():
-        text = data.decode("utf-8")
+        text = data.decode("utf-8").replace("http://www.w3.org/2000/svg", "")  # a namespace
         assert "http://" not in text and "https://" not in text.replace("https?:", ""), (
             f"{name} names another host"
         )
@@ -177,3 +177,35 @@ def test_the_store_is_listed_and_read_for_models_the_key_may_use(
     assert hidden.json()["error"]["message"].replace("hidden", "X") == missing.json()["error"][
         "message"
     ].replace("nothing", "X")
+
+
+def test_training_needs_an_admin_and_a_valid_recipe(docs_home: Path, tmp_path: Path) -> None:  # noqa: F811
+    from fastapi.testclient import TestClient
+
+    keys = KeyStore(tmp_path / "keys.sqlite")
+    _, plain = keys.create("plain")
+    _, boss = keys.create("boss", admin=True)
+    served = Served(docs_home, keys=keys)
+    start = {"name": "mine", "data": ["starter"], "max_steps": 2}
+    r = served.client.post("/v1/runs", json=start, headers={"Authorization": f"Bearer {plain}"})
+    assert_error(r, 403, code="admin_required")
+    assert_error(served.client.get("/v1/runs", headers={"Authorization": f"Bearer {plain}"}), 403)
+    admin = {"Authorization": f"Bearer {boss}"}
+    listed = served.client.get("/v1/runs", headers=admin)
+    assert listed.status_code == 200 and "starter-lora-cpu" in listed.json()["recipes"]
+    # a bad knob, recipe or name is refused before anything starts
+    bad = {**start, "knobs": {"lr": -1}}
+    assert_error(served.client.post("/v1/runs", json=bad, headers=admin), 400, param="knobs")
+    bad = {**start, "knobs": {"no_such_knob": 1}}
+    assert "no_such_knob" in served.client.post("/v1/runs", json=bad, headers=admin).text
+    bad = {**start, "recipe": "nothing"}
+    assert_error(served.client.post("/v1/runs", json=bad, headers=admin), 400, param="recipe")
+    bad = {**start, "name": "../up"}
+    assert_error(served.client.post("/v1/runs", json=bad, headers=admin), 400, param="name")
+    assert not served.settings.runs_dir.exists() or not any(served.settings.runs_dir.iterdir())
+    # with no keys at all: loopback only
+    open_app = Served(docs_home).app
+    remote = TestClient(open_app, client=("10.0.0.8", 5000)).get("/v1/runs")
+    assert_error(remote, 403, code="admin_required")
+    local = TestClient(open_app, client=("127.0.0.1", 5000)).get("/v1/runs")
+    assert local.status_code == 200, local.text

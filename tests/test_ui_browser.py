@@ -405,3 +405,84 @@ def test_the_models_screen_shows_lineage_exports_and_card(
         page.screenshot(path=str(shots / "models.png"), full_page=True)
         assert isinstance(store, ModelStore) and settings.models_dir.is_dir()
         ui.close()
+
+
+def test_a_training_run_is_started_watched_and_ends_in_models(
+    browser, docs_home: Path, tiny_gemma_dir: Path, tmp_path: Path, shots: Path
+) -> None:
+    from helpers import store_tiny, write_data
+
+    store_tiny(tiny_gemma_dir, "tiny", licence="MIT")
+    data = write_data(tmp_path / "mine.jsonl", n=40)
+    served = _served(docs_home)
+    with uvicorn_in_thread(served.app) as base:
+        ui = Page(browser, base)
+        page = ui.page
+        ui.open("/ui/#train")
+        page.wait_for_selector("#train-base option[value=tiny]", state="attached")
+        page.fill("#train-name", "web-tuned")
+        page.select_option("#train-base", "tiny")
+        page.set_input_files("#train-file", str(data))
+        page.fill("#train-steps", "20")
+        page.fill(
+            "#train-knobs",
+            "seq_len: 48\nbatch_size: 2\nlr: 0.01\nepochs: 100\nprecision: fp32\n"
+            "eval_split: 0.2\nseed: 3",
+        )
+        page.click("#train-start")
+        steps, losses = [], []
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            status = page.inner_text("#train-status")
+            if page.locator(".fig-step").count():
+                step = int(page.inner_text(".fig-step"))
+                if not steps or step != steps[-1]:
+                    steps.append(step)
+                    losses.append(float(page.inner_text(".fig-loss")))
+            if "Done" in status or "failed" in status:
+                break
+            time.sleep(0.1)
+        assert "Done: the model web-tuned is in the store" in page.inner_text("#train-status"), (
+            page.inner_text("#train-status")
+        )
+        assert steps == sorted(steps) and len(steps) >= 3 and steps[-1] == 20, steps
+        assert losses[-1] < losses[0], losses
+        assert page.locator("#train-chart polyline").count() == 1
+        assert page.locator("#train-chart circle").count() >= 1  # held-out loss points
+        page.screenshot(path=str(shots / "train.png"), full_page=True)
+        page.click("#train-status a")
+        page.wait_for_selector("#store-list button:has-text('web-tuned')")
+        ui.close()
+
+
+def test_stopping_a_run_keeps_its_checkpoint_and_shows_how_to_resume(
+    browser, docs_home: Path, tiny_gemma_dir: Path, tmp_path: Path
+) -> None:
+    from helpers import store_tiny, write_data
+
+    store_tiny(tiny_gemma_dir, "tiny", licence="MIT")
+    data = write_data(tmp_path / "mine.jsonl", n=40)
+    served = _served(docs_home)
+    with uvicorn_in_thread(served.app) as base:
+        ui = Page(browser, base)
+        page = ui.page
+        ui.open("/ui/#train")
+        page.wait_for_selector("#train-base option[value=tiny]", state="attached")
+        page.fill("#train-name", "halted")
+        page.select_option("#train-base", "tiny")
+        page.set_input_files("#train-file", str(data))
+        page.fill("#train-steps", "100000")
+        page.fill("#train-knobs", "seq_len: 48\nbatch_size: 2\nepochs: 100000\nprecision: fp32")
+        page.click("#train-start")
+        page.wait_for_selector(".fig-step", timeout=120_000)
+        page.click("#train-stop")
+        deadline = time.monotonic() + 120
+        while "Stopped" not in page.inner_text("#train-status"):
+            assert time.monotonic() < deadline, page.inner_text("#train-status")
+            time.sleep(0.1)
+        assert "cuvee train --resume halted" in page.inner_text("#train-status")
+        assert "halted: stopped" in page.inner_text("#run-list")
+        run_dir = next(served.settings.runs_dir.glob("halted-*"))
+        assert any((run_dir / "checkpoints").iterdir())
+        assert not (served.settings.models_dir / "halted").exists()  # nothing half-registered
+        ui.close()

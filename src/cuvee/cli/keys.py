@@ -41,9 +41,16 @@ def keys() -> None:
     "Default: all for a key without --models, none for a key limited to some models. Others "
     "answer 404 to it, as if they did not exist.",
 )
+@click.option(
+    "--admin",
+    is_flag=True,
+    help="May manage the server from the web UI: start and stop training, create and revoke keys.",
+)
 @click.option("--json", "json_output", is_flag=True, help="Print one JSON object with the key.")
 @click.pass_obj
-def create(settings: Settings, name: str, rpm, tpm, models, collections, json_output: bool) -> None:
+def create(
+    settings: Settings, name: str, rpm, tpm, models, collections, admin: bool, json_output: bool
+) -> None:
     """Create a key and print it once (only its hash is kept).
 
     Example: cuvee keys create --name support-bot --rpm 60 --models demo --collections handbook
@@ -51,7 +58,7 @@ def create(settings: Settings, name: str, rpm, tpm, models, collections, json_ou
     allowed = models.split(",") if models is not None else None
     visible = collections.split(",") if collections is not None else None
     record, secret = key_store(settings).create(
-        name, rpm=rpm, tpm=tpm, models=allowed, collections=visible
+        name, rpm=rpm, tpm=tpm, models=allowed, collections=visible, admin=admin
     )
     if visible is not None:
         from cuvee.docs.index import list_names
@@ -78,6 +85,7 @@ def create(settings: Settings, name: str, rpm, tpm, models, collections, json_ou
             f"{record.tpm} tokens/min" if record.tpm else "",
             f"models {', '.join(record.models)}" if record.models else "",
             f"collections {', '.join(record.collections)}" if record.collections else "",
+            "admin" if record.admin else "",
         )
         if part
     ]

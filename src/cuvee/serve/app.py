@@ -60,11 +60,14 @@ from cuvee.serve.rag import (
 )
 from cuvee.serve.rag import retrieve_route as docs_retrieve
 from cuvee.serve.requestlog import RequestLog, RequestLogMiddleware, note
+from cuvee.serve.runs import RunManager, require_admin
+from cuvee.serve.runs import events as run_events
 from cuvee.serve.schemas import (
     ChatCompletionRequest,
     CompletionRequest,
     EmbeddingRequest,
     RetrieveRequest,
+    RunRequest,
     VoteRequest,
     request_body,
     with_body_schemas,
@@ -321,6 +324,47 @@ def create_app(
         from cuvee.store import ModelStore
 
         return await store_model(ModelStore(settings.models_dir), key, name)
+
+    runs = RunManager(settings)
+    state.extra["runs"] = runs
+
+    def admin(request: HTTPRequest, key: ApiKey | None) -> None:
+        require_admin(state.auth.enabled, key, request)
+
+    @app.get("/v1/runs")
+    async def list_runs(request: HTTPRequest, key: Key) -> dict[str, Any]:
+        """Training runs (admin): each one's status, and the shipped recipes to start from."""
+        from cuvee.train.recipe import shipped_recipes
+
+        admin(request, key)
+        data = await anyio.to_thread.run_sync(runs.list)
+        return {"object": "list", "data": data, "recipes": list(shipped_recipes())}
+
+    @app.post("/v1/runs", openapi_extra=body_doc(RunRequest))
+    async def start_run(request: HTTPRequest, key: Key) -> JSONResponse:
+        """Start `cuvee train` with a shipped recipe and knobs, or an uploaded data file
+        (admin); the recipe is checked before anything starts."""
+        admin(request, key)
+        body = await _parse(request, RunRequest)
+        return JSONResponse(await anyio.to_thread.run_sync(runs.start, body))
+
+    @app.get("/v1/runs/{name}")
+    async def run_status(name: str, request: HTTPRequest, key: Key) -> dict[str, Any]:
+        """Where a run stands: running, completed, stopped (with the resume command), failed."""
+        admin(request, key)
+        return await anyio.to_thread.run_sync(runs.status, name)
+
+    @app.get("/v1/runs/{name}/events")
+    async def follow_run(name: str, request: HTTPRequest, key: Key) -> Response:
+        """The run's metrics as server-sent events while it trains, then its end (admin)."""
+        admin(request, key)
+        return await run_events(runs, name)
+
+    @app.post("/v1/runs/{name}/stop")
+    async def stop_run(name: str, request: HTTPRequest, key: Key) -> dict[str, Any]:
+        """Stop a run after its current step; its checkpoint is kept for --resume (admin)."""
+        admin(request, key)
+        return await anyio.to_thread.run_sync(runs.stop, name)
 
     install_ui(app)
     return app

@@ -9,10 +9,13 @@ Each key may carry limits: requests per minute, tokens (prompt plus completion) 
 the models it may use and the document collections it may see (``rag:NAME``, ``collection``,
 ``/v1/retrieve``). Limits are counted in memory over a sliding minute, per server process.
 
-The collections column was added after the first keys files were written: opening a file
-without it adds it (``ALTER TABLE ... ADD COLUMN``, a NULL meaning "every collection"), so an
-existing keys file keeps working, its keys unrestricted as they were, and an older cuvee still
-reads the file (it names the columns it selects)."""
+A key may also be an admin key (``--admin``): the web UI's training and key screens need one
+(or a server with no keys, asked from loopback).
+
+The collections and admin columns were added after the first keys files were written: opening a
+file without them adds them (``ALTER TABLE ... ADD COLUMN``, a NULL meaning "every collection"
+and "not an admin"), so an existing keys file keeps working, its keys as they were, and an older
+cuvee still reads the file (it names the columns it selects)."""
 
 from __future__ import annotations
 
@@ -53,9 +56,9 @@ CREATE UNIQUE INDEX IF NOT EXISTS keys_active_name ON keys (name) WHERE revoked_
 
 # Columns added since the first schema: name -> type. Each is added where missing, NULL in rows
 # written before it (which therefore keep their old meaning).
-_ADDED_COLUMNS = {"collections": "TEXT"}
+_ADDED_COLUMNS = {"collections": "TEXT", "admin": "INTEGER"}
 
-_COLUMNS = "key_id, name, rpm, tpm, models, created_at, revoked_at, collections"
+_COLUMNS = "key_id, name, rpm, tpm, models, created_at, revoked_at, collections, admin"
 
 
 @dataclass(frozen=True)
@@ -71,6 +74,9 @@ class ApiKey:
     revoked_at: str | None = None
     # None: every collection for an unrestricted key, none for a key limited to some models
     collections: tuple[str, ...] | None = None
+    # may manage the server from the web UI: start and stop training runs, create and revoke
+    # keys (NULL in files written before the column: no)
+    admin: bool = False
 
     def allows(self, model: str) -> bool:
         return self.models is None or model in self.models
@@ -92,6 +98,7 @@ class ApiKey:
             "tpm": self.tpm,
             "models": list(self.models) if self.models is not None else None,
             "collections": list(self.collections) if self.collections is not None else None,
+            "admin": self.admin,
             "created_at": self.created_at,
             "revoked_at": self.revoked_at,
         }
@@ -142,6 +149,7 @@ class KeyStore:
         tpm: int | None = None,
         models: Iterable[str] | None = None,
         collections: Iterable[str] | None = None,
+        admin: bool = False,
     ) -> tuple[ApiKey, str]:
         """A new key and its secret (to show once)."""
         if not _NAME.match(name):
@@ -173,13 +181,15 @@ class KeyStore:
                     raise ConfigError(f"--collections: {exc.message}") from exc
         key_id = secrets.token_hex(_ID_LEN // 2)
         secret = f"{PREFIX}{key_id}-{secrets.token_urlsafe(32)}"
-        record = ApiKey(key_id, name, rpm, tpm, model_list, _now(), None, collection_list)
+        record = ApiKey(
+            key_id, name, rpm, tpm, model_list, _now(), None, collection_list, bool(admin)
+        )
         with self._lock:
             db = self._db()
             try:
                 db.execute(
                     "INSERT INTO keys (key_id, name, sha256, rpm, tpm, models, created_at, "
-                    "collections) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    "collections, admin) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         key_id,
                         name,
@@ -189,6 +199,7 @@ class KeyStore:
                         _json_list(model_list),
                         record.created_at,
                         _json_list(collection_list),
+                        int(bool(admin)),
                     ),
                 )
             except sqlite3.IntegrityError:
@@ -248,9 +259,9 @@ class KeyStore:
                     .fetchone()
                 )
         # compare even when there is no row, so a refusal takes as long either way
-        stored = row[8] if row is not None else "0" * 64
+        stored = row[9] if row is not None else "0" * 64
         matches = hmac.compare_digest(stored, digest(presented))
-        return _record(row[:8]) if row is not None and matches else None
+        return _record(row[:9]) if row is not None and matches else None
 
 
 def _migrate(conn: sqlite3.Connection) -> None:
@@ -275,7 +286,7 @@ def _tuple(stored: str | None) -> tuple[str, ...] | None:
 
 
 def _record(row: tuple) -> ApiKey:
-    key_id, name, rpm, tpm, models, created_at, revoked_at, collections = row
+    key_id, name, rpm, tpm, models, created_at, revoked_at, collections, admin = row
     return ApiKey(
         key_id=key_id,
         name=name,
@@ -285,6 +296,7 @@ def _record(row: tuple) -> ApiKey:
         created_at=created_at,
         revoked_at=revoked_at,
         collections=_tuple(collections),
+        admin=bool(admin),
     )
 
 

@@ -225,6 +225,27 @@ class VoteRequest(_Strict):
     winner: Literal["a", "b", "tie"]
 
 
+class UploadedFile(_Strict):
+    name: str = Field(min_length=1, max_length=200)
+    content: str
+
+
+class RunRequest(_Strict):
+    """``POST /v1/runs``: start `cuvee train` (admin only). ``recipe`` is a shipped recipe's
+    name; ``knobs`` are any other recipe knobs (``lr``, ``seq_len``, ...), checked as a recipe
+    file's are; ``data`` names data files on the server (``starter`` is the bundled set) and
+    ``data_file`` uploads one."""
+
+    name: str = Field(min_length=1)
+    recipe: str | None = None
+    base: str | None = None
+    data: list[str] = Field(default_factory=list)
+    data_file: UploadedFile | None = None
+    time_budget: str | None = None
+    max_steps: int | None = Field(default=None, gt=0)
+    knobs: dict[str, Any] = Field(default_factory=dict)
+
+
 # Where the OpenAPI document keeps the schemas that request bodies refer to.
 _COMPONENTS = "#/components/schemas/{model}"
 

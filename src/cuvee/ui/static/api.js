@@ -48,13 +48,14 @@ export async function postJSON(path, body, signal) {
   return read(await fetch(path, { method: "POST", headers: headers(), body: JSON.stringify(body), signal }));
 }
 
-// The data objects of a server-sent event stream, until [DONE]; an error object in the stream
-// (a failure after the status went out) is thrown as an ApiError.
+// The data objects of a server-sent event stream (a POST of ``body``, or a GET when it is null),
+// until [DONE]; an error object in the stream (a failure after the status went out) is thrown
+// as an ApiError.
 export async function* stream(path, body, signal) {
   const response = await fetch(path, {
-    method: "POST",
+    method: body === null ? "GET" : "POST",
     headers: headers(),
-    body: JSON.stringify(body),
+    body: body === null ? undefined : JSON.stringify(body),
     signal,
   });
   if (!response.ok) await read(response);

@@ -5,8 +5,9 @@ import { initChat } from "./chat.js";
 import { initCompare } from "./compare.js";
 import { initDocs } from "./docs.js";
 import { initModels } from "./models.js";
+import { initTrain } from "./train.js";
 
-const screens = ["chat", "compare", "docs", "models"];
+const screens = ["chat", "compare", "docs", "models", "train"];
 
 function show() {
   const wanted = location.hash.slice(1);
@@ -24,6 +25,7 @@ const chat = initChat();
 const compare = initCompare();
 const docs = initDocs();
 const models = initModels();
+const train = initTrain({ onModel: () => models.reload() });
 const key = document.getElementById("api-key");
 key.value = apiKey();
 key.addEventListener("change", () => {
@@ -32,6 +34,7 @@ key.addEventListener("change", () => {
   compare.reload();
   docs.reload();
   models.reload();
+  train.reload();
 });
 window.addEventListener("hashchange", show);
 show();
