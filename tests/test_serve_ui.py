@@ -209,3 +209,36 @@ def test_training_needs_an_admin_and_a_valid_recipe(docs_home: Path, tmp_path: P
     assert_error(remote, 403, code="admin_required")
     local = TestClient(open_app, client=("127.0.0.1", 5000)).get("/v1/runs")
     assert local.status_code == 200, local.text
+
+
+def test_keys_are_managed_by_an_admin_and_secrets_shown_once(
+    docs_home: Path,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    keys = KeyStore(tmp_path / "keys.sqlite")
+    _, plain = keys.create("plain")
+    _, boss = keys.create("boss", admin=True)
+    served = Served(docs_home, keys=keys)
+    admin = {"Authorization": f"Bearer {boss}"}
+    assert_error(served.client.get("/v1/keys", headers={"Authorization": f"Bearer {plain}"}), 403)
+    made = served.client.post(
+        "/v1/keys", json={"name": "bot", "rpm": 5, "collections": ["hb"]}, headers=admin
+    )
+    assert made.status_code == 200, made.text
+    secret = made.json()["key"]
+    assert secret.startswith("cv-") and made.json()["collections"] == ["hb"]
+    listed = served.client.get("/v1/keys", headers=admin)
+    assert {k["name"] for k in listed.json()["data"]} == {"plain", "boss", "bot"}
+    assert secret not in listed.text and "sha256" not in listed.text
+    # the new key works at once, within its scope
+    seen = served.client.get("/v1/collections", headers={"Authorization": f"Bearer {secret}"})
+    assert [c["id"] for c in seen.json()["data"]] == ["hb"]
+    taken = served.client.post("/v1/keys", json={"name": "bot"}, headers=admin)
+    assert_error(taken, 400)
+    revoked = served.client.post("/v1/keys/bot/revoke", headers=admin)
+    assert revoked.status_code == 200 and revoked.json()["revoked_at"]
+    gone = served.client.get("/v1/collections", headers={"Authorization": f"Bearer {secret}"})
+    assert_error(gone, 401)
+    assert_error(
+        served.client.post("/v1/keys/bot/revoke", headers=admin), 404, code="key_not_found"
+    )

@@ -486,3 +486,35 @@ def test_stopping_a_run_keeps_its_checkpoint_and_shows_how_to_resume(
         assert any((run_dir / "checkpoints").iterdir())
         assert not (served.settings.models_dir / "halted").exists()  # nothing half-registered
         ui.close()
+
+
+def test_an_admin_creates_and_revokes_a_key_in_the_keys_screen(
+    browser, docs_home: Path, tmp_path: Path, shots: Path
+) -> None:
+    keys = KeyStore(tmp_path / "keys.sqlite")
+    _, boss = keys.create("boss", admin=True)
+    served = _served(docs_home, keys=keys)
+    with uvicorn_in_thread(served.app) as base:
+        ui = Page(browser, base)
+        page = ui.page
+        ui.open("/ui/#keys")
+        page.fill("#api-key", boss)
+        page.dispatch_event("#api-key", "change")
+        page.wait_for_selector("#key-table td:has-text('boss')")
+        page.wait_for_selector("#status:empty", state="attached")  # the key fixed the listing
+        page.fill("#key-name", "analyst")
+        page.fill("#key-collections", "hb")
+        page.click("#key-create")
+        secret = page.wait_for_selector("#key-secret code").inner_text()
+        assert secret.startswith("cv-")
+        page.wait_for_selector("#key-table td:has-text('analyst')")
+        assert secret not in page.inner_text("#key-table")
+        page.screenshot(path=str(shots / "keys.png"), full_page=True)
+        # the key works as made: it sees only its collection
+        (record,) = [k for k in keys.list(False) if k.name == "analyst"]
+        assert record.collections == ("hb",) and not record.admin
+        page.once("dialog", lambda dialog: dialog.accept())
+        page.click("button[aria-label='Revoke analyst']")
+        page.wait_for_selector("#key-table td:has-text('analyst')", state="detached")
+        assert [k.name for k in keys.list(False)] == ["boss"]
+        ui.close()

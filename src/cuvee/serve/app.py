@@ -39,6 +39,7 @@ from cuvee.serve.bodylimit import BodyLimitMiddleware
 from cuvee.serve.collections import collections_route, document_route
 from cuvee.serve.generation import collect, start, stream
 from cuvee.serve.keys import ApiKey, Authenticator
+from cuvee.serve.keys_routes import create_key, list_keys, revoke_key
 from cuvee.serve.metrics import Metrics, MetricsMiddleware
 from cuvee.serve.models import ModelRegistry
 from cuvee.serve.openai_chat import ChatFormatter, chat_plan
@@ -66,6 +67,7 @@ from cuvee.serve.schemas import (
     ChatCompletionRequest,
     CompletionRequest,
     EmbeddingRequest,
+    KeyRequest,
     RetrieveRequest,
     RunRequest,
     VoteRequest,
@@ -365,6 +367,25 @@ def create_app(
         """Stop a run after its current step; its checkpoint is kept for --resume (admin)."""
         admin(request, key)
         return await anyio.to_thread.run_sync(runs.stop, name)
+
+    @app.get("/v1/keys")
+    async def keys_list(request: HTTPRequest, key: Key) -> dict[str, Any]:
+        """The active keys (admin): names, limits, scopes, dates; never a secret."""
+        admin(request, key)
+        return await anyio.to_thread.run_sync(list_keys, state.auth.store)
+
+    @app.post("/v1/keys", openapi_extra=body_doc(KeyRequest))
+    async def keys_create(request: HTTPRequest, key: Key) -> JSONResponse:
+        """A new key (admin); its secret is in this answer and nowhere else, ever."""
+        admin(request, key)
+        body = await _parse(request, KeyRequest)
+        return JSONResponse(await anyio.to_thread.run_sync(create_key, state.auth.store, body))
+
+    @app.post("/v1/keys/{name}/revoke")
+    async def keys_revoke(name: str, request: HTTPRequest, key: Key) -> dict[str, Any]:
+        """Revoke a key (admin); it stops working at its next request."""
+        admin(request, key)
+        return await anyio.to_thread.run_sync(revoke_key, state.auth.store, name)
 
     install_ui(app)
     return app

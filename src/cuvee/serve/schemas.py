@@ -246,6 +246,17 @@ class RunRequest(_Strict):
     knobs: dict[str, Any] = Field(default_factory=dict)
 
 
+class KeyRequest(_Strict):
+    """``POST /v1/keys`` (admin): a new key, as `cuvee keys create` makes one."""
+
+    name: str = Field(min_length=1, max_length=64)
+    rpm: int | None = Field(default=None, ge=1)
+    tpm: int | None = Field(default=None, ge=1)
+    models: list[str] | None = None
+    collections: list[str] | None = None
+    admin: bool = False
+
+
 # Where the OpenAPI document keeps the schemas that request bodies refer to.
 _COMPONENTS = "#/components/schemas/{model}"
 

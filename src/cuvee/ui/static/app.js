@@ -5,9 +5,10 @@ import { initChat } from "./chat.js";
 import { initCompare } from "./compare.js";
 import { initDocs } from "./docs.js";
 import { initModels } from "./models.js";
+import { initKeys } from "./keys.js";
 import { initTrain } from "./train.js";
 
-const screens = ["chat", "compare", "docs", "models", "train"];
+const screens = ["chat", "compare", "docs", "models", "train", "keys"];
 
 function show() {
   const wanted = location.hash.slice(1);
@@ -26,6 +27,7 @@ const compare = initCompare();
 const docs = initDocs();
 const models = initModels();
 const train = initTrain({ onModel: () => models.reload() });
+const keys = initKeys();
 const key = document.getElementById("api-key");
 key.value = apiKey();
 key.addEventListener("change", () => {
@@ -35,6 +37,7 @@ key.addEventListener("change", () => {
   docs.reload();
   models.reload();
   train.reload();
+  keys.reload();
 });
 window.addEventListener("hashchange", show);
 show();

@@ -148,8 +148,10 @@ async function loadModels() {
       }),
     );
     if (chat.some((m) => m.id === previous)) select.value = previous;
+    document.getElementById("status").textContent = "";
   } catch (error) {
-    document.getElementById("status").textContent = `Could not list the models: ${error.message}`;
+    const hint = error.status === 401 ? " Paste your key into the API key field." : "";
+    document.getElementById("status").textContent = `Could not list the models: ${error.message}${hint}`;
   }
 }
 
