@@ -25,21 +25,21 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import anyio
-from fastapi import Depends, FastAPI, Header
+from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 from starlette.requests import Request as HTTPRequest
 
 from cuvee import __version__
 from cuvee.serve import errors
 from cuvee.serve.bodylimit import BodyLimitMiddleware
-from cuvee.serve.collections import collections_route, document_route
+from cuvee.serve.deps import Key, check_model, parse
 from cuvee.serve.generation import collect, start, stream
-from cuvee.serve.keys import ApiKey, Authenticator
-from cuvee.serve.keys_routes import create_key, list_keys, revoke_key
+from cuvee.serve.keys import Authenticator
+from cuvee.serve.manage import MANAGE_BODIES, attach_managers, router
 from cuvee.serve.metrics import Metrics, MetricsMiddleware
 from cuvee.serve.models import ModelRegistry
 from cuvee.serve.openai_chat import ChatFormatter, chat_plan
@@ -61,47 +61,21 @@ from cuvee.serve.rag import (
 )
 from cuvee.serve.rag import retrieve_route as docs_retrieve
 from cuvee.serve.requestlog import RequestLog, RequestLogMiddleware, note
-from cuvee.serve.runs import RunManager, require_admin
-from cuvee.serve.runs import events as run_events
 from cuvee.serve.schemas import (
     ChatCompletionRequest,
     CompletionRequest,
     EmbeddingRequest,
-    KeyRequest,
     RetrieveRequest,
-    RunRequest,
-    VoteRequest,
     request_body,
     with_body_schemas,
 )
 from cuvee.serve.state import Capacity, ServerState
-from cuvee.serve.stored import list_route as store_list
-from cuvee.serve.stored import model_route as store_model
 from cuvee.serve.ui import install_ui
-from cuvee.serve.votes import append as append_vote
 
 if TYPE_CHECKING:
     from cuvee.config import Settings
 
 log = logging.getLogger("cuvee.serve")
-
-
-async def principal(
-    request: HTTPRequest, authorization: Annotated[str | None, Header()] = None
-) -> ApiKey | None:
-    """The API key of a /v1 request (None when the server has no keys): 401 otherwise. Runs
-    before the body is read, so a client without a key learns that first."""
-    state: ServerState = request.app.state.cuvee
-    key = state.auth.authenticate(authorization)
-    if key is not None:
-        note(request, key=key.name)  # the name only: the request log never holds a secret
-    return key
-
-
-# FastAPI resolves annotations by name from the module, so the dependency lives here.
-Key = Annotated[ApiKey | None, Depends(principal)]
-
-Body = TypeVar("Body", bound=BaseModel)
 
 
 def create_app(
@@ -223,7 +197,7 @@ def create_app(
         if collection is not None:
             await anyio.to_thread.run_sync(state.docs.open, collection, key, "model")
             return await anyio.to_thread.run_sync(state.docs.describe, collection)
-        await _check_model(state, key, model_id)
+        await check_model(state, key, model_id)
         if model_id == state.embeddings.model_id:
             return state.embeddings.describe()
         return await anyio.to_thread.run_sync(registry.describe, model_id)
@@ -232,12 +206,12 @@ def create_app(
     async def chat_completions(request: HTTPRequest, key: Key) -> Response:
         started = time.perf_counter()
         _check_open(state)
-        body = await _parse(request, ChatCompletionRequest)
+        body = await parse(request, ChatCompletionRequest)
         _note_body(request, state, body.model, body.messages)
         if is_docs_request(body):
             return await answer_route(state, request, key, body)
         check_not_rag(body)
-        await _check_model(state, key, body.model, purpose="generation")
+        await check_model(state, key, body.model, purpose="generation")
         plan, tool_plan = chat_plan(body)
         if key is not None:
             state.auth.limiter.admit(key)
@@ -249,9 +223,9 @@ def create_app(
     async def completions(request: HTTPRequest, key: Key) -> Response:
         started = time.perf_counter()
         _check_open(state)
-        body = await _parse(request, CompletionRequest)
+        body = await parse(request, CompletionRequest)
         _note_body(request, state, body.model, body.prompt)
-        await _check_model(state, key, body.model, purpose="generation")
+        await check_model(state, key, body.model, purpose="generation")
         plan, prompts = completion_plan(body)
         if key is not None:
             state.auth.limiter.admit(key)
@@ -264,9 +238,9 @@ def create_app(
     @app.post("/v1/embeddings", openapi_extra=body_doc(EmbeddingRequest))
     async def embeddings(request: HTTPRequest, key: Key) -> JSONResponse:
         _check_open(state)
-        body = await _parse(request, EmbeddingRequest)
+        body = await parse(request, EmbeddingRequest)
         _note_body(request, state, body.model, body.input)
-        await _check_model(state, key, body.model, purpose="embedding")
+        await check_model(state, key, body.model, purpose="embedding")
         texts = inputs_of(body)
         embedder = await state.embeddings.load()
         check_dimensions(body, embedder.dim)
@@ -287,106 +261,13 @@ def create_app(
     @app.post("/v1/retrieve", openapi_extra=body_doc(RetrieveRequest))
     async def retrieve(request: HTTPRequest, key: Key) -> JSONResponse:
         _check_open(state)
-        body = await _parse(request, RetrieveRequest)
+        body = await parse(request, RetrieveRequest)
         _note_body(request, state, f"rag:{body.collection}", body.query)
         return JSONResponse(await docs_retrieve(state, request, key, body))
 
-    @app.get("/v1/collections")
-    async def list_collections(key: Key) -> dict[str, Any]:
-        """The document collections this key may see: documents, chunks, embedding model."""
-        return await collections_route(state, key)
-
-    @app.get("/v1/collections/{name}/document")
-    async def get_document(name: str, key: Key, ref: str) -> dict[str, Any]:
-        """One document's whole text, by ``ref`` (its id or the path a citation names), so a
-        citation's character offsets can be shown in place."""
-        return await document_route(state, key, name, ref)
-
-    @app.post("/v1/votes", openapi_extra=body_doc(VoteRequest))
-    async def vote(request: HTTPRequest, key: Key) -> JSONResponse:
-        """A person's verdict on two models' answers (the web UI's compare screen), appended to
-        the pairwise votes file that `cuvee eval --suite pairwise` reads."""
-        body = await _parse(request, VoteRequest)
-        note(request, model=f"{body.a.model} vs {body.b.model}")
-        for side in (body.a, body.b):
-            await _check_model(state, key, side.model, purpose="generation")
-        stored = await anyio.to_thread.run_sync(append_vote, settings.home, body, key)
-        return JSONResponse(stored)
-
-    @app.get("/v1/store/models")
-    async def list_store(key: Key) -> dict[str, Any]:
-        """The stored models this key may use: kind, parent, licence, commercial use."""
-        from cuvee.store import ModelStore
-
-        return await store_list(ModelStore(settings.models_dir), key)
-
-    @app.get("/v1/store/models/{name}")
-    async def get_stored(name: str, key: Key) -> dict[str, Any]:
-        """One stored model: its whole manifest (lineage, recipe, exports) and model card."""
-        from cuvee.store import ModelStore
-
-        return await store_model(ModelStore(settings.models_dir), key, name)
-
-    runs = RunManager(settings)
-    state.extra["runs"] = runs
-
-    def admin(request: HTTPRequest, key: ApiKey | None) -> None:
-        require_admin(state.auth.enabled, key, request)
-
-    @app.get("/v1/runs")
-    async def list_runs(request: HTTPRequest, key: Key) -> dict[str, Any]:
-        """Training runs (admin): each one's status, and the shipped recipes to start from."""
-        from cuvee.train.recipe import shipped_recipes
-
-        admin(request, key)
-        data = await anyio.to_thread.run_sync(runs.list)
-        return {"object": "list", "data": data, "recipes": list(shipped_recipes())}
-
-    @app.post("/v1/runs", openapi_extra=body_doc(RunRequest))
-    async def start_run(request: HTTPRequest, key: Key) -> JSONResponse:
-        """Start `cuvee train` with a shipped recipe and knobs, or an uploaded data file
-        (admin); the recipe is checked before anything starts."""
-        admin(request, key)
-        body = await _parse(request, RunRequest)
-        return JSONResponse(await anyio.to_thread.run_sync(runs.start, body))
-
-    @app.get("/v1/runs/{name}")
-    async def run_status(name: str, request: HTTPRequest, key: Key) -> dict[str, Any]:
-        """Where a run stands: running, completed, stopped (with the resume command), failed."""
-        admin(request, key)
-        return await anyio.to_thread.run_sync(runs.status, name)
-
-    @app.get("/v1/runs/{name}/events")
-    async def follow_run(name: str, request: HTTPRequest, key: Key) -> Response:
-        """The run's metrics as server-sent events while it trains, then its end (admin)."""
-        admin(request, key)
-        return await run_events(runs, name)
-
-    @app.post("/v1/runs/{name}/stop")
-    async def stop_run(name: str, request: HTTPRequest, key: Key) -> dict[str, Any]:
-        """Stop a run after its current step; its checkpoint is kept for --resume (admin)."""
-        admin(request, key)
-        return await anyio.to_thread.run_sync(runs.stop, name)
-
-    @app.get("/v1/keys")
-    async def keys_list(request: HTTPRequest, key: Key) -> dict[str, Any]:
-        """The active keys (admin): names, limits, scopes, dates; never a secret."""
-        admin(request, key)
-        return await anyio.to_thread.run_sync(list_keys, state.auth.store)
-
-    @app.post("/v1/keys", openapi_extra=body_doc(KeyRequest))
-    async def keys_create(request: HTTPRequest, key: Key) -> JSONResponse:
-        """A new key (admin); its secret is in this answer and nowhere else, ever."""
-        admin(request, key)
-        body = await _parse(request, KeyRequest)
-        return JSONResponse(await anyio.to_thread.run_sync(create_key, state.auth.store, body))
-
-    @app.post("/v1/keys/{name}/revoke")
-    async def keys_revoke(name: str, request: HTTPRequest, key: Key) -> dict[str, Any]:
-        """Revoke a key (admin); it stops working at its next request."""
-        admin(request, key)
-        return await anyio.to_thread.run_sync(revoke_key, state.auth.store, name)
-
+    attach_managers(state)
+    bodies.extend(MANAGE_BODIES)
+    app.include_router(router)
     install_ui(app)
     return app
 
@@ -413,63 +294,6 @@ def _note_body(request: HTTPRequest, state: ServerState, model: str, prompt: Any
                 p.model_dump(exclude_none=True) if isinstance(p, BaseModel) else p for p in prompt
             ]
         note(request, prompt=prompt)
-
-
-async def _parse(request: HTTPRequest, model: type[Body]) -> Body:
-    """The JSON body validated as ``model``; any problem is a 400 naming the parameter."""
-    raw = await request.body()
-    try:
-        return model.model_validate_json(raw or b"null")
-    except ValidationError as exc:
-        raise errors.from_validation(list(exc.errors())) from None
-
-
-async def _check_model(
-    state: ServerState, key: ApiKey | None, model: str, purpose: str = "any"
-) -> None:
-    """404 for a model that does not exist or the key may not use; 400 for one that exists but
-    is the wrong kind for the route (a chat model asked for embeddings, or the other way), so
-    the client learns which model to send instead."""
-    collection = collection_of(model)
-    if collection is not None:  # rag:NAME answers chat completions only
-        await anyio.to_thread.run_sync(state.docs.open, collection, key, "model")
-        raise errors.invalid_param(
-            f"The model '{model}' answers from documents on /v1/chat/completions only.",
-            "model",
-            code="model_not_supported_here",
-        )
-    if key is not None and not key.allows(model):
-        raise errors.model_not_found(model)
-    embedding = state.embeddings.model_id
-    if model == embedding and purpose != "generation":
-        return
-    exists = await anyio.to_thread.run_sync(state.registry.exists, model)
-    if purpose == "embedding":
-        if exists:
-            raise errors.invalid_param(
-                f"The model '{model}' is a chat model, not an embedding model: "
-                f"/v1/embeddings serves '{embedding}'.",
-                "model",
-                code="model_not_embedding",
-            )
-        raise errors.model_not_found(model)
-    if not exists and model == embedding:
-        raise errors.invalid_param(
-            f"The model '{model}' is an embedding model: use it with /v1/embeddings, and a chat "
-            "model (see /v1/models) here.",
-            "model",
-            code="model_not_chat",
-        )
-    if not exists:
-        problem = await anyio.to_thread.run_sync(state.registry.adapter_problem, model)
-        if problem is not None:
-            raise errors.invalid_param(
-                f"The model '{model}' cannot be served as an adapter over its base: {problem}. "
-                "Serve the fine-tune by its own name instead.",
-                "model",
-                code="adapter_not_servable",
-            )
-        raise errors.model_not_found(model)
 
 
 async def _preload(state: ServerState) -> None:

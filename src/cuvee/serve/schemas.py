@@ -257,6 +257,14 @@ class KeyRequest(_Strict):
     admin: bool = False
 
 
+class EvalRequest(_Strict):
+    """``POST /v1/evals`` (admin): `cuvee eval MODELS --suite SUITES [--limit N]`."""
+
+    models: list[str] = Field(min_length=1, max_length=8)
+    suites: list[str] = Field(default_factory=lambda: ["instructions"], min_length=1)
+    limit: int | None = Field(default=None, ge=1)
+
+
 # Where the OpenAPI document keeps the schemas that request bodies refer to.
 _COMPONENTS = "#/components/schemas/{model}"
 
