@@ -242,3 +242,21 @@ def test_keys_are_managed_by_an_admin_and_secrets_shown_once(
     assert_error(
         served.client.post("/v1/keys/bot/revoke", headers=admin), 404, code="key_not_found"
     )
+
+
+def test_evaluations_need_an_admin_and_known_suites(docs_home: Path, tmp_path: Path) -> None:  # noqa: F811
+    keys = KeyStore(tmp_path / "keys.sqlite")
+    _, plain = keys.create("plain")
+    _, boss = keys.create("boss", admin=True)
+    served = Served(docs_home, keys=keys)
+    body = {"models": ["fake"], "suites": ["tasks"], "limit": 1}
+    r = served.client.post("/v1/evals", json=body, headers={"Authorization": f"Bearer {plain}"})
+    assert_error(r, 403, code="admin_required")
+    admin = {"Authorization": f"Bearer {boss}"}
+    listed = served.client.get("/v1/evals", headers=admin)
+    assert listed.status_code == 200 and "tasks" in listed.json()["suites"]
+    bad = {**body, "suites": ["no-such-suite"]}
+    assert_error(served.client.post("/v1/evals", json=bad, headers=admin), 400, param="suites")
+    assert_error(served.client.post("/v1/evals", json={"models": []}, headers=admin), 400)
+    for path in ("/v1/evals/eval-20260101-000000", "/v1/evals/../keys/report"):
+        assert served.client.get(path, headers=admin).status_code == 404

@@ -518,3 +518,36 @@ def test_an_admin_creates_and_revokes_a_key_in_the_keys_screen(
         page.wait_for_selector("#key-table td:has-text('analyst')", state="detached")
         assert [k.name for k in keys.list(False)] == ["boss"]
         ui.close()
+
+
+def test_an_evaluation_runs_shows_its_figures_and_opens_its_report(
+    browser, docs_home: Path, shots: Path
+) -> None:
+    served = _served(docs_home)
+    with uvicorn_in_thread(served.app) as base:
+        ui = Page(browser, base)
+        page = ui.page
+        ui.open("/ui/#evaluate")
+        page.wait_for_selector("#eval-suites input[value=tasks]", state="attached")
+        # the model: this very server's fake engine, as an OpenAI-compatible endpoint
+        page.uncheck("#eval-models input[value=fake]")
+        page.fill("#eval-endpoint", f"openai:{base}/v1#fake")
+        page.uncheck("#eval-suites input[value=instructions]")
+        page.check("#eval-suites input[value=tasks]")
+        page.fill("#eval-limit", "2")
+        page.click("#eval-run")
+        deadline = time.monotonic() + 180
+        while not page.inner_text("#eval-status").startswith(("Done", "The evaluation failed")):
+            assert time.monotonic() < deadline, page.inner_text("#eval-status")
+            time.sleep(0.1)
+        assert page.inner_text("#eval-status").startswith("Done"), page.inner_text("#eval-status")
+        assert page.locator("#eval-results table").count() >= 1
+        assert "tasks" in page.inner_text("#eval-results caption")
+        page.screenshot(path=str(shots / "evaluate.png"), full_page=True)
+        with page.expect_popup() as popup:
+            page.click("#eval-results a")
+        report = popup.value
+        report.wait_for_load_state()
+        assert "tasks" in report.content()
+        assert "eval-" in page.inner_text("#eval-list")
+        ui.close()

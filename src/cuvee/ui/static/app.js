@@ -5,10 +5,11 @@ import { initChat } from "./chat.js";
 import { initCompare } from "./compare.js";
 import { initDocs } from "./docs.js";
 import { initModels } from "./models.js";
+import { initEvaluate } from "./evaluate.js";
 import { initKeys } from "./keys.js";
 import { initTrain } from "./train.js";
 
-const screens = ["chat", "compare", "docs", "models", "train", "keys"];
+const screens = ["chat", "compare", "docs", "models", "train", "evaluate", "keys"];
 
 function show() {
   const wanted = location.hash.slice(1);
@@ -28,6 +29,7 @@ const docs = initDocs();
 const models = initModels();
 const train = initTrain({ onModel: () => models.reload() });
 const keys = initKeys();
+const evaluate = initEvaluate();
 const key = document.getElementById("api-key");
 key.value = apiKey();
 key.addEventListener("change", () => {
@@ -38,6 +40,7 @@ key.addEventListener("change", () => {
   models.reload();
   train.reload();
   keys.reload();
+  evaluate.reload();
 });
 window.addEventListener("hashchange", show);
 show();
