@@ -260,3 +260,52 @@ def test_evaluations_need_an_admin_and_known_suites(docs_home: Path, tmp_path: P
     assert_error(served.client.post("/v1/evals", json={"models": []}, headers=admin), 400)
     for path in ("/v1/evals/eval-20260101-000000", "/v1/evals/../keys/report"):
         assert served.client.get(path, headers=admin).status_code == 404
+
+
+def test_uploads_need_an_admin_and_a_readable_file(docs_home: Path, tmp_path: Path) -> None:  # noqa: F811
+    import base64
+
+    keys = KeyStore(tmp_path / "keys.sqlite")
+    _, plain = keys.create("plain")
+    _, boss = keys.create("boss", admin=True)
+    served = Served(docs_home, keys=keys)
+    text = base64.b64encode(b"The pond is 3 metres deep.\n").decode()
+    body = {"files": [{"name": "pond.txt", "content_base64": text}]}
+    r = served.client.post(
+        "/v1/collections/garden/documents", json=body, headers={"Authorization": f"Bearer {plain}"}
+    )
+    assert_error(r, 403, code="admin_required")
+    admin = {"Authorization": f"Bearer {boss}"}
+    bad = {"files": [{"name": "run.exe", "content_base64": text}]}
+    assert_error(
+        served.client.post("/v1/collections/garden/documents", json=bad, headers=admin),
+        400,
+        param="files",
+    )
+    garbled = {"files": [{"name": "pond.txt", "content_base64": "%%%"}]}
+    assert_error(
+        served.client.post("/v1/collections/garden/documents", json=garbled, headers=admin), 400
+    )
+    assert_error(
+        served.client.post("/v1/collections/Bad Name/documents", json=body, headers=admin), 400
+    )
+    assert "garden" not in [
+        c["id"] for c in served.client.get("/v1/collections", headers=admin).json()["data"]
+    ]
+    ok = served.client.post("/v1/collections/garden/documents", json=body, headers=admin)
+    assert ok.status_code == 200, ok.text
+    assert len(ok.json()["added"]) == 1
+    again = served.client.post("/v1/collections/garden/documents", json=body, headers=admin)
+    assert again.json()["unchanged"] == 1
+    synced = served.client.post("/v1/collections/garden/sync", headers=admin)
+    assert synced.status_code == 200 and synced.json()["unchanged"] == 1
+    (doc,) = served.client.get("/v1/collections/garden/documents", headers=admin).json()["data"]
+    gone = served.client.post(
+        "/v1/collections/garden/documents/remove", json={"ref": str(doc["id"])}, headers=admin
+    )
+    assert gone.status_code == 200
+    assert not Path(doc["path"]).exists()  # the uploaded file goes with it
+    missing = served.client.post(
+        "/v1/collections/garden/documents/remove", json={"ref": "nope"}, headers=admin
+    )
+    assert_error(missing, 404, code="document_not_found")

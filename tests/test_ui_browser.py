@@ -551,3 +551,41 @@ def test_an_evaluation_runs_shows_its_figures_and_opens_its_report(
         assert "tasks" in report.content()
         assert "eval-" in page.inner_text("#eval-list")
         ui.close()
+
+
+def test_documents_are_uploaded_asked_and_removed(
+    browser, docs_home: Path, tmp_path: Path, shots: Path
+) -> None:
+    note = tmp_path / "greenhouse.md"
+    note.write_text(
+        "# Greenhouse\n\nThe greenhouse opens at 7 am on weekdays. Watering is done by Ana.\n",
+        encoding="utf-8",
+    )
+    served = _served(docs_home, "The greenhouse opens at 7 am on weekdays [1].")
+    with uvicorn_in_thread(served.app) as base:
+        ui = Page(browser, base)
+        page = ui.page
+        ui.open("/ui/#docs")
+        page.wait_for_selector("#docs-collection option[value=hb]", state="attached")
+        page.click("#docs-manage summary")
+        page.fill("#upload-collection", "garden")
+        page.set_input_files("#upload-files", [str(note)])
+        page.click("#upload")
+        page.wait_for_selector(
+            "#manage-status:has-text('garden: 1 added, 0 updated, 0 unchanged.')"
+        )
+        page.wait_for_selector("#docs-collection option[value=garden]", state="attached")
+        assert page.input_value("#docs-collection") == "garden"
+        page.wait_for_selector("#doc-list li:has-text('Greenhouse')")
+        page.fill("#docs-question", "At what time does the greenhouse open on weekdays?")
+        page.click("#ask")
+        page.click("#answer .cite")
+        mark = page.wait_for_selector("#source-text mark")
+        assert "7 am" in mark.inner_text()
+        page.screenshot(path=str(shots / "documents-manage.png"), full_page=True)
+        page.once("dialog", lambda dialog: dialog.accept())
+        page.click("button[aria-label='Remove Greenhouse']")
+        page.wait_for_selector("#manage-status:has-text('Removed')")
+        r = served.client.get("/v1/collections/garden/documents")
+        assert r.json()["data"] == []
+        ui.close()

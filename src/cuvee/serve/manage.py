@@ -12,7 +12,8 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
 from starlette.requests import Request as HTTPRequest
 
-from cuvee.serve.collections import collections_route, document_route
+from cuvee.serve import collections as collection_writes
+from cuvee.serve.collections import collections_route, document_route, documents_route
 from cuvee.serve.deps import Key, check_model, parse, state_of
 from cuvee.serve.evals import EvalManager
 from cuvee.serve.evals import events as eval_events
@@ -21,14 +22,22 @@ from cuvee.serve.keys_routes import create_key, list_keys, revoke_key
 from cuvee.serve.requestlog import note
 from cuvee.serve.runs import RunManager, require_admin
 from cuvee.serve.runs import events as run_events
-from cuvee.serve.schemas import EvalRequest, KeyRequest, RunRequest, VoteRequest, request_body
+from cuvee.serve.schemas import (
+    EvalRequest,
+    KeyRequest,
+    RemoveRequest,
+    RunRequest,
+    UploadRequest,
+    VoteRequest,
+    request_body,
+)
 from cuvee.serve.stored import list_route as store_list
 from cuvee.serve.stored import model_route as store_model
 from cuvee.serve.votes import append as append_vote
 
 router = APIRouter()
 # The bodies of this router's routes, for the OpenAPI document's schemas.
-MANAGE_BODIES = [VoteRequest, RunRequest, KeyRequest, EvalRequest]
+MANAGE_BODIES = [VoteRequest, RunRequest, KeyRequest, EvalRequest, UploadRequest, RemoveRequest]
 
 
 def attach_managers(state: Any) -> None:
@@ -60,6 +69,39 @@ async def get_document(request: HTTPRequest, name: str, key: Key, ref: str) -> d
     """One document's whole text, by ``ref`` (its id or the path a citation names), so a
     citation's character offsets can be shown in place."""
     return await document_route(state_of(request), key, name, ref)
+
+
+@router.get("/v1/collections/{name}/documents")
+async def list_documents(request: HTTPRequest, name: str, key: Key) -> dict[str, Any]:
+    """A collection's documents: id, path, title, passages."""
+    return await documents_route(state_of(request), key, name)
+
+
+@router.post("/v1/collections/{name}/documents", openapi_extra=request_body(UploadRequest))
+async def upload_documents(request: HTTPRequest, name: str, key: Key) -> JSONResponse:
+    """Upload files (txt, md, html, pdf, docx; base64) and index them into collection NAME,
+    created if new (admin)."""
+    _admin(request, key)
+    body = await parse(request, UploadRequest)
+    state = state_of(request)
+    return JSONResponse(await anyio.to_thread.run_sync(collection_writes.upload, state, name, body))
+
+
+@router.post("/v1/collections/{name}/sync")
+async def sync_collection(request: HTTPRequest, name: str, key: Key) -> dict[str, Any]:
+    """Re-read every document from its file: changed ones indexed again, vanished dropped
+    (admin)."""
+    _admin(request, key)
+    return await anyio.to_thread.run_sync(collection_writes.sync, state_of(request), name)
+
+
+@router.post("/v1/collections/{name}/documents/remove", openapi_extra=request_body(RemoveRequest))
+async def remove_document(request: HTTPRequest, name: str, key: Key) -> dict[str, Any]:
+    """Take one document out of collection NAME (admin)."""
+    _admin(request, key)
+    body = await parse(request, RemoveRequest)
+    state = state_of(request)
+    return await anyio.to_thread.run_sync(collection_writes.remove, state, name, body.ref)
 
 
 @router.post("/v1/votes", openapi_extra=request_body(VoteRequest))

@@ -265,6 +265,23 @@ class EvalRequest(_Strict):
     limit: int | None = Field(default=None, ge=1)
 
 
+class UploadFileBody(_Strict):
+    name: str = Field(min_length=1, max_length=200)
+    content_base64: str
+
+
+class UploadRequest(_Strict):
+    """``POST /v1/collections/{name}/documents`` (admin): files to index into the collection."""
+
+    files: list[UploadFileBody] = Field(min_length=1, max_length=100)
+
+
+class RemoveRequest(_Strict):
+    """``POST /v1/collections/{name}/documents/remove`` (admin): one document, by id or path."""
+
+    ref: str = Field(min_length=1)
+
+
 # Where the OpenAPI document keeps the schemas that request bodies refer to.
 _COMPONENTS = "#/components/schemas/{model}"
 

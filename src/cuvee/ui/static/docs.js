@@ -40,6 +40,7 @@ async function loadCollections() {
   );
   if (collections.some((c) => c.id === previous)) select.value = previous;
   describe();
+  listDocuments();
 }
 
 function describe() {
@@ -161,8 +162,99 @@ async function ask(event) {
   }
 }
 
+// ---- managing (admin): upload, sync, remove -------------------------------------------------
+
+function base64(buffer) {
+  const bytes = new Uint8Array(buffer);
+  let binary = "";
+  for (let i = 0; i < bytes.length; i += 0x8000) {
+    binary += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
+  }
+  return btoa(binary);
+}
+
+function managed() {
+  return $("upload-collection").value.trim() || $("docs-collection").value;
+}
+
+async function listDocuments() {
+  const name = managed();
+  const list = $("doc-list");
+  if (!name || !collections.some((c) => c.id === name)) return list.replaceChildren();
+  try {
+    const docs = (await getJSON(`/v1/collections/${encodeURIComponent(name)}/documents`)).data;
+    list.replaceChildren(
+      ...docs.map((d) => {
+        const li = text("li", `${d.title || d.path} (${d.chunks} passages) `);
+        const b = text("button", "Remove");
+        b.type = "button";
+        b.setAttribute("aria-label", `Remove ${d.title || d.path}`);
+        b.addEventListener("click", async () => {
+          if (!window.confirm(`Remove "${d.title || d.path}" from ${name}?`)) return;
+          try {
+            await postJSON(`/v1/collections/${encodeURIComponent(name)}/documents/remove`, { ref: String(d.id) });
+            $("manage-status").textContent = `Removed ${d.title || d.path}.`;
+            await loadCollections();
+          } catch (error) {
+            $("manage-status").textContent = error.message;
+          }
+        });
+        li.append(b);
+        return li;
+      }),
+    );
+  } catch (error) {
+    list.replaceChildren(text("li", error.message, "note"));
+  }
+}
+
+function reportLine(r) {
+  const parts = [`${r.added.length} added`, `${r.updated.length} updated`, `${r.unchanged} unchanged`];
+  if (r.removed && r.removed.length) parts.push(`${r.removed.length} removed`);
+  if (r.skipped && r.skipped.length) parts.push(`${r.skipped.length} skipped: ${r.skipped.map((s) => `${s.path}: ${s.error}`).join("; ")}`);
+  return `${r.collection}: ${parts.join(", ")}.`;
+}
+
+async function upload(event) {
+  event.preventDefault();
+  const name = managed();
+  const files = [...$("upload-files").files];
+  if (!name || !files.length) {
+    $("manage-status").textContent = "Name a collection and choose files.";
+    return;
+  }
+  $("manage-status").textContent = "Indexing…";
+  try {
+    const body = { files: await Promise.all(files.map(async (f) => ({ name: f.name, content_base64: base64(await f.arrayBuffer()) }))) };
+    const report = await postJSON(`/v1/collections/${encodeURIComponent(name)}/documents`, body);
+    $("manage-status").textContent = reportLine(report);
+    $("upload-files").value = "";
+    await loadCollections();
+    $("docs-collection").value = name;
+    describe();
+  } catch (error) {
+    $("manage-status").textContent = `Not indexed: ${error.message}`;
+  }
+}
+
+async function sync() {
+  const name = managed();
+  try {
+    $("manage-status").textContent = reportLine(await postJSON(`/v1/collections/${encodeURIComponent(name)}/sync`, {}));
+    await loadCollections();
+  } catch (error) {
+    $("manage-status").textContent = error.message;
+  }
+}
+
 export function initDocs() {
-  $("docs-collection").addEventListener("change", describe);
+  $("docs-collection").addEventListener("change", () => {
+    describe();
+    listDocuments();
+  });
+  $("upload-form").addEventListener("submit", upload);
+  $("docs-sync").addEventListener("click", sync);
+  $("upload-collection").addEventListener("change", listDocuments);
   $("ask-form").addEventListener("submit", ask);
   loadCollections();
   return { reload: loadCollections };
