@@ -142,6 +142,9 @@ def try_these(plan: Plan) -> str:
     return f"""
 Try it:
 
+  http://127.0.0.1:{plan.port}/ui   in a browser: chat, compare {plan.base} with {plan.name},
+                                   ask the documents, train, evaluate
+
   cuvee chat {plan.name}
   cuvee ask {SAMPLE_COLLECTION} "How many days of annual leave do I get?" --model {plan.name}
   cuvee eval {plan.base} {plan.name} --suite tasks --limit 20 --report report.html

@@ -162,7 +162,11 @@ def serve(
     )
     auth = "API keys required" if keys.has_active() else "no API key needed"
     shown = f"[{host}]" if ":" in host else host
-    click.echo(f"serving on http://{shown}:{port}/v1 ({auth}); Ctrl-C stops", err=True)
+    click.echo(
+        f"serving on http://{shown}:{port}/v1 ({auth}), web UI at http://{shown}:{port}/ui; "
+        "Ctrl-C stops",
+        err=True,
+    )
     # the request log replaces uvicorn's access log (which would print each request twice)
     config = uvicorn.Config(
         app, host=host, port=port, log_level="info", access_log=False, timeout_graceful_shutdown=5

@@ -125,7 +125,13 @@ function drawAnswer(response, collection) {
     }
     box.append(list);
   }
-  const dropped = (response.sentences || []).filter((s) => s.verdict === "unsupported" || s.verdict === "off_topic");
+  const seen = new Set();
+  const dropped = (response.sentences || []).filter((s) => {
+    if (s.verdict !== "unsupported" && s.verdict !== "off_topic") return false;
+    if (seen.has(s.text)) return false; // a small model repeats itself: each once
+    seen.add(s.text);
+    return true;
+  });
   if (dropped.length) {
     box.append(text("h3", "Dropped by the checker"));
     const list = document.createElement("ul");
