@@ -303,6 +303,15 @@ def test_a_citation_opens_its_source_with_the_quote_highlighted(
         whole = page.inner_text("#source-text")
         assert whole[citation["start"] : citation["end"]] == citation["quote"]
         assert "free car" in page.inner_text("#answer .dropped")  # dropped, shown as such
+        # a new question closes the last answer's source
+        page.fill("#docs-question", "What is the capital of the planet Zorblax?")
+        page.click("#ask")
+        page.wait_for_selector("#answer .abstained")
+        assert page.is_hidden("#source") and page.locator("#source-text mark").count() == 0
+        page.fill("#docs-question", "How many days of paid annual leave does a full-time get?")
+        page.click("#ask")
+        page.click("#answer .cite")
+        page.wait_for_selector("#source-text mark")
         page.screenshot(path=str(shots / "documents.png"), full_page=True)
         ui.close()
 
@@ -389,7 +398,10 @@ def test_the_models_screen_shows_lineage_exports_and_card(
 
     settings, store = store_tiny(tiny_gemma_dir, "tiny", licence="MIT")
     card = store.model_dir("tiny") / "MODEL_CARD.md"
-    card.write_text(f"# Tiny\n\nA **test** model. {XSS}\n", encoding="utf-8")
+    card.write_text(
+        f"# Tiny\n\nA **test** model. {XSS}\n\n| file | records |\n|---|---|\n| a.jsonl | 12 |\n",
+        encoding="utf-8",
+    )
     served = _served(docs_home)
     with uvicorn_in_thread(served.app) as base:
         ui = Page(browser, base)
@@ -401,6 +413,7 @@ def test_the_models_screen_shows_lineage_exports_and_card(
         assert "MIT" in detail and "Commercial use" in detail and "yes" in detail
         assert "No exports yet" in detail
         assert page.inner_text("#model-detail .card strong") == "test"
+        assert page.inner_text("#model-detail .card td >> nth=1") == "12"  # a Markdown table
         assert page.locator("#model-detail img, #model-detail script").count() == 0
         assert page.evaluate("window.__pwned") is None
         page.screenshot(path=str(shots / "models.png"), full_page=True)

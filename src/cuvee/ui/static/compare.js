@@ -120,7 +120,13 @@ async function run(event) {
     const model = models.find((m) => m.id === r.model) || { id: r.model };
     const col = column(model, pair ? "AB"[i] : null);
     columns.append(col);
-    const body = { model: r.model, messages, stream: true, stream_options: { include_usage: true } };
+    const body = {
+      model: r.model,
+      messages,
+      stream: true,
+      stream_options: { include_usage: true },
+      max_tokens: Number($("compare-max-tokens").value) || 256,
+    };
     return runOne(r, body, col);
   });
   $("compare-run").disabled = true;

@@ -151,6 +151,9 @@ async function ask(event) {
   if (!collection || !question || asking) return;
   asking = new AbortController();
   $("ask").disabled = true;
+  // the last answer's source goes with it: a panel left open would show the wrong document
+  $("source").hidden = true;
+  $("source-text").replaceChildren();
   $("answer").replaceChildren(text("p", "Searching and checking…", "note"));
   try {
     const response = await postJSON(

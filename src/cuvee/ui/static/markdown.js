@@ -47,7 +47,7 @@ function paragraph(lines) {
   return p;
 }
 
-// Blocks: fenced code, headings, bulleted and numbered lists, quotes, paragraphs.
+// Blocks: fenced code, headings, bulleted and numbered lists, tables, quotes, paragraphs.
 export function render(text) {
   const out = document.createDocumentFragment();
   const lines = String(text).replace(/\r\n/g, "\n").split("\n");
@@ -89,6 +89,22 @@ export function render(text) {
         i += 1;
       }
       out.append(list);
+      continue;
+    }
+    if (/^\s*\|.*\|\s*$/.test(line) && /^\s*\|[\s:|-]+\|\s*$/.test(lines[i + 1] || "")) {
+      flush();
+      const cells = (row) => row.trim().replace(/^\||\|$/g, "").split("|").map((c) => c.trim());
+      const table = el("table");
+      const head = el("tr", ...cells(line).map((c) => el("th", inline(c))));
+      table.append(el("thead", head));
+      const body = el("tbody");
+      i += 2;
+      while (i < lines.length && /^\s*\|.*\|\s*$/.test(lines[i])) {
+        body.append(el("tr", ...cells(lines[i]).map((c) => el("td", inline(c)))));
+        i += 1;
+      }
+      table.append(body);
+      out.append(table);
       continue;
     }
     const quote = line.match(/^>\s?(.*)$/);
