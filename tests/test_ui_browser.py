@@ -421,29 +421,37 @@ def test_the_models_screen_shows_lineage_exports_and_card(
         ui.close()
 
 
+def _start_training(
+    ui: Page, tiny_dir: Path, tmp_path: Path, name: str, steps: int, knobs: str
+) -> None:
+    """Store the tiny base model, then start a run of it from the train screen on an uploaded
+    data file of 40 records (short rows, fp32: a few seconds on the CPU)."""
+    from helpers import store_tiny, write_data
+
+    store_tiny(tiny_dir, "tiny", licence="MIT")
+    data = write_data(tmp_path / "mine.jsonl", n=40)
+    page = ui.page
+    ui.open("/ui/#train")
+    page.wait_for_selector("#train-base option[value=tiny]", state="attached")
+    page.fill("#train-name", name)
+    page.select_option("#train-base", "tiny")
+    page.set_input_files("#train-file", str(data))
+    page.fill("#train-steps", str(steps))
+    page.fill("#train-knobs", f"seq_len: 48\nbatch_size: 2\nprecision: fp32\n{knobs}")
+    page.click("#train-start")
+
+
 def test_a_training_run_is_started_watched_and_ends_in_models(
     browser, docs_home: Path, tiny_gemma_dir: Path, tmp_path: Path, shots: Path
 ) -> None:
-    from helpers import store_tiny, write_data
-
-    store_tiny(tiny_gemma_dir, "tiny", licence="MIT")
-    data = write_data(tmp_path / "mine.jsonl", n=40)
     served = _served(docs_home)
     with uvicorn_in_thread(served.app) as base:
         ui = Page(browser, base)
         page = ui.page
-        ui.open("/ui/#train")
-        page.wait_for_selector("#train-base option[value=tiny]", state="attached")
-        page.fill("#train-name", "web-tuned")
-        page.select_option("#train-base", "tiny")
-        page.set_input_files("#train-file", str(data))
-        page.fill("#train-steps", "20")
-        page.fill(
-            "#train-knobs",
-            "seq_len: 48\nbatch_size: 2\nlr: 0.01\nepochs: 100\nprecision: fp32\n"
-            "eval_split: 0.2\nseed: 3",
-        )
-        page.click("#train-start")
+        _start_training(
+            ui, tiny_gemma_dir, tmp_path, "web-tuned", 20,
+            "lr: 0.01\nepochs: 100\neval_split: 0.2\nseed: 3",
+        )  # fmt: skip
         seen = []  # the step shown, as the page updates it
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline:
@@ -475,22 +483,11 @@ def test_a_training_run_is_started_watched_and_ends_in_models(
 def test_stopping_a_run_keeps_its_checkpoint_and_shows_how_to_resume(
     browser, docs_home: Path, tiny_gemma_dir: Path, tmp_path: Path
 ) -> None:
-    from helpers import store_tiny, write_data
-
-    store_tiny(tiny_gemma_dir, "tiny", licence="MIT")
-    data = write_data(tmp_path / "mine.jsonl", n=40)
     served = _served(docs_home)
     with uvicorn_in_thread(served.app) as base:
         ui = Page(browser, base)
         page = ui.page
-        ui.open("/ui/#train")
-        page.wait_for_selector("#train-base option[value=tiny]", state="attached")
-        page.fill("#train-name", "halted")
-        page.select_option("#train-base", "tiny")
-        page.set_input_files("#train-file", str(data))
-        page.fill("#train-steps", "100000")
-        page.fill("#train-knobs", "seq_len: 48\nbatch_size: 2\nepochs: 100000\nprecision: fp32")
-        page.click("#train-start")
+        _start_training(ui, tiny_gemma_dir, tmp_path, "halted", 100000, "epochs: 100000")
         page.wait_for_selector(".fig-step", timeout=120_000)
         page.click("#train-stop")
         deadline = time.monotonic() + 120
@@ -498,7 +495,7 @@ def test_stopping_a_run_keeps_its_checkpoint_and_shows_how_to_resume(
             assert time.monotonic() < deadline, page.inner_text("#train-status")
             time.sleep(0.1)
         assert "cuvee train --resume halted" in page.inner_text("#train-status")
-        assert "halted: stopped" in page.inner_text("#run-list")
+        page.wait_for_selector("#run-list li:has-text('halted: stopped')")  # listed once read
         run_dir = next(served.settings.runs_dir.glob("halted-*"))
         assert any((run_dir / "checkpoints").iterdir())
         assert not (served.settings.models_dir / "halted").exists()  # nothing half-registered

@@ -3,6 +3,7 @@
 // checker dropped, and abstentions, are shown as such.
 
 import { getJSON, postJSON } from "./api.js";
+import { el as text } from "./dom.js";
 
 const $ = (id) => document.getElementById(id);
 let collections = [];
@@ -14,12 +15,6 @@ function place(title, section) {
   return [title, section].filter(Boolean).join(" > ");
 }
 
-function text(tag, content, className) {
-  const node = document.createElement(tag);
-  node.textContent = content;
-  if (className) node.className = className;
-  return node;
-}
 
 async function loadCollections() {
   const select = $("docs-collection");

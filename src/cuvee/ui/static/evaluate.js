@@ -2,16 +2,11 @@
 // progress, read the figures, open the HTML report; past reports are listed.
 
 import { getJSON, postJSON, stream } from "./api.js";
+import { el } from "./dom.js";
 
 const $ = (id) => document.getElementById(id);
 let running = null;
 
-function el(tag, text, className) {
-  const node = document.createElement(tag);
-  if (text !== undefined && text !== null) node.textContent = String(text);
-  if (className) node.className = className;
-  return node;
-}
 
 function checks(box, values, checked) {
   box.replaceChildren(

@@ -1,15 +1,10 @@
 // The keys screen (admin): the active keys (never their secrets), a new key shown once, revoke.
 
 import { getJSON, postJSON } from "./api.js";
+import { el } from "./dom.js";
 
 const $ = (id) => document.getElementById(id);
 
-function el(tag, text, className) {
-  const node = document.createElement(tag);
-  if (text !== undefined && text !== null) node.textContent = String(text);
-  if (className) node.className = className;
-  return node;
-}
 
 function list(value) {
   const items = value.split(",").map((s) => s.trim()).filter(Boolean);

@@ -3,16 +3,11 @@
 // exports with their sizes and quantization fidelity) and its model card.
 
 import { getJSON } from "./api.js";
+import { el } from "./dom.js";
 import { render } from "./markdown.js";
 
 const $ = (id) => document.getElementById(id);
 
-function el(tag, text, className) {
-  const node = document.createElement(tag);
-  if (text !== undefined && text !== null) node.textContent = String(text);
-  if (className) node.className = className;
-  return node;
-}
 
 function commercial(value) {
   return value === true ? "yes" : value === false ? "no" : "unknown";

@@ -4,6 +4,7 @@
 // the model under Models when it is done.
 
 import { getJSON, postJSON, stream } from "./api.js";
+import { el } from "./dom.js";
 
 const $ = (id) => document.getElementById(id);
 const SVG = "http://www.w3.org/2000/svg";
@@ -11,12 +12,6 @@ let following = null;
 let points = [];
 let onModel = () => {};
 
-function el(tag, text, className) {
-  const node = document.createElement(tag);
-  if (text !== undefined && text !== null) node.textContent = String(text);
-  if (className) node.className = className;
-  return node;
-}
 
 function knobs(text) {
   const out = {};
