@@ -47,6 +47,8 @@ def check_exposure(host: str, has_keys: bool, insecure_no_auth: bool) -> str | N
   cuvee keys create --name team && cuvee serve --host 0.0.0.0 --model demo
   curl localhost:8000/v1/chat/completions -H 'Content-Type: application/json' \\
     -d '{"model": "demo", "messages": [{"role": "user", "content": "Hello"}]}'
+  cuvee serve --upstream vllm=http://gpu1:8000/v1   # also serves vllm/MODEL from that server
+  cuvee serve --config serve.yaml                   # routes: fallback chains, replicas
 
 \b
 Endpoints: /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/retrieve, /v1/models,
@@ -54,7 +56,9 @@ Endpoints: /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/retrieve, 
 body) answers from a `cuvee docs` collection, every sentence checked, with a `citations` field;
 keys made with --collections see only those collections. One JSON line per request goes to
 stderr (or --log-file), without prompt text unless --log-prompts. SIGTERM or Ctrl-C drains:
-running streams finish, new requests get 503."""
+running streams finish, new requests get 503. The web UI is at /ui. A route of serve.yaml (see
+the README) answers from the first of its targets that works; a response says which served it
+(`cuvee.served_by`), and a stream cut after tokens ends with finish_reason "error"."""
 )
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
@@ -105,6 +109,20 @@ running streams finish, new requests get 503."""
     help="Seconds a shutdown signal waits for running streams (new requests get 503 "
     "meanwhile); a second signal stops at once. 0: no drain.",
 )
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="serve.yaml: upstream servers and routes (fallback, replicas) beside the local models.",
+)
+@click.option(
+    "--upstream",
+    "upstreams",
+    multiple=True,
+    help="NAME=URL: an OpenAI-compatible server whose models are served as NAME/MODEL "
+    "(repeatable; key from CUVEE_UPSTREAM_<NAME>_API_KEY).",
+)
 @click.pass_obj
 def serve(
     settings: Settings,
@@ -118,6 +136,8 @@ def serve(
     log_file: Path | None,
     log_prompts: bool,
     drain_timeout: float,
+    config_file: Path | None,
+    upstreams: tuple[str, ...],
 ) -> None:
     """Serve the store's models through an OpenAI-compatible API (chat, completions, models,
     answers from document collections).
@@ -157,8 +177,19 @@ def serve(
         engine_options={"n_threads": threads} if threads else {},
     )
     request_log = RequestLog(log_file, log_prompts=log_prompts)
+    gateway = None
+    if config_file is not None or upstreams:
+        from cuvee.serve.gateway.config import load
+        from cuvee.serve.gateway.router import Gateway
+
+        gateway = Gateway(load(config_file, upstreams))
     app = create_app(
-        settings, registry, Authenticator(keys), max_queue=max_queue, request_log=request_log
+        settings,
+        registry,
+        Authenticator(keys),
+        max_queue=max_queue,
+        request_log=request_log,
+        gateway=gateway,
     )
     auth = "API keys required" if keys.has_active() else "no API key needed"
     shown = f"[{host}]" if ":" in host else host

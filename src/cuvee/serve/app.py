@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -30,13 +31,14 @@ from typing import TYPE_CHECKING, Any
 import anyio
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 from starlette.requests import Request as HTTPRequest
 
 from cuvee import __version__
 from cuvee.serve import errors
 from cuvee.serve.bodylimit import BodyLimitMiddleware
 from cuvee.serve.deps import Key, check_model, parse
+from cuvee.serve.gateway.router import Gateway
 from cuvee.serve.generation import collect, start, stream
 from cuvee.serve.keys import Authenticator
 from cuvee.serve.manage import MANAGE_BODIES, attach_managers, router
@@ -89,6 +91,7 @@ def create_app(
     embedder_factory: EmbedderFactory | None = None,
     request_log: RequestLog | None = None,
     docs: DocsService | None = None,
+    gateway: Gateway | None = None,
 ) -> FastAPI:
     """The server's app. ``auth`` None serves without keys; ``max_queue`` bounds the sequences
     running or waiting across all models (beyond it: 503); ``default_max_tokens`` caps a chat
@@ -96,7 +99,8 @@ def create_app(
     (default: the model of ``settings.embedding_model``; tests inject a tiny one);
     ``request_log`` writes a JSON line per /v1 request (None: no request log); ``docs``
     serves the document collections (default: those under ``settings.home``, searched with
-    ``settings.embedding_model``; tests inject a fake embedder and answerer)."""
+    ``settings.embedding_model``; tests inject a fake embedder and answerer); ``gateway``
+    serves upstream models and routes beside the local ones (``cuvee.serve.gateway``)."""
     embeddings = EmbeddingService.from_settings(settings, embedder_factory)
     if docs is None:
         docs = DocsService.from_settings(
@@ -115,6 +119,8 @@ def create_app(
     state.metrics.track_loaded(lambda: len(registry.loaded()))
     if request_log is not None:
         state.extra["request_log"] = request_log
+    if gateway is not None:
+        state.extra["gateway"] = gateway
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -129,6 +135,8 @@ def create_app(
                 task.cancel()
             await anyio.to_thread.run_sync(registry.close)
             state.docs.close()
+            if gateway is not None:
+                await gateway.close()
 
     app = FastAPI(title="cuvee", version=__version__, lifespan=lifespan)
     app.state.cuvee = state  # read by the key dependency, and by tests
@@ -187,6 +195,10 @@ def create_app(
             answering = _default_answer_model(state)
             if key is None or not answering or key.allows(answering):
                 described += [state.docs.describe(n) for n in state.docs.visible(key)]
+            if gateway is not None:
+                described += [
+                    m for m in gateway.model_objects() if key is None or key.allows(m["id"])
+                ]
             return described
 
         return {"object": "list", "data": await anyio.to_thread.run_sync(describe)}
@@ -206,34 +218,38 @@ def create_app(
     async def chat_completions(request: HTTPRequest, key: Key) -> Response:
         started = time.perf_counter()
         _check_open(state)
+        routed = await _gateway_targets(state, request, key)
+        if routed is not None:
+            targets, raw = routed
+
+            async def local(model: str) -> Response:
+                body = _known_fields(ChatCompletionRequest, {**raw, "model": model})
+                return await _local_chat(state, request, key, body, started, raw["model"])
+
+            return await state.extra["gateway"].answer("/chat/completions", raw, targets, local)
         body = await parse(request, ChatCompletionRequest)
         _note_body(request, state, body.model, body.messages)
         if is_docs_request(body):
             return await answer_route(state, request, key, body)
         check_not_rag(body)
-        await check_model(state, key, body.model, purpose="generation")
-        plan, tool_plan = chat_plan(body)
-        if key is not None:
-            state.auth.limiter.admit(key)
-        include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        formatter = ChatFormatter(body.model, body.n, include_usage, bool(body.logprobs), tool_plan)
-        return await _generate(state, request, body, plan, key, started, formatter)
+        return await _local_chat(state, request, key, body, started)
 
     @app.post("/v1/completions", openapi_extra=body_doc(CompletionRequest))
     async def completions(request: HTTPRequest, key: Key) -> Response:
         started = time.perf_counter()
         _check_open(state)
+        routed = await _gateway_targets(state, request, key)
+        if routed is not None:
+            targets, raw = routed
+
+            async def local(model: str) -> Response:
+                body = _known_fields(CompletionRequest, {**raw, "model": model})
+                return await _local_completion(state, request, key, body, started, raw["model"])
+
+            return await state.extra["gateway"].answer("/completions", raw, targets, local)
         body = await parse(request, CompletionRequest)
         _note_body(request, state, body.model, body.prompt)
-        await check_model(state, key, body.model, purpose="generation")
-        plan, prompts = completion_plan(body)
-        if key is not None:
-            state.auth.limiter.admit(key)
-        include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        formatter = CompletionFormatter(
-            body.model, prompts, body.n, body.echo, include_usage, body.logprobs
-        )
-        return await _generate(state, request, body, plan, key, started, formatter)
+        return await _local_completion(state, request, key, body, started)
 
     @app.post("/v1/embeddings", openapi_extra=body_doc(EmbeddingRequest))
     async def embeddings(request: HTTPRequest, key: Key) -> JSONResponse:
@@ -318,6 +334,66 @@ def _shared_backend(settings: Settings, embeddings: EmbeddingService):
         return open_backend(spec, embedder=shared)
 
     return factory
+
+
+async def _gateway_targets(state: ServerState, request: HTTPRequest, key):
+    """(targets, the body as sent) when the request's model is one of the gateway's routes or
+    upstream models, else None. The key must allow that public id (the targets behind a route
+    need no grant of their own); the request is admitted by the rate limits once, here."""
+    gateway: Gateway | None = state.extra.get("gateway")
+    if gateway is None:
+        return None
+    try:
+        raw = json.loads(await request.body() or b"null")
+    except ValueError:
+        return None  # the schema's own parse names the problem
+    model = raw.get("model") if isinstance(raw, dict) else None
+    targets = gateway.chain(model) if isinstance(model, str) else None
+    if targets is None:
+        return None
+    note(request, model=model)
+    if key is not None and not key.allows(model):
+        raise errors.model_not_found(model)
+    if key is not None:
+        state.auth.limiter.admit(key)
+    return targets, raw
+
+
+def _known_fields(schema: type[BaseModel], raw: dict[str, Any]):
+    """The body for the local engine behind a route: the fields it knows (an upstream may have
+    been sent others, e.g. vLLM's), validated as usual."""
+    known = {f.alias or name for name, f in schema.model_fields.items()} | set(schema.model_fields)
+    try:
+        return schema.model_validate({k: v for k, v in raw.items() if k in known})
+    except ValidationError as exc:
+        raise errors.from_validation(list(exc.errors())) from None
+
+
+async def _local_chat(state, request, key, body, started: float, public: str | None = None):
+    """A chat completion on the local engine. ``public``: the route it serves (its model
+    checked without the key, which was checked against the route; not admitted again)."""
+    await check_model(state, None if public else key, body.model, purpose="generation")
+    plan, tool_plan = chat_plan(body)
+    if key is not None and public is None:
+        state.auth.limiter.admit(key)
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+    formatter = ChatFormatter(
+        public or body.model, body.n, include_usage, bool(body.logprobs), tool_plan
+    )
+    return await _generate(state, request, body, plan, key, started, formatter)
+
+
+async def _local_completion(state, request, key, body, started: float, public: str | None = None):
+    """A completion on the local engine (``public`` as for ``_local_chat``)."""
+    await check_model(state, None if public else key, body.model, purpose="generation")
+    plan, prompts = completion_plan(body)
+    if key is not None and public is None:
+        state.auth.limiter.admit(key)
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+    formatter = CompletionFormatter(
+        public or body.model, prompts, body.n, body.echo, include_usage, body.logprobs
+    )
+    return await _generate(state, request, body, plan, key, started, formatter)
 
 
 async def _generate(state, request, body, plan, key, started: float, formatter) -> Response:

@@ -1,0 +1,257 @@
+"""Which targets serve a public model id, in which order, and what the client gets.
+
+A request for a route tries its targets in order (``fallback``), or starting from the one with
+the fewest requests in flight (``balance``: replicas of one model). A target that fails before
+anything was sent to the client (see ``upstream.TargetFailed``) is skipped for the next; a local
+target is the server's own engine, through the same code as any local request. Every answer
+says who served it: the ``cuvee`` object of the JSON body (or of the stream's last chunk) holds
+``served_by`` and the ``attempts`` before it, and the ``x-cuvee-served-by`` header the target.
+
+A stream that breaks after tokens went out cannot move to another target without a gap or a
+repeat, so it ends with a chunk whose ``finish_reason`` is ``"error"`` and which carries an
+OpenAI-shaped ``error`` object, then ``[DONE]``: never a normal-looking end of a cut answer.
+When no target can serve, the client gets a 503 naming each attempt."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi.responses import JSONResponse, Response
+
+from cuvee.serve import errors
+from cuvee.serve.gateway.config import GatewayConfig
+from cuvee.serve.gateway.upstream import TargetFailed, UpstreamClient, UpstreamError
+from cuvee.serve.generation import EventStreamResponse, sse
+
+# The local engine's answer for a local target: (model id) -> Response, raising APIError.
+Local = Callable[[str], Awaitable[Response]]
+
+
+@dataclass
+class Target:
+    label: str  # as the config names it: UPSTREAM/MODEL, or a local model
+    upstream: str | None
+    model: str  # the id the target is asked for
+
+
+@dataclass
+class Gateway:
+    config: GatewayConfig
+    clients: dict[str, UpstreamClient] = field(default_factory=dict)
+    in_flight: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.clients = {name: UpstreamClient(u) for name, u in self.config.upstreams.items()}
+
+    # -- which ids ---------------------------------------------------------------------------
+
+    def chain(self, model: str) -> list[Target] | None:
+        """The targets for public id ``model``, or None when it is not the gateway's."""
+        route = self.config.routes.get(model)
+        if route is not None:
+            targets = [self._target(spec) for spec in route.targets]
+            if route.policy == "balance":
+                targets.sort(key=lambda t: self.in_flight.get(t.label, 0))
+            return targets
+        name, sep, _ = model.partition("/")
+        if sep and name in self.config.upstreams:
+            return [self._target(model)]
+        for upstream in self.config.upstreams.values():
+            if (upstream.models != "*" and upstream.serves(model)) or model in upstream.rename:
+                label = f"{upstream.name}/{model}"
+                return [Target(label, upstream.name, upstream.upstream_id(model))]
+        return None
+
+    def _target(self, spec: str) -> Target:
+        upstream, model = self.config.target(spec)
+        return Target(spec, upstream.name if upstream else None, model)
+
+    def model_objects(self) -> list[dict[str, Any]]:
+        """The gateway's public ids for /v1/models: routes, and upstream models named in the
+        config (a ``*`` upstream serves ``NAME/MODEL`` for any MODEL; it lists its renames)."""
+        out = [
+            {"id": name, "object": "model", "created": 0, "owned_by": "cuvee", "kind": "route",
+             "targets": route.targets, "policy": route.policy}
+            for name, route in self.config.routes.items()
+        ]  # fmt: skip
+        for upstream in self.config.upstreams.values():
+            for model in upstream.public_ids():
+                out.append(
+                    {"id": model, "object": "model", "created": 0, "owned_by": upstream.name,
+                     "kind": "upstream", "upstream": upstream.name}
+                )  # fmt: skip
+        return out
+
+    # -- answering ---------------------------------------------------------------------------
+
+    async def answer(
+        self, path: str, body: dict[str, Any], targets: list[Target], local: Local
+    ) -> Response:
+        public = body.get("model")
+        attempts: list[dict[str, Any]] = []
+        for target in targets:
+            started = time.perf_counter()
+            self.in_flight[target.label] = self.in_flight.get(target.label, 0) + 1
+            handed_over = False
+            try:
+                if target.upstream is None:
+                    return _tagged(await local(target.model), target, attempts, public)
+                client = self.clients[target.upstream]
+                sent = {**body, "model": target.model}
+                if body.get("stream"):
+                    first, rest = await client.stream(path, sent)
+                    handed_over = True
+                    return self._stream(public, target, first, rest, attempts)
+                answer = await client.complete(path, sent)
+                return self._whole(public, target, answer.status, answer.body, attempts)
+            except TargetFailed as exc:
+                attempts.append(_attempt(target, exc.reason, started, exc.retry_after))
+            except UpstreamError as exc:
+                return self._whole(public, target, exc.status, exc.body, attempts)
+            except errors.APIError as exc:
+                if exc.status < 500 and exc.status != 429:
+                    raise  # the request itself is wrong; another target would say the same
+                attempts.append(_attempt(target, exc.message, started))
+            finally:
+                if not handed_over:
+                    self.in_flight[target.label] -= 1
+        tried = "; ".join(f"{a['target']}: {a['error']}" for a in attempts)
+        raise errors.APIError(
+            503,
+            f"No target could serve '{public}' ({tried}).",
+            type="server_error",
+            code="no_target_available",
+        )
+
+    def _whole(
+        self, public: str, target: Target, status: int, body: Any, attempts: list[dict[str, Any]]
+    ) -> Response:
+        if isinstance(body, dict):
+            if "model" in body:
+                body["model"] = public
+            body["cuvee"] = {"served_by": target.label, "attempts": attempts}
+        return JSONResponse(body, status_code=status, headers={"x-cuvee-served-by": target.label})
+
+    def _stream(
+        self,
+        public: str,
+        target: Target,
+        first: list[str],
+        rest: AsyncIterator[str],
+        attempts: list[dict[str, Any]],
+    ) -> Response:
+        def relabel(payload: str) -> tuple[str | bytes, dict | None]:
+            if payload == "[DONE]":
+                return "[DONE]", None
+            try:
+                chunk = json.loads(payload)
+            except json.JSONDecodeError:
+                return payload, None
+            if isinstance(chunk, dict) and "model" in chunk:
+                chunk["model"] = public
+            return chunk, chunk if isinstance(chunk, dict) else None
+
+        async def body() -> AsyncIterator[bytes]:
+            last: dict | None = None
+            finished = False
+            try:
+                for payload in first:
+                    out, last = relabel(payload)
+                    yield sse(out)
+                async for payload in rest:
+                    if payload == "[DONE]":
+                        finished = True
+                        yield sse(_served(last or {}, target, attempts, public))
+                        yield sse("[DONE]")
+                        return
+                    chunk, parsed = relabel(payload)
+                    if parsed is not None and _ends(parsed):
+                        parsed["cuvee"] = {"served_by": target.label, "attempts": attempts}
+                    last = parsed or last
+                    yield sse(chunk)
+                raise TargetFailed("the stream ended without [DONE]")
+            except TargetFailed as exc:
+                if not finished:
+                    yield sse(_broken(last or {}, public, target, exc.reason, attempts))
+                    yield sse("[DONE]")
+            finally:
+                self.in_flight[target.label] -= 1
+
+        return EventStreamResponse(body(), lambda: None)
+
+    async def close(self) -> None:
+        for client in self.clients.values():
+            await client.close()
+
+
+def _tagged(response: Response, target: Target, attempts: list, public: str) -> Response:
+    """The local engine's answer, saying who served it: in the JSON body, or in a chunk just
+    before a stream's [DONE]."""
+    response.headers["x-cuvee-served-by"] = target.label
+    if isinstance(response, JSONResponse):
+        body = json.loads(bytes(response.body))
+        if isinstance(body, dict):
+            body["cuvee"] = {"served_by": target.label, "attempts": attempts}
+            headers = {k: v for k, v in response.headers.items() if k != "content-length"}
+            return JSONResponse(body, status_code=response.status_code, headers=headers)
+        return response
+    original = getattr(response, "body_iterator", None)
+    if original is None:
+        return response
+
+    async def tagged() -> AsyncIterator[bytes]:
+        async for piece in original:
+            data = piece if isinstance(piece, bytes) else piece.encode()
+            if data.startswith(b"data: [DONE]"):
+                yield sse(_served({}, target, attempts, public))
+            yield piece
+
+    response.body_iterator = tagged()
+    return response
+
+
+def _attempt(
+    target: Target, error: str, started: float, retry_after: float | None = None
+) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "target": target.label,
+        "error": error,
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+    if retry_after is not None:
+        out["retry_after"] = retry_after
+    return out
+
+
+def _ends(chunk: dict) -> bool:
+    return any(c.get("finish_reason") for c in chunk.get("choices") or [] if isinstance(c, dict))
+
+
+def _served(last: dict, target: Target, attempts: list, public: str) -> dict[str, Any]:
+    """A last, empty chunk saying who served the stream (the upstream's own chunks pass as
+    they came)."""
+    return {
+        "id": last.get("id", "chatcmpl-gateway"),
+        "object": last.get("object", "chat.completion.chunk"),
+        "created": last.get("created", int(time.time())),
+        "model": public,
+        "choices": [],
+        "cuvee": {"served_by": target.label, "attempts": attempts},
+    }
+
+
+def _broken(last: dict, public: str, target: Target, reason: str, attempts: list) -> dict:
+    message = f"The stream from {target.label} broke after tokens were sent ({reason})."
+    return {
+        "id": last.get("id", "chatcmpl-gateway"),
+        "object": last.get("object", "chat.completion.chunk"),
+        "created": last.get("created", int(time.time())),
+        "model": public,
+        "choices": [{"index": 0, "delta": {}, "finish_reason": "error"}],
+        "error": errors.error_body(message, type="server_error", code="upstream_broke")["error"],
+        "cuvee": {"served_by": target.label, "attempts": attempts},
+    }

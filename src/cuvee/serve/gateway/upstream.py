@@ -1,0 +1,175 @@
+"""One request to one upstream, with the body passed through as the client sent it (only the
+model id rewritten): fields cuvee does not know reach the upstream unchanged.
+
+A failure that another target may fix is a ``TargetFailed``: no connection, a timeout before the
+first token, 429 (with its Retry-After), 5xx. Any other answer, an error included (a 400 for a
+bad request would be a 400 anywhere), goes back to the client as the upstream gave it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from cuvee.serve.gateway.config import Upstream
+
+
+class TargetFailed(Exception):
+    def __init__(self, reason: str, status: int | None = None, retry_after: float | None = None):
+        super().__init__(reason)
+        self.reason = reason
+        self.status = status
+        self.retry_after = retry_after
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    try:
+        return float(response.headers.get("retry-after", ""))
+    except ValueError:
+        return None
+
+
+def _check(response: httpx.Response) -> None:
+    if response.status_code == 429:
+        raise TargetFailed("429 too many requests", 429, _retry_after(response))
+    if response.status_code >= 500:
+        raise TargetFailed(f"HTTP {response.status_code}", response.status_code)
+
+
+@dataclass
+class Answer:
+    """A whole (non-streamed) answer: the upstream's status and JSON body."""
+
+    status: int
+    body: Any
+
+
+class UpstreamClient:
+    def __init__(self, upstream: Upstream) -> None:
+        self.upstream = upstream
+        self._client: httpx.AsyncClient | None = None
+        self._slots: asyncio.Semaphore | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def _bind(self) -> None:
+        """The connection pool and the concurrency cap belong to one event loop: made on first
+        use in the server's (a test client may run several loops, one after another)."""
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:
+            t = self.upstream.timeouts
+            self._client = httpx.AsyncClient(
+                timeout=httpx.Timeout(connect=t.connect, read=t.between_chunks, write=30, pool=30),
+                limits=httpx.Limits(max_connections=self.upstream.max_concurrency),
+            )
+            self._slots = asyncio.Semaphore(self.upstream.max_concurrency)
+            self._loop = loop
+
+    @property
+    def client(self) -> httpx.AsyncClient:
+        self._bind()
+        assert self._client is not None
+        return self._client
+
+    @property
+    def slots(self) -> asyncio.Semaphore:
+        self._bind()
+        assert self._slots is not None
+        return self._slots
+
+    def _headers(self) -> dict[str, str]:
+        key = self.upstream.api_key()
+        return {"Authorization": f"Bearer {key}"} if key else {}
+
+    async def complete(self, path: str, body: dict[str, Any]) -> Answer:
+        url = self.upstream.base_url + path
+        try:
+            async with self.slots:
+                response = await asyncio.wait_for(
+                    self.client.post(url, json=body, headers=self._headers()),
+                    self.upstream.timeouts.first_token,
+                )
+        except (httpx.TransportError, TimeoutError) as exc:
+            raise TargetFailed(f"{type(exc).__name__}: {exc}".rstrip(": ")) from None
+        _check(response)
+        try:
+            return Answer(response.status_code, response.json())
+        except json.JSONDecodeError:
+            raise TargetFailed("the answer is not JSON", response.status_code) from None
+
+    async def stream(self, path: str, body: dict[str, Any]) -> tuple[list[str], AsyncIterator[str]]:
+        """Open a stream and read up to its first event: the events read so far and an
+        iterator over the rest (data payloads, without ``data: ``). Everything that fails
+        before the first event is a TargetFailed; after it, the iterator raises it."""
+        url = self.upstream.base_url + path
+        context = self.client.stream("POST", url, json=body, headers=self._headers())
+        await self.slots.acquire()
+        try:
+            response = await asyncio.wait_for(
+                context.__aenter__(), self.upstream.timeouts.first_token
+            )
+            if response.status_code != 200:
+                await response.aread()
+                await context.__aexit__(None, None, None)
+                _check(response)
+                raise UpstreamError(response.status_code, _json_or_text(response))
+            lines = response.aiter_lines()
+            first = await asyncio.wait_for(_next_event(lines), self.upstream.timeouts.first_token)
+        except (httpx.TransportError, TimeoutError) as exc:
+            self.slots.release()
+            raise TargetFailed(f"{type(exc).__name__}: {exc}".rstrip(": ")) from None
+        except BaseException:
+            self.slots.release()
+            raise
+        if first is None:
+            self.slots.release()
+            await context.__aexit__(None, None, None)
+            raise TargetFailed("the stream ended before its first event")
+
+        async def rest() -> AsyncIterator[str]:
+            try:
+                while True:
+                    try:
+                        event = await _next_event(lines)
+                    except (httpx.TransportError, httpx.StreamError) as exc:
+                        raise TargetFailed(f"the stream broke: {type(exc).__name__}") from None
+                    if event is None:
+                        return
+                    yield event
+            finally:
+                self.slots.release()
+                await context.__aexit__(None, None, None)
+
+        return [first], rest()
+
+    async def close(self) -> None:
+        if self._client is not None and self._loop is asyncio.get_running_loop():
+            await self._client.aclose()
+
+
+class UpstreamError(Exception):
+    """An upstream's own answer that is not a failure to retry (a 400, a 404...)."""
+
+    def __init__(self, status: int, body: Any) -> None:
+        super().__init__(f"HTTP {status}")
+        self.status = status
+        self.body = body
+
+
+def _json_or_text(response: httpx.Response) -> Any:
+    try:
+        return response.json()
+    except json.JSONDecodeError:
+        return {"error": {"message": response.text[:500], "type": "upstream_error"}}
+
+
+async def _next_event(lines: AsyncIterator[str]) -> str | None:
+    """The next ``data:`` payload of a server-sent event stream, or None at its end; comment
+    and other lines are skipped."""
+    async for line in lines:
+        if line.startswith("data:"):
+            return line[5:].strip()
+    return None

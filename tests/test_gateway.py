@@ -1,0 +1,318 @@
+"""`cuvee serve` as a gateway: upstream servers and routes beside the local models. The upstreams
+are small FastAPI apps on loopback ports with fault knobs (an error status, Retry-After, a cut
+after k tokens), deterministic tokens ``t0 t1 t2 ...`` so a gap or a repeat would show, and
+their own log of what they were sent."""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import Iterator
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.testclient import TestClient
+
+from cuvee.config import load_settings
+from cuvee.errors import ConfigError
+from cuvee.serve.app import create_app
+from cuvee.serve.gateway.config import GatewayConfig, load
+from cuvee.serve.gateway.router import Gateway
+from cuvee.serve.keys import Authenticator, KeyStore
+from cuvee.serve.models import ModelRegistry
+from helpers import uvicorn_in_thread
+from test_serve import Fakes, assert_error
+
+TOKENS = 6
+
+
+class FakeUpstream:
+    """An OpenAI-compatible server with knobs: ``status`` (answer every request with it),
+    ``retry_after``, ``cut_after`` (a stream stops after that many tokens, without [DONE])."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.status: int | None = None
+        self.retry_after: str | None = None
+        self.cut_after: int | None = None
+        self.seen: list[dict[str, Any]] = []
+        self.app = FastAPI()
+        self.app.post("/v1/chat/completions")(self.chat)
+
+    async def chat(self, request: Request):
+        body = await request.json()
+        self.seen.append(body)
+        if self.status is not None:
+            headers = {"retry-after": self.retry_after} if self.retry_after else {}
+            error = {"error": {"message": f"{self.name} says {self.status}", "type": "x"}}
+            return JSONResponse(error, status_code=self.status, headers=headers)
+        words = [f"t{i} " for i in range(TOKENS)]
+        if not body.get("stream"):
+            return {
+                "id": "up-1",
+                "object": "chat.completion",
+                "model": body["model"],
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": "".join(words)},
+                        "finish_reason": "stop",
+                    }
+                ],
+                "usage": {"prompt_tokens": 3, "completion_tokens": TOKENS, "total_tokens": 9},
+            }
+
+        def chunk(delta: dict, finish: str | None = None) -> str:
+            payload = {
+                "id": "up-1",
+                "object": "chat.completion.chunk",
+                "model": body["model"],
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+            }
+            return f"data: {json.dumps(payload)}\n\n"
+
+        def events() -> Iterator[str]:
+            yield chunk({"role": "assistant", "content": ""})
+            for i, word in enumerate(words):
+                if self.cut_after is not None and i >= self.cut_after:
+                    return  # the connection ends mid-answer
+                yield chunk({"content": word})
+            yield chunk({}, "stop")
+            yield "data: [DONE]\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def upstreams() -> Iterator[dict[str, tuple[FakeUpstream, str]]]:
+    """Two live fake upstreams (``a``, ``b``) and the URL of one that is down."""
+    with ExitStack() as stack:
+        out = {}
+        for name in ("a", "b"):
+            fake = FakeUpstream(name)
+            out[name] = (fake, stack.enter_context(uvicorn_in_thread(fake.app)) + "/v1")
+        out["down"] = (None, f"http://127.0.0.1:{free_port()}/v1")
+        yield out
+
+
+def gateway_app(config: dict, keys: KeyStore | None = None, **fakes: Any):
+    settings = load_settings()
+    fake_engines = Fakes(context=4096, **fakes)
+    registry = ModelRegistry(settings, opener=fake_engines.open, names=lambda: ["fake", "other"])
+    gateway = Gateway(GatewayConfig.model_validate(config))
+    app = create_app(settings, registry, Authenticator(keys), gateway=gateway)
+    return app, fake_engines
+
+
+def config_of(upstreams, routes: dict, **extra) -> dict:
+    ups = {
+        name: {"name": name, "base_url": url, "models": ["m"], **extra.get(name, {})}
+        for name, (_, url) in upstreams.items()
+    }
+    return {
+        "upstreams": ups,
+        "routes": {k: {"name": k, **v} for k, v in routes.items()},
+    }
+
+
+def ask(client, model: str, stream: bool = False, **extra):
+    body = {"model": model, "messages": [{"role": "user", "content": "Hi"}], **extra}
+    if stream:
+        body["stream"] = True
+    return client.post("/v1/chat/completions", json=body)
+
+
+def events_of(response) -> list[Any]:
+    out = []
+    for line in response.text.splitlines():
+        if line.startswith("data: "):
+            data = line[6:]
+            out.append(data if data == "[DONE]" else json.loads(data))
+    return out
+
+
+# -- config ------------------------------------------------------------------------------------
+
+
+def test_the_serve_config_is_read_and_checked(tmp_path: Path) -> None:
+    good = tmp_path / "serve.yaml"
+    good.write_text(
+        "upstreams:\n  hosted:\n    base_url: http://127.0.0.1:9/v1\n    api_key_env: K\n"
+        "    models: [big]\nroutes:\n  assistant:\n    targets: [hosted/big, quickstart]\n"
+    )
+    config = load(good, ("vllm=http://gpu1:8000/v1",))
+    assert config.routes["assistant"].targets == ["hosted/big", "quickstart"]
+    assert config.upstreams["vllm"].models == "*"
+    assert config.upstreams["vllm"].api_key_env == "CUVEE_UPSTREAM_VLLM_API_KEY"
+    bad = tmp_path / "bad.yaml"
+    for text, words in [
+        ("upstreams:\n  x:\n    base_url: ftp://nowhere\n", "base_url"),
+        ("upstreams:\n  x:\n    base_url: http://h/v1\n    colour: red\n", "colour"),
+        ("routes:\n  r:\n    targets: [nowhere/m]\n", "no upstream 'nowhere'"),
+        ("routes:\n  r:\n    targets: []\n", "targets"),
+        ("listen: 1\n", "unknown keys listen"),
+        ("- a\n- b\n", "a mapping"),
+    ]:
+        bad.write_text(text)
+        with pytest.raises(ConfigError, match=words) as info:
+            load(bad)
+        assert "bad.yaml" in info.value.message
+    with pytest.raises(ConfigError, match="NAME=URL"):
+        load(None, ("no-equals-sign",))
+
+
+# -- fallback ----------------------------------------------------------------------------------
+
+
+def test_a_route_falls_back_past_a_dead_upstream_to_the_local_model(upstreams) -> None:
+    app, _ = gateway_app(config_of(upstreams, {"assistant": {"targets": ["down/m", "fake"]}}))
+    client = TestClient(app)
+    r = ask(client, "assistant")
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["cuvee"]["served_by"] == "fake"
+    (attempt,) = body["cuvee"]["attempts"]
+    assert attempt["target"] == "down/m" and "Connect" in attempt["error"]
+    assert r.headers["x-cuvee-served-by"] == "fake"
+    assert body["model"] == "assistant"
+    assert body["choices"][0]["message"]["content"].strip()
+
+
+def test_a_stream_falls_back_on_5xx_and_429_and_arrives_whole(upstreams) -> None:
+    a, _ = upstreams["a"]
+    a.status, a.retry_after = 429, "7"
+    b, _ = upstreams["b"]
+    b.status = 503
+    routes = {"assistant": {"targets": ["a/m", "b/m", "down/m", "fake"]}}
+    app, _ = gateway_app(config_of(upstreams, routes))
+    client = TestClient(app)
+    a.status = None  # a works again: the chain starts with it
+    r = ask(client, "assistant", stream=True)
+    events = events_of(r)
+    text = "".join(
+        c["choices"][0]["delta"].get("content") or ""
+        for c in events
+        if isinstance(c, dict) and c.get("choices")
+    )
+    assert text == "".join(f"t{i} " for i in range(TOKENS))  # no gap, no repeat
+    assert events[-1] == "[DONE]"
+    assert events[-2]["cuvee"]["served_by"] == "a/m"
+    assert all(c["model"] == "assistant" for c in events if isinstance(c, dict))
+    # now a refuses (429 with Retry-After) and b fails (503): the local model serves
+    a.status = 429
+    b.status = 503
+    r = ask(client, "assistant", stream=True)
+    events = events_of(r)
+    final = next(c for c in reversed(events) if isinstance(c, dict))
+    assert r.headers["x-cuvee-served-by"] == "fake"
+    attempts = ask(client, "assistant").json()["cuvee"]["attempts"]
+    assert [x["target"] for x in attempts] == ["a/m", "b/m", "down/m"]
+    assert attempts[0]["retry_after"] == 7.0 and "429" in attempts[0]["error"]
+    assert "503" in attempts[1]["error"]
+    assert final["cuvee"]["served_by"] == "fake" and events[-1] == "[DONE]"
+    assert [a["target"] for a in final["cuvee"]["attempts"]] == ["a/m", "b/m", "down/m"]
+
+
+def test_nothing_to_serve_is_an_explicit_503(upstreams) -> None:
+    b, _ = upstreams["b"]
+    b.status = 500
+    app, _ = gateway_app(config_of(upstreams, {"assistant": {"targets": ["down/m", "b/m"]}}))
+    r = ask(TestClient(app), "assistant", stream=True)
+    error = assert_error(r, 503, code="no_target_available")
+    assert "down/m" in error["message"] and "b/m" in error["message"]
+
+
+def test_a_stream_cut_after_tokens_ends_as_an_error_never_as_a_stop(upstreams) -> None:
+    a, _ = upstreams["a"]
+    a.cut_after = 3
+    app, _ = gateway_app(config_of(upstreams, {"assistant": {"targets": ["a/m", "b/m"]}}))
+    r = ask(TestClient(app), "assistant", stream=True)
+    events = events_of(r)
+    assert events[-1] == "[DONE]"
+    last = events[-2]
+    assert last["choices"][0]["finish_reason"] == "error"
+    assert last["error"]["code"] == "upstream_broke" and last["cuvee"]["served_by"] == "a/m"
+    reasons = [c["choices"][0].get("finish_reason") for c in events[:-2] if c.get("choices")]
+    assert "stop" not in reasons and "length" not in reasons
+    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in events[:-2])
+    assert text == "t0 t1 t2 "
+
+
+def test_unknown_fields_reach_the_upstream_unchanged_and_the_model_is_renamed(upstreams) -> None:
+    extra = {"a": {"rename": {"assistant-large": "m"}}}
+    app, _ = gateway_app(config_of(upstreams, {}, **extra))
+    client = TestClient(app)
+    r = ask(
+        client,
+        "assistant-large",
+        top_k=7,
+        chat_template_kwargs={"enable_thinking": False},
+        structured_outputs={"choice": ["yes", "no"]},
+    )
+    assert r.status_code == 200, r.text
+    a, _ = upstreams["a"]
+    sent = a.seen[-1]
+    assert sent["model"] == "m" and sent["top_k"] == 7
+    assert sent["chat_template_kwargs"] == {"enable_thinking": False}
+    assert sent["structured_outputs"] == {"choice": ["yes", "no"]}
+    assert r.json()["model"] == "assistant-large"
+    assert r.json()["usage"]["completion_tokens"] == TOKENS
+    # an upstream's own 4xx comes back as it is, not retried elsewhere
+    a.status = 400
+    r = ask(client, "assistant-large")
+    assert r.status_code == 400 and "a says 400" in r.json()["error"]["message"]
+
+
+def test_models_lists_routes_and_upstream_models_and_keys_guard_them(upstreams, tmp_path) -> None:
+    keys = KeyStore(tmp_path / "keys.sqlite")
+    _, routed = keys.create("routed", models=["assistant"])
+    app, _ = gateway_app(
+        config_of(upstreams, {"assistant": {"targets": ["a/m", "fake"]}}), keys=keys
+    )
+    client = TestClient(app)
+    auth = {"Authorization": f"Bearer {routed}"}
+    ids = [m["id"] for m in client.get("/v1/models", headers=auth).json()["data"]]
+    assert ids == ["assistant"]  # the key sees its route, not the targets behind it
+    body = {"model": "assistant", "messages": [{"role": "user", "content": "Hi"}]}
+    r = client.post("/v1/chat/completions", json=body, headers=auth)
+    assert r.status_code == 200 and r.json()["cuvee"]["served_by"] == "a/m"
+    # the local target behind the route needs no grant of its own: a dead upstream falls
+    # through to it
+    upstreams["a"][0].status = 500
+    r = client.post("/v1/chat/completions", json=body, headers=auth)
+    assert r.status_code == 200 and r.json()["cuvee"]["served_by"] == "fake"
+    direct = client.post("/v1/chat/completions", json={**body, "model": "fake"}, headers=auth)
+    assert_error(direct, 404, code="model_not_found")
+
+
+def test_the_openai_client_streams_through_a_fallback(upstreams) -> None:
+    from openai import OpenAI
+
+    app, _ = gateway_app(config_of(upstreams, {"assistant": {"targets": ["down/m", "b/m"]}}))
+    with uvicorn_in_thread(app) as base:
+        client = OpenAI(base_url=base + "/v1", api_key="none", http_client=httpx.Client())
+        stream = client.chat.completions.create(
+            model="assistant", messages=[{"role": "user", "content": "Hi"}], stream=True
+        )
+        text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    assert text == "".join(f"t{i} " for i in range(TOKENS))
+
+
+def test_without_upstreams_or_routes_nothing_changes() -> None:
+    settings = load_settings()
+    registry = ModelRegistry(settings, opener=Fakes(context=4096).open, names=lambda: ["fake"])
+    client = TestClient(create_app(settings, registry, Authenticator(None)))
+    r = ask(client, "fake")
+    assert r.status_code == 200 and "cuvee" not in r.json()
+    assert "x-cuvee-served-by" not in r.headers
