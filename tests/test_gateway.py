@@ -51,7 +51,12 @@ class FakeUpstream:
             headers = {"retry-after": self.retry_after} if self.retry_after else {}
             error = {"error": {"message": f"{self.name} says {self.status}", "type": "x"}}
             return JSONResponse(error, status_code=self.status, headers=headers)
-        words = [f"t{i} " for i in range(TOKENS)]
+        # an answer to go on with (an assistant message last) picks up after its tokens
+        messages = body.get("messages") or []
+        start = 0
+        if messages and messages[-1].get("role") == "assistant":
+            start = len(messages[-1]["content"].split())
+        words = [f"t{i} " for i in range(start, TOKENS)]
         if not body.get("stream"):
             return {
                 "id": "up-1",
@@ -247,6 +252,37 @@ def test_a_stream_cut_after_tokens_ends_as_an_error_never_as_a_stop(upstreams) -
     assert "stop" not in reasons and "length" not in reasons
     text = "".join(c["choices"][0]["delta"].get("content") or "" for c in events[:-2])
     assert text == "t0 t1 t2 "
+
+
+def test_a_stream_broken_on_one_replica_goes_on_on_the_other_without_gap_or_repeat(
+    upstreams,
+) -> None:
+    a, _ = upstreams["a"]
+    b, _ = upstreams["b"]
+    a.cut_after = 3
+    routes = {"assistant": {"policy": "balance", "targets": ["a/m", "b/m"]}}
+    extra = {"b": {"kind": "vllm"}}
+    app, _ = gateway_app(config_of(upstreams, routes, **extra))
+    r = ask(TestClient(app), "assistant", stream=True, max_tokens=50)
+    events = events_of(r)
+    assert events[-1] == "[DONE]"
+    chunks = [c for c in events if isinstance(c, dict)]
+    text = "".join(
+        (c["choices"][0]["delta"].get("content") or "") for c in chunks if c.get("choices")
+    )
+    assert text == "".join(f"t{i} " for i in range(TOKENS))  # no gap, no repeat
+    reasons = [c["choices"][0].get("finish_reason") for c in chunks if c.get("choices")]
+    assert "error" not in reasons and reasons[-1] == "stop"
+    roles = [c["choices"][0]["delta"].get("role") for c in chunks if c.get("choices")]
+    assert roles.count("assistant") == 1  # the replica's opening chunk is not sent twice
+    final = chunks[-1]["cuvee"]
+    assert final["served_by"] == "b/m"
+    assert final["attempts"][0]["target"] == "a/m"
+    assert "broke after 3 tokens" in final["attempts"][0]["error"]
+    # what the replica was asked: to continue the answer so far, with the limit less it
+    resumed = b.seen[-1]
+    assert resumed["messages"][-1] == {"role": "assistant", "content": "t0 t1 t2 "}
+    assert resumed["continue_final_message"] is True and resumed["max_tokens"] == 47
 
 
 def test_unknown_fields_reach_the_upstream_unchanged_and_the_model_is_renamed(upstreams) -> None:

@@ -344,15 +344,28 @@ class LlamaCppEngine:
             template = compile_template(self.chat_template, trim=True)
         except TemplateError as exc:
             raise ConfigError(f"the model's chat template does not parse: {exc}") from exc
+        # An assistant message last is an answer to go on with (a prefill, as llama-server and
+        # vLLM's continue_final_message take it): the prompt ends with its text, not its turn's
+        # end, so the model continues it (a gateway resumes a broken stream this way).
+        final = messages[-1] if messages else {}
+        content = final.get("content") if final.get("role") == "assistant" else None
+        going_on = isinstance(content, str) and bool(content.strip())
         try:
-            return template.render(
+            text = template.render(
                 messages=messages,
-                add_generation_prompt=True,
+                add_generation_prompt=not going_on,
                 bos_token=self._token_text(self._bos),
                 eos_token=self._token_text(llama.llama_vocab_eos(self._vocab)),
             )
         except TemplateError as exc:
             raise ConfigError(f"the chat template refused the messages: {exc}") from exc
+        if going_on:
+            assert isinstance(content, str)
+            kept = content.rstrip()  # templates may trim a message
+            cut = text.rfind(kept)
+            if cut >= 0:
+                text = text[: cut + len(kept)]
+        return text
 
     def tokenize(self, text: str) -> list[int]:
         """Token ids of ``text``, special tokens written as text parsed as such, no BOS."""

@@ -66,6 +66,12 @@ class Gateway:
                 return [Target(label, upstream.name, upstream.upstream_id(model))]
         return None
 
+    def replicas(self, model: str) -> bool:
+        """Whether ``model`` is a route of replicas (``balance``): the same weights behind each
+        target, so a broken stream may go on on another one."""
+        route = self.config.routes.get(model)
+        return route is not None and route.policy == "balance"
+
     def _target(self, spec: str) -> Target:
         upstream, model = self.config.target(spec)
         return Target(spec, upstream.name if upstream else None, model)
@@ -105,7 +111,8 @@ class Gateway:
                 if body.get("stream"):
                     first, rest = await client.stream(path, sent)
                     handed_over = True
-                    return self._stream(public, target, first, rest, attempts)
+                    spare = [t for t in targets if t is not target] if self.replicas(public) else []
+                    return self._stream(public, target, first, rest, attempts, path, body, spare)
                 answer = await client.complete(path, sent)
                 return self._whole(public, target, answer.status, answer.body, attempts)
             except TargetFailed as exc:
@@ -143,45 +150,99 @@ class Gateway:
         first: list[str],
         rest: AsyncIterator[str],
         attempts: list[dict[str, Any]],
+        path: str,
+        request: dict[str, Any],
+        spare: list[Target],
     ) -> Response:
-        def relabel(payload: str) -> tuple[str | bytes, dict | None]:
-            if payload == "[DONE]":
-                return "[DONE]", None
-            try:
-                chunk = json.loads(payload)
-            except json.JSONDecodeError:
-                return payload, None
-            if isinstance(chunk, dict) and "model" in chunk:
-                chunk["model"] = public
-            return chunk, chunk if isinstance(chunk, dict) else None
+        """Pass the stream on, relabelled. If it breaks after tokens went out and ``spare``
+        holds replicas, the next one is asked to go on from the text already sent (an
+        assistant prefill, or the prompt plus that text), and only its new tokens follow: no
+        gap, no repeat. Otherwise the stream ends as an error."""
+
+        async def events_of(head: list[str], tail: AsyncIterator[str]) -> AsyncIterator[str]:
+            for payload in head:
+                yield payload
+            async for payload in tail:
+                yield payload
 
         async def body() -> AsyncIterator[bytes]:
+            current = target
+            events = events_of(first, rest)
             last: dict | None = None
-            finished = False
+            text, tokens, resumed = "", 0, False
             try:
-                for payload in first:
-                    out, last = relabel(payload)
-                    yield sse(out)
-                async for payload in rest:
-                    if payload == "[DONE]":
-                        finished = True
-                        yield sse(_served(last or {}, target, attempts, public))
-                        yield sse("[DONE]")
-                        return
-                    chunk, parsed = relabel(payload)
-                    if parsed is not None and _ends(parsed):
-                        parsed["cuvee"] = {"served_by": target.label, "attempts": attempts}
-                    last = parsed or last
-                    yield sse(chunk)
-                raise TargetFailed("the stream ended without [DONE]")
-            except TargetFailed as exc:
-                if not finished:
-                    yield sse(_broken(last or {}, public, target, exc.reason, attempts))
-                    yield sse("[DONE]")
+                while True:
+                    try:
+                        async for payload in events:
+                            if payload == "[DONE]":
+                                yield sse(_served(last or {}, current, attempts, public))
+                                yield sse("[DONE]")
+                                return
+                            try:
+                                chunk = json.loads(payload)
+                            except json.JSONDecodeError:
+                                yield sse(payload)
+                                continue
+                            if not isinstance(chunk, dict):
+                                yield sse(payload)
+                                continue
+                            piece = _piece(chunk)
+                            if (
+                                resumed
+                                and not piece
+                                and not _ends(chunk)
+                                and not chunk.get("usage")
+                            ):
+                                continue  # the replica's opening (role) chunk: sent already
+                            text, tokens = text + piece, tokens + bool(piece)
+                            if "model" in chunk:
+                                chunk["model"] = public
+                            if _ends(chunk):
+                                chunk["cuvee"] = {"served_by": current.label, "attempts": attempts}
+                            last = chunk
+                            yield sse(chunk)
+                        raise TargetFailed("the stream ended without [DONE]")
+                    except TargetFailed as exc:
+                        broke = f"broke after {tokens} tokens: {exc.reason}"
+                        attempts.append({"target": current.label, "error": broke})
+                        following = await self._resume(path, request, spare, text, tokens, attempts)
+                        if following is None:
+                            yield sse(_broken(last or {}, public, current, exc.reason, attempts))
+                            yield sse("[DONE]")
+                            return
+                        self.in_flight[current.label] -= 1
+                        current, head, tail = following
+                        self.in_flight[current.label] = self.in_flight.get(current.label, 0) + 1
+                        events, resumed = events_of(head, tail), True
             finally:
-                self.in_flight[target.label] -= 1
+                self.in_flight[current.label] -= 1
 
         return EventStreamResponse(body(), lambda: None)
+
+    async def _resume(
+        self,
+        path: str,
+        request: dict[str, Any],
+        spare: list[Target],
+        text: str,
+        tokens: int,
+        attempts: list[dict[str, Any]],
+    ) -> tuple[Target, list[str], AsyncIterator[str]] | None:
+        """The first spare replica that takes up the answer where it broke, with its first
+        events; None when none does."""
+        while spare:
+            target = spare.pop(0)
+            if target.upstream is None:
+                continue  # the local engine cannot take up a stream part-way (not yet)
+            client = self.clients[target.upstream]
+            body = _continuation(request, target, text, tokens, client.upstream.kind, path)
+            try:
+                head, tail = await client.stream(path, body)
+            except (TargetFailed, UpstreamError) as exc:
+                attempts.append({"target": target.label, "error": f"resume failed: {exc}"})
+                continue
+            return target, head, tail
+        return None
 
     async def close(self) -> None:
         for client in self.clients.values():
@@ -225,6 +286,38 @@ def _attempt(
     if retry_after is not None:
         out["retry_after"] = retry_after
     return out
+
+
+def _piece(chunk: dict) -> str:
+    """The text a chunk adds (chat delta content, or a completion's text)."""
+    out = ""
+    for choice in chunk.get("choices") or []:
+        if isinstance(choice, dict):
+            delta = choice.get("delta")
+            if isinstance(delta, dict):
+                out += delta.get("content") or ""
+            out += choice.get("text") or ""
+    return out
+
+
+def _continuation(
+    request: dict[str, Any], target: Target, text: str, tokens: int, kind: str, path: str
+) -> dict[str, Any]:
+    """The request that asks a replica to go on from ``text``: the answer so far as an
+    assistant message to continue (vLLM needs ``continue_final_message``), or, for a
+    completion, appended to the prompt; the token limit less what was sent."""
+    body = {**request, "model": target.model}
+    if path.endswith("/chat/completions"):
+        body["messages"] = [*request.get("messages", []), {"role": "assistant", "content": text}]
+        if kind == "vllm":
+            body["continue_final_message"] = True
+            body["add_generation_prompt"] = False
+    elif isinstance(request.get("prompt"), str):
+        body["prompt"] = request["prompt"] + text
+    for limit in ("max_tokens", "max_completion_tokens"):
+        if isinstance(request.get(limit), int):
+            body[limit] = max(1, request[limit] - tokens)
+    return body
 
 
 def _ends(chunk: dict) -> bool:
