@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -352,3 +353,31 @@ def test_without_upstreams_or_routes_nothing_changes() -> None:
     r = ask(client, "fake")
     assert r.status_code == 200 and "cuvee" not in r.json()
     assert "x-cuvee-served-by" not in r.headers
+
+
+def test_a_failing_upstream_is_cooled_down_tried_last_and_checked_back_in(upstreams) -> None:
+    a, _ = upstreams["a"]
+    a.status = 500
+    cooldown = {"failures": 2, "window": 60, "seconds": 0.2}
+    routes = {"assistant": {"targets": ["a/m", "b/m"]}}
+    app, _ = gateway_app(config_of(upstreams, routes, a={"cooldown": cooldown}))
+    with TestClient(app) as client:  # one event loop: the health check runs in it
+        for _ in range(2):
+            r = ask(client, "assistant")
+            assert r.json()["cuvee"]["served_by"] == "b/m"
+        assert len(a.seen) == 2
+        metrics = client.get("/metrics").text
+        assert 'cuvee_gateway_target_up{target="a"} 0.0' in metrics
+        assert 'cuvee_gateway_target_failures_total{target="a"} 2.0' in metrics
+        # cooled down: b is asked first, a not at all
+        r = ask(client, "assistant")
+        assert r.json()["cuvee"] == {"served_by": "b/m", "attempts": []}
+        assert len(a.seen) == 2
+        # a recovers; its health check (GET /models) puts it back in use
+        a.status = None
+        a.app.get("/v1/models")(lambda: {"object": "list", "data": []})
+        deadline = time.monotonic() + 10
+        while 'cuvee_gateway_target_up{target="a"} 1.0' not in client.get("/metrics").text:
+            assert time.monotonic() < deadline, "the health check never brought a back"
+            time.sleep(0.05)
+        assert ask(client, "assistant").json()["cuvee"]["served_by"] == "a/m"

@@ -120,6 +120,7 @@ def create_app(
     if request_log is not None:
         state.extra["request_log"] = request_log
     if gateway is not None:
+        gateway.attach(state.metrics)
         state.extra["gateway"] = gateway
 
     @contextlib.asynccontextmanager

@@ -45,6 +45,18 @@ class Metrics:
         self.completion_tokens = Counter(
             "cuvee_completion_tokens", "tokens generated, by model", ["model"], registry=r
         )
+        self.target_up = Gauge(
+            "cuvee_gateway_target_up",
+            "1 while a gateway target is in use, 0 while it is cooled down after failures",
+            ["target"],
+            registry=r,
+        )
+        self.target_failures = Counter(
+            "cuvee_gateway_target_failures",
+            "gateway targets' failures that sent a request on to the next target",
+            ["target"],
+            registry=r,
+        )
         self.ttft = Histogram(
             "cuvee_time_to_first_token_seconds",
             "time from request to its first generated token, by model",

@@ -49,6 +49,17 @@ class Prices(BaseModel):
     output: float = Field(0.0, ge=0)
 
 
+class Cooldown(BaseModel):
+    """``failures`` within ``window`` seconds take the upstream out of use; a health check
+    (its ``/models``) every ``seconds`` brings it back once it answers."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    failures: int = Field(3, ge=1)
+    window: float = Field(30.0, gt=0)
+    seconds: float = Field(15.0, gt=0)
+
+
 class Upstream(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -61,6 +72,7 @@ class Upstream(BaseModel):
     price_per_million: Prices = Field(default_factory=Prices)
     timeouts: Timeouts = Field(default_factory=Timeouts)
     max_concurrency: int = Field(64, ge=1)
+    cooldown: Cooldown = Field(default_factory=Cooldown)
 
     @field_validator("base_url")
     @classmethod

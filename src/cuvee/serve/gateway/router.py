@@ -23,9 +23,11 @@ from typing import Any
 from fastapi.responses import JSONResponse, Response
 
 from cuvee.serve import errors
-from cuvee.serve.gateway.config import GatewayConfig
+from cuvee.serve.gateway.config import GatewayConfig, Upstream
+from cuvee.serve.gateway.health import Health
 from cuvee.serve.gateway.upstream import TargetFailed, UpstreamClient, UpstreamError
 from cuvee.serve.generation import EventStreamResponse, sse
+from cuvee.serve.metrics import Metrics
 
 # The local engine's answer for a local target: (model id) -> Response, raising APIError.
 Local = Callable[[str], Awaitable[Response]]
@@ -41,11 +43,27 @@ class Target:
 @dataclass
 class Gateway:
     config: GatewayConfig
+    metrics: Metrics | None = None
     clients: dict[str, UpstreamClient] = field(default_factory=dict)
     in_flight: dict[str, int] = field(default_factory=dict)
+    health: Health = field(init=False)
 
     def __post_init__(self) -> None:
         self.clients = {name: UpstreamClient(u) for name, u in self.config.upstreams.items()}
+        self.health = Health(self.config.upstreams, self._report, self._check)
+
+    def attach(self, metrics: Metrics) -> None:
+        """Report to the server's /metrics (each upstream in use to begin with)."""
+        self.metrics = metrics
+        for name in self.config.upstreams:
+            self._report(name, not self.health.cooled(name))
+
+    def _report(self, name: str, up: bool) -> None:
+        if self.metrics is not None:
+            self.metrics.target_up.labels(name).set(1 if up else 0)
+
+    async def _check(self, upstream: Upstream) -> bool:
+        return await self.clients[upstream.name].alive()
 
     # -- which ids ---------------------------------------------------------------------------
 
@@ -56,6 +74,8 @@ class Gateway:
             targets = [self._target(spec) for spec in route.targets]
             if route.policy == "balance":
                 targets.sort(key=lambda t: self.in_flight.get(t.label, 0))
+            # a cooled-down upstream is tried last, after every target in use
+            targets.sort(key=lambda t: t.upstream is not None and self.health.cooled(t.upstream))
             return targets
         name, sep, _ = model.partition("/")
         if sep and name in self.config.upstreams:
@@ -110,13 +130,16 @@ class Gateway:
                 sent = {**body, "model": target.model}
                 if body.get("stream"):
                     first, rest = await client.stream(path, sent)
+                    self.health.succeeded(target.upstream)
                     handed_over = True
                     spare = [t for t in targets if t is not target] if self.replicas(public) else []
                     return self._stream(public, target, first, rest, attempts, path, body, spare)
                 answer = await client.complete(path, sent)
+                self.health.succeeded(target.upstream)
                 return self._whole(public, target, answer.status, answer.body, attempts)
             except TargetFailed as exc:
                 attempts.append(_attempt(target, exc.reason, started, exc.retry_after))
+                self._failed(target)
             except UpstreamError as exc:
                 return self._whole(public, target, exc.status, exc.body, attempts)
             except errors.APIError as exc:
@@ -203,6 +226,7 @@ class Gateway:
                             yield sse(chunk)
                         raise TargetFailed("the stream ended without [DONE]")
                     except TargetFailed as exc:
+                        self._failed(current)
                         broke = f"broke after {tokens} tokens: {exc.reason}"
                         attempts.append({"target": current.label, "error": broke})
                         following = await self._resume(path, request, spare, text, tokens, attempts)
@@ -240,11 +264,21 @@ class Gateway:
                 head, tail = await client.stream(path, body)
             except (TargetFailed, UpstreamError) as exc:
                 attempts.append({"target": target.label, "error": f"resume failed: {exc}"})
+                self._failed(target)
                 continue
+            self.health.succeeded(target.upstream)
             return target, head, tail
         return None
 
+    def _failed(self, target: Target) -> None:
+        if target.upstream is None:
+            return
+        if self.metrics is not None:
+            self.metrics.target_failures.labels(target.upstream).inc()
+        self.health.failed(target.upstream)
+
     async def close(self) -> None:
+        self.health.close()
         for client in self.clients.values():
             await client.close()
 

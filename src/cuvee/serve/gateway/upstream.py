@@ -145,6 +145,16 @@ class UpstreamClient:
 
         return [first], rest()
 
+    async def alive(self) -> bool:
+        """The health check: does the upstream answer its ``/models``?"""
+        try:
+            response = await self.client.get(
+                self.upstream.base_url + "/models", headers=self._headers(), timeout=5
+            )
+        except httpx.HTTPError:
+            return False
+        return response.status_code < 500
+
     async def close(self) -> None:
         if self._client is not None and self._loop is asyncio.get_running_loop():
             await self._client.aclose()
