@@ -381,3 +381,21 @@ def test_a_failing_upstream_is_cooled_down_tried_last_and_checked_back_in(upstre
             assert time.monotonic() < deadline, "the health check never brought a back"
             time.sleep(0.05)
         assert ask(client, "assistant").json()["cuvee"]["served_by"] == "a/m"
+
+
+def test_a_target_that_cannot_honour_the_request_is_skipped_with_the_reason(upstreams) -> None:
+    routes = {"assistant": {"targets": ["a/m", "b/m"]}}
+    declared = {"a": {"supports": ["logprobs"], "context_length": 64}}
+    app, _ = gateway_app(config_of(upstreams, routes, **declared))
+    client = TestClient(app)
+    tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
+    r = ask(client, "assistant", tools=[tool])
+    (attempt,) = r.json()["cuvee"]["attempts"]
+    assert attempt["target"] == "a/m" and "does not support tools" in attempt["error"]
+    assert r.json()["cuvee"]["served_by"] == "b/m"
+    assert upstreams["a"][0].seen == []  # never asked
+    r = ask(client, "assistant", max_tokens=500)
+    assert "context is 64" in r.json()["cuvee"]["attempts"][0]["error"]
+    # what it declares it can do goes to it
+    r = ask(client, "assistant", logprobs=True, max_tokens=8)
+    assert r.json()["cuvee"] == {"served_by": "a/m", "attempts": []}

@@ -73,6 +73,10 @@ class Upstream(BaseModel):
     timeouts: Timeouts = Field(default_factory=Timeouts)
     max_concurrency: int = Field(64, ge=1)
     cooldown: Cooldown = Field(default_factory=Cooldown)
+    # what it can honour; None: not declared (requests go as they are, and the upstream's own
+    # 400 comes back). A route skips an upstream that declares it lacks what a request needs.
+    supports: list[Literal["tools", "json_schema", "logprobs"]] | None = None
+    context_length: int | None = Field(None, ge=1)
 
     @field_validator("base_url")
     @classmethod

@@ -127,6 +127,10 @@ class Gateway:
                 if target.upstream is None:
                     return _tagged(await local(target.model), target, attempts, public)
                 client = self.clients[target.upstream]
+                lacking = _lacking(client.upstream, body)
+                if lacking:
+                    attempts.append(_attempt(target, f"skipped: {lacking}", started))
+                    continue
                 sent = {**body, "model": target.model}
                 if body.get("stream"):
                     first, rest = await client.stream(path, sent)
@@ -320,6 +324,36 @@ def _attempt(
     if retry_after is not None:
         out["retry_after"] = retry_after
     return out
+
+
+def _needs(body: dict[str, Any]) -> list[str]:
+    """What a request needs of the server that answers it."""
+    out = []
+    if body.get("tools"):
+        out.append("tools")
+    fmt = body.get("response_format")
+    if isinstance(fmt, dict) and fmt.get("type") == "json_schema":
+        out.append("json_schema")
+    if body.get("logprobs"):
+        out.append("logprobs")
+    return out
+
+
+def _lacking(upstream: Upstream, body: dict[str, Any]) -> str | None:
+    """Why ``upstream`` cannot honour ``body`` as its config declares it, or None."""
+    if upstream.supports is not None:
+        missing = [need for need in _needs(body) if need not in upstream.supports]
+        if missing:
+            return f"{upstream.name} does not support {', '.join(missing)}"
+    if upstream.context_length is not None:
+        size = len(json.dumps(body.get("messages") or body.get("prompt") or "")) // 4
+        wanted = size + int(body.get("max_tokens") or body.get("max_completion_tokens") or 0)
+        if wanted > upstream.context_length:
+            return (
+                f"about {wanted} tokens asked, {upstream.name}'s context is "
+                f"{upstream.context_length}"
+            )
+    return None
 
 
 def _piece(chunk: dict) -> str:
