@@ -707,3 +707,39 @@ def test_chat_and_documents_with_the_real_model(
         assert "27" in page.inner_text("#answer .answer-text")
         page.screenshot(path=str(shots / "real-documents.png"), full_page=True)
         ui.close()
+
+
+def test_the_documents_screen_works_from_the_keyboard(browser, docs_home: Path) -> None:
+    served = _served(docs_home)
+    with uvicorn_in_thread(served.app) as base:
+        ui = Page(browser, base)
+        page = ui.page
+        ui.open()
+        page.wait_for_selector("#chat-model option[value=fake]", state="attached")
+        # Tab from the top of the page to the Documents tab, then into the question
+        page.keyboard.press("Tab")
+        for _ in range(10):
+            if page.evaluate("document.activeElement.dataset.screen") == "docs":
+                break
+            page.keyboard.press("Tab")
+        assert page.evaluate("document.activeElement.dataset.screen") == "docs"
+        page.keyboard.press("Enter")
+        page.wait_for_selector("#screen-docs:not([hidden])")
+        page.wait_for_selector("#docs-collection option[value=hb]", state="attached")
+
+        def tab_to(test: str) -> None:
+            for _ in range(15):
+                page.keyboard.press("Tab")
+                if page.evaluate(f"(e => {test})(document.activeElement)"):
+                    return
+            raise AssertionError(f"Tab never reached {test}")
+
+        tab_to("e.id === 'docs-question'")
+        page.keyboard.type("How many days of paid annual leave does a full-time get?")
+        page.keyboard.press("Enter")  # submits the form
+        page.wait_for_selector("#answer .cite")
+        tab_to("e.classList.contains('cite')")
+        page.keyboard.press("Enter")  # a citation opens from the keyboard too
+        page.wait_for_selector("#source-text mark")
+        assert page.evaluate("document.activeElement.id") == "source-text"  # focus follows
+        ui.close()
