@@ -399,3 +399,77 @@ def test_a_target_that_cannot_honour_the_request_is_skipped_with_the_reason(upst
     # what it declares it can do goes to it
     r = ask(client, "assistant", logprobs=True, max_tokens=8)
     assert r.json()["cuvee"] == {"served_by": "a/m", "attempts": []}
+
+
+def test_a_config_reload_changes_routes_and_keeps_what_did_not_change(upstreams) -> None:
+    routes = {"assistant": {"targets": ["a/m"]}}
+    config = config_of(upstreams, routes)
+    app, _ = gateway_app(config)
+    gateway = app.state.cuvee.extra["gateway"]
+    client = TestClient(app)
+    assert ask(client, "assistant").json()["cuvee"]["served_by"] == "a/m"
+    kept = gateway.clients["a"]
+    gateway.health.breakers["a"].failures.append(time.monotonic())  # a state to keep
+    changed = config_of(
+        upstreams, {"assistant": {"targets": ["b/m"]}, "second": {"targets": ["a/m"]}}
+    )
+    changed["upstreams"]["b"]["timeouts"] = {"connect": 1}
+    notes = gateway.reload(GatewayConfig.model_validate(changed))
+    assert "route assistant set" in notes and "route second set" in notes
+    assert "upstream b changed" in notes and not any("upstream a" in n for n in notes)
+    assert gateway.clients["a"] is kept and len(gateway.health.breakers["a"].failures) == 1
+    assert ask(client, "assistant").json()["cuvee"]["served_by"] == "b/m"
+    assert ask(client, "second").json()["cuvee"]["served_by"] == "a/m"
+
+
+def test_serve_reloads_its_config_file_on_sighup(upstreams, tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    _, a_url = upstreams["a"]
+    config = tmp_path / "serve.yaml"
+    config.write_text(f"upstreams:\n  a:\n    base_url: {a_url}\n    models: [m]\n")
+    port = free_port()
+    env = {**os.environ, "CUVEE_HOME": str(tmp_path / "home")}
+    log = tmp_path / "serve.log"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cuvee", "serve", "--port", str(port), "--config", str(config)],
+        env=env, stdout=subprocess.DEVNULL, stderr=log.open("w"),
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(base + "/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                assert time.monotonic() < deadline, "cuvee serve did not start"
+                time.sleep(0.2)
+        ids = lambda: [m["id"] for m in httpx.get(base + "/v1/models").json()["data"]]  # noqa: E731
+        assert "team" not in ids()
+        config.write_text(
+            f"upstreams:\n  a:\n    base_url: {a_url}\n    models: [m]\n"
+            "routes:\n  team:\n    targets: [a/m]\n"
+        )
+        proc.send_signal(signal.SIGHUP)
+        while "team" not in ids():
+            assert time.monotonic() < deadline, "the route never appeared"
+            time.sleep(0.1)
+        body = {"model": "team", "messages": [{"role": "user", "content": "Hi"}]}
+        r = httpx.post(base + "/v1/chat/completions", json=body, timeout=30)
+        assert r.json()["cuvee"]["served_by"] == "a/m"
+        # a broken edit is refused and the config in use stays
+        config.write_text("routes:\n  team:\n    targets: [nowhere/m]\n")
+        proc.send_signal(signal.SIGHUP)
+        while "the config in use stays" not in log.read_text():
+            assert time.monotonic() < deadline + 30, log.read_text()
+            time.sleep(0.1)
+        assert "team" in ids()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+    err = log.read_text()
+    assert "reloaded: route team set" in err and "no upstream 'nowhere'" in err

@@ -183,6 +183,33 @@ def serve(
         from cuvee.serve.gateway.router import Gateway
 
         gateway = Gateway(load(config_file, upstreams))
+    reload = changed = None
+    if gateway is not None and config_file is not None:
+        seen = [config_file.stat().st_mtime]
+
+        def changed() -> bool:
+            try:
+                mtime = config_file.stat().st_mtime
+            except OSError:
+                return False
+            if mtime == seen[0]:
+                return False
+            seen[0] = mtime
+            return True
+
+        def reload() -> None:
+            from cuvee.errors import CuveeError
+            from cuvee.serve.gateway.config import load
+
+            try:
+                changes = gateway.reload(load(config_file, upstreams))
+            except CuveeError as exc:
+                click.echo(f"SIGHUP: {exc.message}; the config in use stays", err=True)
+                return
+            click.echo(
+                f"SIGHUP: {config_file} reloaded: {'; '.join(changes) or 'no change'}", err=True
+            )
+
     app = create_app(
         settings,
         registry,
@@ -203,6 +230,8 @@ def serve(
         app, host=host, port=port, log_level="info", access_log=False, timeout_graceful_shutdown=5
     )
     try:
-        DrainingServer(config, app.state.cuvee, drain_timeout).run()
+        DrainingServer(
+            config, app.state.cuvee, drain_timeout, on_hangup=reload, changed=changed
+        ).run()
     finally:
         request_log.close()

@@ -274,6 +274,33 @@ class Gateway:
             return target, head, tail
         return None
 
+    def reload(self, config: GatewayConfig) -> list[str]:
+        """Take a new config (a SIGHUP of `cuvee serve --config`): routes and upstreams are
+        replaced for the requests that start from now on. A stream already running keeps the
+        connection it has; an upstream whose settings did not change keeps its pool and its
+        breaker's state. Returns what changed, for the log."""
+        changes = []
+        clients: dict[str, UpstreamClient] = {}
+        for name, upstream in config.upstreams.items():
+            old = self.clients.get(name)
+            if old is not None and old.upstream == upstream:
+                clients[name] = old
+            else:
+                clients[name] = UpstreamClient(upstream)
+                changes.append(f"upstream {name} {'changed' if old else 'added'}")
+        changes += [f"upstream {name} removed" for name in self.clients if name not in clients]
+        for name in set(config.routes) | set(self.config.routes):
+            if config.routes.get(name) != self.config.routes.get(name):
+                changes.append(f"route {name} {'removed' if name not in config.routes else 'set'}")
+        kept = {
+            n: b for n, b in self.health.breakers.items() if clients.get(n) is self.clients.get(n)
+        }
+        self.health.close()
+        self.health = Health(config.upstreams, self._report, self._check)
+        self.health.breakers.update(kept)
+        self.config, self.clients = config, clients
+        return changes
+
     def _failed(self, target: Target) -> None:
         if target.upstream is None:
             return
