@@ -52,7 +52,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -62,6 +61,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from machine import describe
+from procs import free_port
 
 PARALLEL = 16  # sequences served at once (cuvee's engine default, llama-server's -np)
 CTX_PER_SEQ = 2048  # KV cells per sequence: cuvee's engine default (16 x 2048)
@@ -84,12 +84,6 @@ PROMPTS = [
     "Five tips for writing clear emails at work:",
     "The old map showed a path through the forest that nobody had walked for a hundred years.",
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass

@@ -16,7 +16,6 @@ import argparse
 import json
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -26,6 +25,7 @@ from pathlib import Path
 
 import httpx
 from machine import describe
+from procs import free_port, rss_mib
 
 CHROMIUM = "/usr/bin/chromium"
 PROMPTS = [
@@ -38,19 +38,6 @@ PROMPTS = [
     "Name a fruit that is yellow.",
     "Give me a word that rhymes with cat.",
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def main() -> None:

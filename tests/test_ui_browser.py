@@ -7,6 +7,7 @@ than the server (the UI must work offline), and each screen is photographed into
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -14,6 +15,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -99,6 +101,15 @@ class Page:
         self.context.close()
 
 
+@contextlib.contextmanager
+def browsing(browser, app) -> Iterator[tuple[Page, Any, str]]:
+    """``app`` served on a free port, and a watched page on it: (the Page, its playwright page,
+    the server's root URL)."""
+    with uvicorn_in_thread(app) as base:
+        ui = Page(browser, base)
+        yield ui, ui.page, base
+
+
 def _served(home: Path, answer: str = SUPPORTED, **kw) -> Served:
     kw.setdefault("fakes", Fakes(context=4096))  # room for the form's 512 max tokens
     return Served(home, answer, **kw)
@@ -113,9 +124,7 @@ def test_chat_streams_an_answer_with_its_time_to_first_token_and_rate(
     browser, docs_home: Path, shots: Path
 ) -> None:
     served = _served(docs_home)
-    with uvicorn_in_thread(served.app) as base:
-        ui = Page(browser, base)
-        page = ui.page
+    with browsing(browser, served.app) as (ui, page, base):
         ui.open("/")  # the root redirects to the UI
         assert page.url == base + "/ui/"
         page.wait_for_selector("#chat-model option[value=fake]", state="attached")
@@ -142,9 +151,7 @@ def test_chat_streams_an_answer_with_its_time_to_first_token_and_rate(
 
 def test_the_time_to_first_token_shown_includes_the_servers_own(browser, docs_home: Path) -> None:
     served = _served(docs_home, fakes=Fakes(context=4096, first_delay=0.4))
-    with uvicorn_in_thread(served.app) as base:
-        ui = Page(browser, base)
-        page = ui.page
+    with browsing(browser, served.app) as (ui, page, _base):
         ui.open()
         page.wait_for_selector("#chat-model option[value=fake]", state="attached")
         _send(page, "Take your time")
@@ -164,9 +171,7 @@ def test_the_time_to_first_token_shown_includes_the_servers_own(browser, docs_ho
 def test_stop_cancels_the_sequence_in_the_engine(browser, docs_home: Path) -> None:
     fakes = Fakes(endless=True, context=1 << 20)
     served = _served(docs_home, fakes=fakes)
-    with uvicorn_in_thread(served.app) as base:
-        ui = Page(browser, base)
-        page = ui.page
+    with browsing(browser, served.app) as (ui, page, _base):
         ui.open()
         page.wait_for_selector("#chat-model option[value=fake]", state="attached")
         page.select_option("#chat-model", "fake")
@@ -191,9 +196,7 @@ def test_stop_cancels_the_sequence_in_the_engine(browser, docs_home: Path) -> No
 
 def test_conversations_can_be_renamed_deleted_and_exported(browser, docs_home: Path) -> None:
     served = _served(docs_home)
-    with uvicorn_in_thread(served.app) as base:
-        ui = Page(browser, base)
-        page = ui.page
+    with browsing(browser, served.app) as (ui, page, _base):
         ui.open()
         page.wait_for_selector("#chat-model option[value=fake]", state="attached")
         _send(page, "First question")
@@ -219,9 +222,7 @@ def test_conversations_can_be_renamed_deleted_and_exported(browser, docs_home: P
 def test_model_output_is_never_run_as_html(browser, docs_home: Path) -> None:
     script = ("Look: ", XSS, " [click](javascript:window.__pwned=3) ", "**bold**")
     served = _served(docs_home, fakes=Fakes(script=script, context=4096))
-    with uvicorn_in_thread(served.app) as base:
-        ui = Page(browser, base)
-        page = ui.page
+    with browsing(browser, served.app) as (ui, page, _base):
         ui.open()
         page.wait_for_selector("#chat-model option[value=fake]", state="attached")
         _send(page, "Show me markup")
@@ -245,9 +246,7 @@ def test_compare_streams_two_models_side_by_side_and_records_the_vote(
     gate = threading.Event()  # both streams must be open before either goes past token 1
     fakes = Fakes(context=4096, gate=gate)
     served = _served(docs_home, fakes=fakes)
-    with uvicorn_in_thread(served.app) as base:
-        ui = Page(browser, base)
-        page = ui.page
+    with browsing(browser, served.app) as (ui, page, _base):
         ui.open("/ui/#compare")
         page.wait_for_selector("#compare-models input[value=other]", state="attached")
         page.fill("#compare-prompt", "Write a greeting.")
@@ -284,9 +283,7 @@ def test_a_citation_opens_its_source_with_the_quote_highlighted(
     browser, docs_home: Path, shots: Path
 ) -> None:
     served = _served(docs_home)
-    with uvicorn_in_thread(served.app) as base:
-        ui = Page(browser, base)
-        page = ui.page
+    with browsing(browser, served.app) as (ui, page, _base):
         ui.open("/ui/#docs")
         page.wait_for_selector("#docs-collection option[value=hb]", state="attached")
         assert "documents" in page.inner_text("#collection-info")
@@ -318,9 +315,7 @@ def test_a_citation_opens_its_source_with_the_quote_highlighted(
 
 def test_an_abstention_is_shown_as_one(browser, docs_home: Path) -> None:
     served = _served(docs_home)
-    with uvicorn_in_thread(served.app) as base:
-        ui = Page(browser, base)
-        page = ui.page
+    with browsing(browser, served.app) as (ui, page, _base):
         ui.open("/ui/#docs")
         page.wait_for_selector("#docs-collection option[value=hb]", state="attached")
         page.select_option("#docs-collection", "hb")
@@ -347,9 +342,7 @@ def test_document_text_is_shown_as_text(browser, docs_home: Path, tmp_path: Path
     ingest(collection, backend, [folder])
     collection.close()
     served = _served(docs_home, "The parking badge office opens at 9 am [1].", backend=backend)
-    with uvicorn_in_thread(served.app) as base:
-        ui = Page(browser, base)
-        page = ui.page
+    with browsing(browser, served.app) as (ui, page, _base):
         ui.open("/ui/#docs")
         page.wait_for_selector("#docs-collection option[value=markup]", state="attached")
         page.select_option("#docs-collection", "markup")
@@ -371,9 +364,7 @@ def test_a_key_restricted_to_one_collection_sees_only_it(
     keys = KeyStore(tmp_path / "keys.sqlite")
     _, secret = keys.create("analyst", collections=["hb"])
     served = _served(docs_home, keys=keys)
-    with uvicorn_in_thread(served.app) as base:
-        ui = Page(browser, base)
-        page = ui.page
+    with browsing(browser, served.app) as (ui, page, _base):
         ui.open("/ui/#docs")
         page.fill("#api-key", secret)
         page.dispatch_event("#api-key", "change")
@@ -403,9 +394,7 @@ def test_the_models_screen_shows_lineage_exports_and_card(
         encoding="utf-8",
     )
     served = _served(docs_home)
-    with uvicorn_in_thread(served.app) as base:
-        ui = Page(browser, base)
-        page = ui.page
+    with browsing(browser, served.app) as (ui, page, _base):
         ui.open("/ui/#models")
         page.click("#store-list button:has-text('tiny')")
         page.wait_for_selector("#model-detail h2:has-text('tiny')")
@@ -445,9 +434,7 @@ def test_a_training_run_is_started_watched_and_ends_in_models(
     browser, docs_home: Path, tiny_gemma_dir: Path, tmp_path: Path, shots: Path
 ) -> None:
     served = _served(docs_home)
-    with uvicorn_in_thread(served.app) as base:
-        ui = Page(browser, base)
-        page = ui.page
+    with browsing(browser, served.app) as (ui, page, _base):
         _start_training(
             ui, tiny_gemma_dir, tmp_path, "web-tuned", 20,
             "lr: 0.01\nepochs: 100\neval_split: 0.2\nseed: 3",
@@ -484,9 +471,7 @@ def test_stopping_a_run_keeps_its_checkpoint_and_shows_how_to_resume(
     browser, docs_home: Path, tiny_gemma_dir: Path, tmp_path: Path
 ) -> None:
     served = _served(docs_home)
-    with uvicorn_in_thread(served.app) as base:
-        ui = Page(browser, base)
-        page = ui.page
+    with browsing(browser, served.app) as (ui, page, _base):
         _start_training(ui, tiny_gemma_dir, tmp_path, "halted", 100000, "epochs: 100000")
         page.wait_for_selector(".fig-step", timeout=120_000)
         page.click("#train-stop")
@@ -508,9 +493,7 @@ def test_an_admin_creates_and_revokes_a_key_in_the_keys_screen(
     keys = KeyStore(tmp_path / "keys.sqlite")
     _, boss = keys.create("boss", admin=True)
     served = _served(docs_home, keys=keys)
-    with uvicorn_in_thread(served.app) as base:
-        ui = Page(browser, base)
-        page = ui.page
+    with browsing(browser, served.app) as (ui, page, _base):
         ui.open("/ui/#keys")
         page.fill("#api-key", boss)
         page.dispatch_event("#api-key", "change")
@@ -538,9 +521,7 @@ def test_an_evaluation_runs_shows_its_figures_and_opens_its_report(
     browser, docs_home: Path, shots: Path
 ) -> None:
     served = _served(docs_home)
-    with uvicorn_in_thread(served.app) as base:
-        ui = Page(browser, base)
-        page = ui.page
+    with browsing(browser, served.app) as (ui, page, base):
         ui.open("/ui/#evaluate")
         page.wait_for_selector("#eval-suites input[value=tasks]", state="attached")
         # the model: this very server's fake engine, as an OpenAI-compatible endpoint
@@ -576,9 +557,7 @@ def test_documents_are_uploaded_asked_and_removed(
         encoding="utf-8",
     )
     served = _served(docs_home, "The greenhouse opens at 7 am on weekdays [1].")
-    with uvicorn_in_thread(served.app) as base:
-        ui = Page(browser, base)
-        page = ui.page
+    with browsing(browser, served.app) as (ui, page, _base):
         ui.open("/ui/#docs")
         page.wait_for_selector("#docs-collection option[value=hb]", state="attached")
         page.click("#docs-manage summary")
@@ -615,9 +594,7 @@ def test_every_screen_has_no_serious_accessibility_violation(browser, docs_home:
 
     axe = Axe()
     served = _served(docs_home)
-    with uvicorn_in_thread(served.app) as base:
-        ui = Page(browser, base)
-        page = ui.page
+    with browsing(browser, served.app) as (ui, page, base):
         ui.open()
         page.wait_for_selector("#chat-model option[value=fake]", state="attached")
         _send(page, "Hello there")
@@ -678,9 +655,7 @@ def test_chat_and_documents_with_the_real_model(
     sample.close()
     settings = load_settings()
     app = create_app(settings, ModelRegistry(settings), Authenticator(None))
-    with uvicorn_in_thread(app) as base:
-        ui = Page(browser, base)
-        page = ui.page
+    with browsing(browser, app) as (ui, page, base):
         ui.open()
         page.wait_for_selector("#chat-model option[value=gemma3-270m]", state="attached")
         page.select_option("#chat-model", "gemma3-270m")
@@ -711,9 +686,7 @@ def test_chat_and_documents_with_the_real_model(
 
 def test_the_documents_screen_works_from_the_keyboard(browser, docs_home: Path) -> None:
     served = _served(docs_home)
-    with uvicorn_in_thread(served.app) as base:
-        ui = Page(browser, base)
-        page = ui.page
+    with browsing(browser, served.app) as (ui, page, _base):
         ui.open()
         page.wait_for_selector("#chat-model option[value=fake]", state="attached")
         # Tab from the top of the page to the Documents tab, then into the question
