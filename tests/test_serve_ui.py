@@ -309,3 +309,18 @@ def test_uploads_need_an_admin_and_a_readable_file(docs_home: Path, tmp_path: Pa
         "/v1/collections/garden/documents/remove", json={"ref": "nope"}, headers=admin
     )
     assert_error(missing, 404, code="document_not_found")
+
+
+def test_loopback_clients_and_uploaded_file_names() -> None:
+    from cuvee.serve.deps import upload_name
+    from cuvee.serve.keys import is_loopback
+
+    # the same judgement for an address to bind and a client's address
+    assert is_loopback("127.0.0.1") and is_loopback("127.0.0.9") and is_loopback("::1")
+    assert is_loopback("::ffff:127.0.0.1")  # an IPv4 loopback client seen on an IPv6 socket
+    assert not is_loopback("::ffff:10.0.0.8") and not is_loopback("10.0.0.8")
+    assert not is_loopback("") and not is_loopback("testclient")
+    assert upload_name("../../etc/passwd") == "passwd"
+    assert upload_name("my notes (v2).md") == "my notes -v2-.md"
+    assert upload_name("$(rm -rf).txt") == "rm -rf-.txt"  # no leading dash: not an option
+    assert upload_name("...") == ""

@@ -2,27 +2,16 @@
 
 from __future__ import annotations
 
-import ipaddress
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
 
 from cuvee.errors import ConfigError
+from cuvee.serve.keys import is_loopback
 
 if TYPE_CHECKING:
     from cuvee.config import Settings
-
-
-def is_loopback(host: str) -> bool:
-    """Whether ``host`` only accepts connections from this machine. A name other than
-    localhost may resolve to any interface, so it counts as exposed."""
-    if host.strip().lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def check_exposure(host: str, has_keys: bool, insecure_no_auth: bool) -> str | None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import re
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ import anyio
 from cuvee.docs import index
 from cuvee.errors import DocsError
 from cuvee.serve import errors
+from cuvee.serve.deps import upload_name
 from cuvee.serve.keys import ApiKey
 from cuvee.serve.rag import PREFIX, DocsService, collection_not_found
 from cuvee.serve.schemas import UploadRequest
@@ -95,7 +95,6 @@ async def documents_route(state: Any, key: ApiKey | None, name: str) -> dict[str
 
 # ---- writing (admin only: the routes check) --------------------------------------------------
 
-_SAFE = re.compile(r"[^A-Za-z0-9._ -]+")
 LOADABLE = (".txt", ".md", ".markdown", ".html", ".htm", ".pdf", ".docx")
 
 
@@ -124,7 +123,7 @@ def upload(state: Any, name: str, body: UploadRequest) -> dict[str, Any]:
 
     saved = []
     for item in body.files:
-        safe = _SAFE.sub("-", Path(item.name).name).strip(" .-")
+        safe = upload_name(item.name)
         if not safe.lower().endswith(LOADABLE):
             raise errors.invalid_param(
                 f"'{item.name}': cuvee reads {', '.join(LOADABLE)} files.", "files"

@@ -3,6 +3,8 @@ run before the body is read) and the body parsed as its schema, a 400 naming the
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import Annotated, TypeVar
 
 import anyio
@@ -94,3 +96,12 @@ async def check_model(
                 code="adapter_not_servable",
             )
         raise errors.model_not_found(model)
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._ -]+")
+
+
+def upload_name(name: str) -> str:
+    """A client's file name made safe to write on the server: its last part only, with no
+    character a path or a shell would read specially ('' when nothing is left)."""
+    return _UNSAFE.sub("-", Path(name).name).strip(" .-")

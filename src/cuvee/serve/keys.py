@@ -22,6 +22,7 @@ from __future__ import annotations
 import collections
 import hashlib
 import hmac
+import ipaddress
 import json
 import re
 import secrets
@@ -102,6 +103,20 @@ class ApiKey:
             "created_at": self.created_at,
             "revoked_at": self.revoked_at,
         }
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (an address to bind, or a client's address) is this machine only. A
+    name other than localhost may resolve to any interface, so it counts as exposed; an IPv6
+    form of an IPv4 loopback address (``::ffff:127.0.0.1``) counts as loopback."""
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    mapped = getattr(address, "ipv4_mapped", None)
+    return address.is_loopback or (mapped is not None and mapped.is_loopback)
 
 
 def digest(secret: str) -> str:

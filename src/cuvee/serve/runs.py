@@ -32,15 +32,14 @@ from starlette.requests import Request as HTTPRequest
 
 from cuvee.errors import CuveeError
 from cuvee.serve import errors
+from cuvee.serve.deps import upload_name
 from cuvee.serve.generation import EventStreamResponse, sse
-from cuvee.serve.keys import ApiKey
+from cuvee.serve.keys import ApiKey, is_loopback
 from cuvee.serve.schemas import RunRequest
 
 if TYPE_CHECKING:
     from cuvee.config import Settings
 
-LOOPBACK = {"127.0.0.1", "::1"}
-_SAFE_FILE = re.compile(r"[^A-Za-z0-9._-]+")
 POLL_S = 0.2  # how often a followed run's log is read for new lines
 
 
@@ -55,8 +54,8 @@ def require_admin(auth_has_keys: bool, key: ApiKey | None, http: HTTPRequest) ->
             type="permission_error",
             code="admin_required",
         )
-    client = http.client.host if http.client else None
-    if not auth_has_keys and client in LOOPBACK:
+    client = http.client.host if http.client else ""
+    if not auth_has_keys and is_loopback(client):
         return
     raise errors.APIError(
         403,
@@ -114,7 +113,7 @@ class RunManager:
         self.uploads.mkdir(parents=True, exist_ok=True)
         data = list(body.data)
         if body.data_file is not None:
-            safe = _SAFE_FILE.sub("-", Path(body.data_file.name).name).strip("-.") or "data"
+            safe = upload_name(body.data_file.name) or "data"
             path = self.uploads / f"{body.name}-{int(time.time())}-{safe}"
             path.write_text(body.data_file.content, encoding="utf-8")
             data.append(str(path))
