@@ -136,6 +136,12 @@ def main() -> None:
     parser.add_argument("--rates", default="50,100")
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument(
+        "--litellm-workers",
+        type=int,
+        default=2,
+        help="LiteLLM's worker processes (its docs: one a core)",
+    )
     args = parser.parse_args()
     machine = describe()
     rates = [float(r) for r in args.rates.split(",")]
@@ -181,7 +187,7 @@ def main() -> None:
             ll_port = free_port()
             litellm = start(
                 [args.litellm, "--config", str(lcfg), "--port", str(ll_port), "--host",
-                 "127.0.0.1", "--num_workers", "1"],
+                 "127.0.0.1", "--num_workers", str(args.litellm_workers)],
                 "litellm.log",
                 {"LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_TELEMETRY": "False",
                  "OPENAI_API_KEY": "", "DISABLE_SCHEMA_UPDATE": "True"},
