@@ -120,13 +120,17 @@ def test_every_engine_choice_is_the_registry() -> None:
 
 def test_data_offers_the_registered_formats_and_writers() -> None:
     from cuvee.data.formats import FORMATS
+    from cuvee.data.preference import PREFERENCE_FORMATS
     from cuvee.data.writers import WRITERS
 
     out = _help("data")
-    for fmt in FORMATS.values():
+    for fmt in [*FORMATS.values(), *PREFERENCE_FORMATS.values()]:
         assert fmt.name in out and _flat(fmt.description) in _flat(out)
-    for path in [("data", "check"), ("data", "augment")]:
-        assert set(_param(path, "fmt").type.choices) == set(FORMATS), path
+    assert set(_param(("data", "augment"), "fmt").type.choices) == set(FORMATS)
+    assert set(_param(("data", "check"), "fmt").type.choices) == {
+        *FORMATS,
+        *PREFERENCE_FORMATS,
+    }
     assert set(_param(("data", "starter"), "fmt").type.choices) == set(WRITERS)
     assert "export" not in out.split("Commands:")[1]  # the subcommand is `starter`
 

@@ -1,6 +1,7 @@
-"""`cuvee data`: check instruction data like a compiler, augment it with verifiable constraints,
-and write the bundled starter set. The formats offered are the readers' and writers' registries
-(cuvee.data.formats.FORMATS, cuvee.data.writers.WRITERS)."""
+"""`cuvee data`: check instruction and preference data like a compiler, augment it with
+verifiable constraints, and write the bundled starter set. The formats offered are the readers'
+and writers' registries (cuvee.data.formats.FORMATS, cuvee.data.preference.PREFERENCE_FORMATS,
+cuvee.data.writers.WRITERS)."""
 
 from __future__ import annotations
 
@@ -12,22 +13,32 @@ import click
 
 from cuvee.cli.output import print_json
 from cuvee.data.formats import FORMATS
+from cuvee.data.preference import PREFERENCE_FORMATS
 from cuvee.data.writers import WRITERS
 
 if TYPE_CHECKING:
     from cuvee.config import Settings
 
-# The formats `check` and `augment` read, in detection order.
+# The formats `augment` reads, in detection order; `check` reads preference data too.
 FORMAT_CHOICES = list(FORMATS)
+CHECK_FORMAT_CHOICES = [*FORMATS, *PREFERENCE_FORMATS]
 
 
 def _group_help() -> str:
     formats = "\n".join(f"  {fmt.name:<9} {fmt.description}" for fmt in FORMATS.values())
+    preference = "\n".join(
+        f"  {fmt.name:<14} {fmt.description}" for fmt in PREFERENCE_FORMATS.values()
+    )
     return f"""Check and augment instruction data, and write the bundled starter set.
 
 \b
 Formats read (detected from the keys, in this order, or given with --format):
 {formats}
+
+\b
+Preference data (DPO, ORPO, KTO), told apart by "chosen"/"rejected" or "label" in the first
+record; `check` reads these too:
+{preference}
 
 A licence can be declared with --licence or a sidecar file FILE.cuvee.yaml holding `licence:`,
 `authors:` and `source:`."""
@@ -40,7 +51,7 @@ def data() -> None:
 
 @data.command("check")
 @click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--format", "fmt", type=click.Choice(FORMAT_CHOICES), help="Skip detection.")
+@click.option("--format", "fmt", type=click.Choice(CHECK_FORMAT_CHOICES), help="Skip detection.")
 @click.option("--model", help="Count tokens with this stored model's tokenizer and template.")
 @click.option(
     "--licence", "--license", "licence", help="Licence id of the data (overrides sidecar)."
@@ -54,6 +65,10 @@ def check(
 ) -> None:
     """Validate every record and report counts, lengths, duplicates and licence.
 
+    Preference files (pairs for DPO and ORPO, labelled answers for KTO) are recognised from
+    their first record, or by a preference --format; their report counts pairs and labels,
+    measures prompts and answers, and flags duplicate and contradicting pairs.
+
     Exits 1 if any record is invalid; never modifies its input.
 
     Example: cuvee data check train.jsonl --model gemma3-270m --json
@@ -66,23 +81,55 @@ def check(
 
         stored = ModelStore(settings.models_dir).get(model)
         counter = token_counter(stored.path, stored.manifest.chat_template)
-    report = check_files(
-        files,
-        fmt=fmt,
-        licence=licence,
-        count_tokens=counter,
-        max_tokens=max_tokens or settings.max_record_tokens,
-    )
+    if _are_preference_files(files, fmt):
+        from cuvee.data.preference_check import check_preference_files
+
+        report = check_preference_files(
+            files,
+            fmt=fmt,
+            licence=licence,
+            count_tokens=counter,
+            max_tokens=max_tokens or settings.max_record_tokens,
+        )
+        printer = _print_preference_report
+    else:
+        report = check_files(
+            files,
+            fmt=fmt,
+            licence=licence,
+            count_tokens=counter,
+            max_tokens=max_tokens or settings.max_record_tokens,
+        )
+        printer = _print_report
     summary = report.to_json()
     if json_output:
         print_json(summary)
     else:
-        _print_report(summary, report, show)
+        printer(summary, report, show)
     if not report.ok:
         sys.exit(1)
 
 
-def _print_report(summary: dict, report, show: int) -> None:
+def _are_preference_files(files: list[Path], fmt: str | None) -> bool:
+    """Preference data by --format, or by every file's first record; one check never mixes the
+    two kinds, whose reports differ."""
+    from cuvee.data.preference import is_preference_file
+    from cuvee.errors import DataError
+
+    if fmt is not None:
+        return fmt in PREFERENCE_FORMATS
+    kinds = {path: is_preference_file(path) for path in files if path.is_file()}
+    if len(set(kinds.values())) > 1:
+        preference = ", ".join(str(p) for p, is_pref in kinds.items() if is_pref)
+        instruction = ", ".join(str(p) for p, is_pref in kinds.items() if not is_pref)
+        raise DataError(
+            f"preference data ({preference}) and instruction data ({instruction}) in one check",
+            hint="check each kind with its own `cuvee data check`",
+        )
+    return any(kinds.values())
+
+
+def _print_problems(report, show: int) -> None:
     echo = click.echo
     for problem in report.errors[:show]:
         echo(f"error: {problem}", err=True)
@@ -92,6 +139,24 @@ def _print_report(summary: dict, report, show: int) -> None:
         echo(f"warning: {problem}", err=True)
     if len(report.warnings) > show:
         echo(f"... and {len(report.warnings) - show} more warnings", err=True)
+
+
+def _print_licences(summary: dict) -> None:
+    echo = click.echo
+    for path, lic in summary["licence"]["files"].items():
+        allowed = {
+            True: "commercial use allowed",
+            False: "NON-COMMERCIAL",
+            None: "commercial use unknown",
+        }
+        echo(f"licence:    {path}: {lic['id']} ({allowed[lic['commercial_use']]})")
+    if summary["licence"]["commercial_use"] is False:
+        echo("note: a model trained on this data inherits its non-commercial restriction", err=True)
+
+
+def _print_report(summary: dict, report, show: int) -> None:
+    echo = click.echo
+    _print_problems(report, show)
     echo(
         f"records:    {summary['records']} valid, {len(report.errors)} errors, "
         f"{len(report.warnings)} warnings"
@@ -107,15 +172,38 @@ def _print_report(summary: dict, report, show: int) -> None:
             f"{summary['over_max_length']} over the maximum"
         )
     echo(f"duplicates: {summary['duplicates']}")
-    for path, lic in summary["licence"]["files"].items():
-        allowed = {
-            True: "commercial use allowed",
-            False: "NON-COMMERCIAL",
-            None: "commercial use unknown",
-        }
-        echo(f"licence:    {path}: {lic['id']} ({allowed[lic['commercial_use']]})")
-    if summary["licence"]["commercial_use"] is False:
-        echo("note: a model trained on this data inherits its non-commercial restriction", err=True)
+    _print_licences(summary)
+
+
+def _print_preference_report(summary: dict, report, show: int) -> None:
+    echo = click.echo
+    _print_problems(report, show)
+    unpaired = summary["unpaired"]
+    echo(
+        f"records:    {summary['records']} valid, {len(report.errors)} errors, "
+        f"{len(report.warnings)} warnings"
+    )
+    echo(
+        f"preference: {summary['pairs']} pairs, {unpaired['desirable']} desirable and "
+        f"{unpaired['undesirable']} undesirable unpaired"
+        + ("; pairs and unpaired records mixed" if summary["mixed"] else "")
+    )
+    echo("formats:    " + ", ".join(f"{k} {v}" for k, v in summary["formats"].items()))
+    if set(summary["splits"]) != {"(none)"}:
+        echo("splits:     " + ", ".join(f"{k} {v}" for k, v in summary["splits"].items()))
+    for name, ln in report.lengths.items():
+        if ln is not None:
+            echo(f"{name + ':':<11} p50 {ln.p50}, p95 {ln.p95}, max {ln.max} {ln.unit}")
+    echo(f"over max:   {summary['over_max_length']} prompt+answer sequences over the maximum")
+    if summary["chosen_longer"] is not None:
+        echo(f"bias:       chosen longer than rejected in {summary['chosen_longer']:.0%} of pairs")
+    echo(f"duplicates: {summary['duplicates']}, {summary['contradictions']} contradicting")
+    _print_licences(summary)
+    if (unpaired["desirable"] == 0) != (unpaired["undesirable"] == 0):
+        echo(
+            "note: KTO learns from both desirable and undesirable answers; one kind is missing",
+            err=True,
+        )
 
 
 @data.command("starter")

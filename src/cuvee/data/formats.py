@@ -115,10 +115,9 @@ def _common(obj: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _check_order(turns: list[Turn], where: str, positions: list[int]) -> None:
-    """User and assistant alternate, starting with the user and ending with the assistant: the
-    shape supervised fine-tuning needs. ``positions`` are the turns' indexes in the file's array
-    (a system message shifts them)."""
+def _check_alternation(turns: list[Turn], where: str, positions: list[int]) -> None:
+    """User and assistant alternate, starting with the user. ``positions`` are the turns'
+    indexes in the file's array (a system message shifts them)."""
     if not turns:
         raise RecordError(where, f'field "{where}" has no user or assistant turns')
     expected = "user"
@@ -130,6 +129,11 @@ def _check_order(turns: list[Turn], where: str, positions: list[int]) -> None:
                 "(turns must alternate user/assistant)",
             )
         expected = "assistant" if expected == "user" else "user"
+
+
+def _check_order(turns: list[Turn], where: str, positions: list[int]) -> None:
+    """Alternating turns that end with the assistant: the shape supervised fine-tuning needs."""
+    _check_alternation(turns, where, positions)
     if turns[-1].role != "assistant":
         raise RecordError(where, f'"{where}" must end with an assistant turn to train on')
 
@@ -137,11 +141,8 @@ def _check_order(turns: list[Turn], where: str, positions: list[int]) -> None:
 # ------------------------------------------------------------------------------------- formats
 
 
-def _parse_alpaca(obj: dict[str, Any], origin: Origin) -> Conversation:
-    instruction = _string(obj, "instruction", required=True)
-    output = _string(obj, "output", required=True)
-    context = _string(obj, "input", required=False)
-    system = _string(obj, "system", required=False) or None
+def _alpaca_history(obj: dict[str, Any]) -> list[Turn]:
+    """Alpaca's optional ``history``: earlier [question, answer] pairs, as turns."""
     turns: list[Turn] = []
     history = obj.get("history") or []
     if not isinstance(history, list):
@@ -152,6 +153,15 @@ def _parse_alpaca(obj: dict[str, Any], origin: Origin) -> Conversation:
         ):
             raise RecordError(f"history[{i}]", f'field "history[{i}]" must be [question, answer]')
         turns += [Turn("user", pair[0]), Turn("assistant", pair[1])]
+    return turns
+
+
+def _parse_alpaca(obj: dict[str, Any], origin: Origin) -> Conversation:
+    instruction = _string(obj, "instruction", required=True)
+    output = _string(obj, "output", required=True)
+    context = _string(obj, "input", required=False)
+    system = _string(obj, "system", required=False) or None
+    turns = _alpaca_history(obj)
     turns += [Turn("user", instruction), Turn("assistant", output)]
     return Conversation(
         turns=tuple(turns),
@@ -194,33 +204,49 @@ def _content_text(value: Any, where: str) -> str:
     raise RecordError(where, f'field "{where}" must be a string or an array of text parts')
 
 
-def _parse_openai(obj: dict[str, Any], origin: Origin) -> Conversation:
-    messages = obj.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise RecordError("messages", 'field "messages" must be a non-empty array')
+def _array(obj: dict[str, Any], key: str) -> list[Any]:
+    value = obj.get(key)
+    if not isinstance(value, list) or not value:
+        raise RecordError(key, f'field "{key}" must be a non-empty array')
+    return value
+
+
+def _openai_message(msg: Any, where: str) -> tuple[str, str]:
+    """One OpenAI message: its role (a developer message is a system one) and its text."""
+    if not isinstance(msg, dict):
+        raise RecordError(where, f'"{where}" must be an object, got {_type_name(msg)}')
+    role = msg.get("role")
+    if role not in ("system", "developer", "user", "assistant"):
+        raise RecordError(
+            f"{where}.role",
+            f'field "{where}.role" is {role!r}; supported roles: system, user, assistant',
+        )
+    content = _content_text(msg.get("content"), f"{where}.content")
+    if not content.strip():
+        raise RecordError(f"{where}.content", f'field "{where}.content" is empty')
+    return ("system" if role == "developer" else role), content
+
+
+def _openai_turns(messages: list[Any], where: str) -> tuple[str | None, list[Turn], list[int]]:
+    """The system prompt, the turns and their indexes in ``messages``; order is not checked."""
     system: str | None = None
     turns: list[Turn] = []
     positions: list[int] = []
     for i, msg in enumerate(messages):
-        where = f"messages[{i}]"
-        if not isinstance(msg, dict):
-            raise RecordError(where, f'"{where}" must be an object, got {_type_name(msg)}')
-        role = msg.get("role")
-        if role not in ("system", "developer", "user", "assistant"):
-            raise RecordError(
-                f"{where}.role",
-                f'field "{where}.role" is {role!r}; supported roles: system, user, assistant',
-            )
-        content = _content_text(msg.get("content"), f"{where}.content")
-        if not content.strip():
-            raise RecordError(f"{where}.content", f'field "{where}.content" is empty')
-        if role in ("system", "developer"):
+        role, content = _openai_message(msg, f"{where}[{i}]")
+        if role == "system":
             if i != 0:
-                raise RecordError(f"{where}.role", "a system message is only allowed first")
+                raise RecordError(f"{where}[{i}].role", "a system message is only allowed first")
             system = content
         else:
             turns.append(Turn(role, content))
             positions.append(i)
+    return system, turns, positions
+
+
+def _parse_openai(obj: dict[str, Any], origin: Origin) -> Conversation:
+    messages = _array(obj, "messages")
+    system, turns, positions = _openai_turns(messages, "messages")
     _check_order(turns, "messages", positions)
     return Conversation(
         turns=tuple(turns), origin=origin, format="openai", system=system, **_common(obj)
@@ -237,32 +263,43 @@ _SHAREGPT_ROLES = {
 }
 
 
-def _parse_sharegpt(obj: dict[str, Any], origin: Origin) -> Conversation:
-    conversation = obj.get("conversations")
-    if not isinstance(conversation, list) or not conversation:
-        raise RecordError("conversations", 'field "conversations" must be a non-empty array')
-    system = _string(obj, "system", required=False) or None
+def _sharegpt_message(msg: Any, where: str) -> tuple[str, str]:
+    """One ShareGPT turn: its role and its text."""
+    if not isinstance(msg, dict):
+        raise RecordError(where, f'"{where}" must be an object, got {_type_name(msg)}')
+    speaker = msg.get("from")
+    role = _SHAREGPT_ROLES.get(speaker) if isinstance(speaker, str) else None
+    if role is None:
+        raise RecordError(
+            f"{where}.from",
+            f'field "{where}.from" is {speaker!r}; supported: {", ".join(_SHAREGPT_ROLES)}',
+        )
+    return role, _string(msg, "value", required=True, path=f"{where}.value")
+
+
+def _sharegpt_turns(
+    conversation: list[Any], where: str, system: str | None
+) -> tuple[str | None, list[Turn], list[int]]:
+    """The system prompt (a first system turn wins over ``system``), the turns and their indexes
+    in ``conversation``; order is not checked."""
     turns: list[Turn] = []
     positions: list[int] = []
     for i, msg in enumerate(conversation):
-        where = f"conversations[{i}]"
-        if not isinstance(msg, dict):
-            raise RecordError(where, f'"{where}" must be an object, got {_type_name(msg)}')
-        speaker = msg.get("from")
-        role = _SHAREGPT_ROLES.get(speaker) if isinstance(speaker, str) else None
-        if role is None:
-            raise RecordError(
-                f"{where}.from",
-                f'field "{where}.from" is {speaker!r}; supported: {", ".join(_SHAREGPT_ROLES)}',
-            )
-        value = _string(msg, "value", required=True, path=f"{where}.value")
+        role, value = _sharegpt_message(msg, f"{where}[{i}]")
         if role == "system":
             if i != 0:
-                raise RecordError(f"{where}.from", "a system turn is only allowed first")
+                raise RecordError(f"{where}[{i}].from", "a system turn is only allowed first")
             system = value
         else:
             turns.append(Turn(role, value))
             positions.append(i)
+    return system, turns, positions
+
+
+def _parse_sharegpt(obj: dict[str, Any], origin: Origin) -> Conversation:
+    conversation = _array(obj, "conversations")
+    system = _string(obj, "system", required=False) or None
+    system, turns, positions = _sharegpt_turns(conversation, "conversations", system)
     _check_order(turns, "conversations", positions)
     return Conversation(
         turns=tuple(turns), origin=origin, format="sharegpt", system=system, **_common(obj)
@@ -363,32 +400,50 @@ def _iter_items(path: Path, display: str) -> Iterator[tuple[Origin, Any] | Probl
             yield Problem(display, f"invalid JSON: {exc.msg} (column {exc.colno})", line=lineno)
 
 
-def read_file(path: Path | str, fmt: str | None = None) -> ReadResult:
-    """Read every record of one data file, detecting the format unless ``fmt`` is given."""
-    path = Path(path)
+def require_file(path: Path) -> str:
+    """The name a data file is reported under, or a DataError if it is not a readable file."""
     display = str(path)
     if not path.is_file():
         raise DataError(
             f"{display}: no such file" if not path.exists() else f"{display}: not a file"
         )
+    return display
+
+
+def iter_objects(path: Path, display: str) -> Iterator[tuple[Origin, dict[str, Any]] | Problem]:
+    """The JSON objects of a file with their origins, and a Problem for anything else in it."""
+    for item in _iter_items(path, display):
+        if isinstance(item, Problem):
+            yield item
+            continue
+        origin, value = item
+        if not isinstance(value, dict):
+            yield Problem(
+                display,
+                f"expected a JSON object, got {_type_name(value)}",
+                line=origin.line,
+                index=origin.index,
+            )
+            continue
+        yield origin, value
+
+
+def record_problem(origin: Origin, exc: RecordError) -> Problem:
+    return Problem(origin.file, exc.message, line=origin.line, index=origin.index, field=exc.field)
+
+
+def read_file(path: Path | str, fmt: str | None = None) -> ReadResult:
+    """Read every record of one data file, detecting the format unless ``fmt`` is given."""
+    path = Path(path)
+    display = require_file(path)
     if fmt is not None and fmt not in FORMATS:
         raise DataError(f"unknown data format {fmt!r}", hint=f"known formats: {', '.join(FORMATS)}")
     result = ReadResult(path=display, format=fmt)
-    for item in _iter_items(path, display):
+    for item in iter_objects(path, display):
         if isinstance(item, Problem):
             result.problems.append(item)
             continue
         origin, value = item
-        if not isinstance(value, dict):
-            result.problems.append(
-                Problem(
-                    display,
-                    f"expected a JSON object, got {_type_name(value)}",
-                    line=origin.line,
-                    index=origin.index,
-                )
-            )
-            continue
         if result.format is None:
             result.format = detect_format(value)
             if result.format is None:
@@ -402,7 +457,5 @@ def read_file(path: Path | str, fmt: str | None = None) -> ReadResult:
         try:
             result.records.append(FORMATS[result.format].parse(value, origin))
         except RecordError as exc:
-            result.problems.append(
-                Problem(display, exc.message, line=origin.line, index=origin.index, field=exc.field)
-            )
+            result.problems.append(record_problem(origin, exc))
     return result

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from cuvee.data.formats import Problem, ReadResult, read_file
-from cuvee.data.records import Conversation
+from cuvee.data.records import Conversation, Origin
 from cuvee.errors import DataError
 from cuvee.licences import Licence, combined_commercial_use, resolve_licence
 
@@ -102,7 +102,6 @@ class CheckReport:
         return not self.errors
 
     def to_json(self) -> dict[str, Any]:
-        licences = [resolve_licence(f["licence"]["id"]) for f in self.files]
         return {
             "ok": self.ok,
             "records": len(self.records),
@@ -111,10 +110,7 @@ class CheckReport:
             "formats": dict(Counter(r.format for r in self.records)),
             "categories": dict(Counter(r.category or "(none)" for r in self.records)),
             "splits": dict(Counter(r.split or "(none)" for r in self.records)),
-            "licence": {
-                "files": {f["path"]: f["licence"] for f in self.files},
-                "commercial_use": combined_commercial_use(licences),
-            },
+            "licence": licence_summary(self.files),
             "files": self.files,
             "lengths": None if self.lengths is None else vars(self.lengths),
             "over_max_length": self.over_max,
@@ -122,10 +118,44 @@ class CheckReport:
         }
 
 
-def _fingerprint(record: Conversation) -> str:
-    # Case and whitespace differences do not make a new example.
-    text = re.sub(r"\s+", " ", record.fields_text()).strip().lower()
+def licence_summary(files: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each file's licence, and whether all of them together allow commercial use."""
+    licences = [resolve_licence(f["licence"]["id"]) for f in files]
+    return {
+        "files": {f["path"]: f["licence"] for f in files},
+        "commercial_use": combined_commercial_use(licences),
+    }
+
+
+def file_entry(
+    path: Path,
+    display: str,
+    fmt: str | None,
+    records: int,
+    errors: int,
+    declaration: DataDeclaration,
+) -> dict[str, Any]:
+    """What a check reports of one file: format, counts, digest, licence, authors."""
+    return {
+        "path": display,
+        "format": fmt,
+        "records": records,
+        "errors": errors,
+        "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+        "licence": declaration.licence.model_dump(),
+        "licence_declared_by": declaration.declared_by,
+        "authors": list(declaration.authors),
+    }
+
+
+def fingerprint(*texts: str) -> str:
+    """A key equal for texts that differ only in case and whitespace: not a new example."""
+    text = "\x00".join(re.sub(r"\s+", " ", t).strip().lower() for t in texts)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _fingerprint(record: Conversation) -> str:
+    return fingerprint(record.fields_text())
 
 
 def _is_near_empty(value: str) -> bool:
@@ -133,11 +163,14 @@ def _is_near_empty(value: str) -> bool:
     return not any(ch.isalnum() for ch in stripped) or stripped.lower() in PLACEHOLDERS
 
 
-def _warning(record: Conversation, message: str, field: str | None = None) -> Problem:
-    origin = record.origin
+def warning_at(origin: Origin, message: str, field: str | None = None) -> Problem:
     return Problem(
         origin.file, message, line=origin.line, index=origin.index, field=field, severity="warning"
     )
+
+
+def _warning(record: Conversation, message: str, field: str | None = None) -> Problem:
+    return warning_at(record.origin, message, field)
 
 
 def _near_empty(record: Conversation) -> list[tuple[str, str]]:
@@ -165,16 +198,14 @@ def check_files(
         result: ReadResult = read_file(path, fmt)
         declaration = read_declaration(Path(path), licence)
         report.files.append(
-            {
-                "path": result.path,
-                "format": result.format,
-                "records": len(result.records),
-                "errors": len(result.problems),
-                "sha256": hashlib.sha256(Path(path).read_bytes()).hexdigest(),
-                "licence": declaration.licence.model_dump(),
-                "licence_declared_by": declaration.declared_by,
-                "authors": list(declaration.authors),
-            }
+            file_entry(
+                Path(path),
+                result.path,
+                result.format,
+                len(result.records),
+                len(result.problems),
+                declaration,
+            )
         )
         report.errors.extend(result.problems)
         for record in result.records:
