@@ -89,6 +89,11 @@ class FakeUpstream:
                     return  # the connection ends mid-answer
                 yield chunk({"content": word})
             yield chunk({}, "stop")
+            if (body.get("stream_options") or {}).get("include_usage"):
+                usage = {"prompt_tokens": 3, "completion_tokens": len(words)}
+                payload = {"id": "up-1", "object": "chat.completion.chunk",
+                           "model": body["model"], "choices": [], "usage": usage}  # fmt: skip
+                yield f"data: {json.dumps(payload)}\n\n"
             yield "data: [DONE]\n\n"
 
         return StreamingResponse(events(), media_type="text/event-stream")

@@ -37,6 +37,7 @@ from starlette.requests import Request as HTTPRequest
 from cuvee import __version__
 from cuvee.serve import errors
 from cuvee.serve.bodylimit import BodyLimitMiddleware
+from cuvee.serve.budget import SettleMiddleware, Use, charged, estimate, reservation_of
 from cuvee.serve.deps import Key, check_model, parse
 from cuvee.serve.gateway.router import Gateway
 from cuvee.serve.generation import collect, start, stream
@@ -145,6 +146,9 @@ def create_app(
     # innermost of the three, so the metrics and the request log count its 413s too
     max_bytes = int(settings.serve_max_body_mb * 1_000_000)
     app.add_middleware(BodyLimitMiddleware, max_bytes=max_bytes)
+    # settles budget reservations once a response has ended (inside the request log's, so a
+    # request's cost is written before its log line)
+    app.add_middleware(SettleMiddleware)
     app.add_middleware(MetricsMiddleware, metrics=state.metrics)
     if request_log is not None:
         app.add_middleware(RequestLogMiddleware, log=request_log)
@@ -227,7 +231,9 @@ def create_app(
                 body = _known_fields(ChatCompletionRequest, {**raw, "model": model})
                 return await _local_chat(state, request, key, body, started, raw["model"])
 
-            return await state.extra["gateway"].answer("/chat/completions", raw, targets, local)
+            gateway = state.extra["gateway"]
+            on_usage = _usage_recorder(state, request, key, raw["model"])
+            return await gateway.answer("/chat/completions", raw, targets, local, on_usage)
         body = await parse(request, ChatCompletionRequest)
         _note_body(request, state, body.model, body.messages)
         if is_docs_request(body):
@@ -247,7 +253,9 @@ def create_app(
                 body = _known_fields(CompletionRequest, {**raw, "model": model})
                 return await _local_completion(state, request, key, body, started, raw["model"])
 
-            return await state.extra["gateway"].answer("/completions", raw, targets, local)
+            gateway = state.extra["gateway"]
+            on_usage = _usage_recorder(state, request, key, raw["model"])
+            return await gateway.answer("/completions", raw, targets, local, on_usage)
         body = await parse(request, CompletionRequest)
         _note_body(request, state, body.model, body.prompt)
         return await _local_completion(state, request, key, body, started)
@@ -262,7 +270,7 @@ def create_app(
         embedder = await state.embeddings.load()
         check_dimensions(body, embedder.dim)
         if key is not None:
-            state.auth.limiter.admit(key)
+            state.auth.admit(key, request.scope, estimate({"input": texts}, 0, ()))
         state.capacity.take(1)
         try:
             vectors, tokens = await run_embedder(embedder, texts)
@@ -272,6 +280,7 @@ def create_app(
         note(request, prompt_tokens=tokens)
         if key is not None:
             state.auth.limiter.add_tokens(key, tokens)
+            charged(request, Use(body.model, body.model, tokens, 0, 0.0))
         # JSONResponse as is: thousands of floats need no jsonable_encoder pass
         return JSONResponse(embedding_response(body.model, vectors, tokens, body.encoding_format))
 
@@ -356,8 +365,42 @@ async def _gateway_targets(state: ServerState, request: HTTPRequest, key):
     if key is not None and not key.allows(model):
         raise errors.model_not_found(model)
     if key is not None:
-        state.auth.limiter.admit(key)
+        prices = gateway.prices(targets)
+        reserve = _reserved_tokens(raw, gateway.context_length(targets) or _UPSTREAM_MAX_TOKENS)
+        state.auth.admit(key, request.scope, estimate(raw, reserve, prices))
     return targets, raw
+
+
+# What a request naming no max_tokens reserves for an upstream that declares no context length.
+_UPSTREAM_MAX_TOKENS = 4096
+
+
+def _reserved_tokens(raw: dict[str, Any], default: int) -> int:
+    """The completion tokens a request reserves per choice: its own limit, else ``default``."""
+    for name in ("max_completion_tokens", "max_tokens"):
+        value = raw.get(name)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return default
+
+
+def _admit_local(state: ServerState, request: HTTPRequest, key, body: BaseModel) -> None:
+    """Admit a request for a local model (its rate limits and budgets; local tokens cost 0)."""
+    raw = body.model_dump(exclude_none=True)
+    reserve = _reserved_tokens(raw, state.default_max_tokens)
+    state.auth.admit(key, request.scope, estimate(raw, reserve, ()))
+
+
+def _usage_recorder(state: ServerState, request: HTTPRequest, key, public: str):
+    """What the gateway calls with an upstream target's usage: counted against the key's
+    tokens per minute and written with the request's reservation."""
+
+    def record(target, prompt: int, completion: int, usd: float) -> None:
+        if key is not None:
+            state.auth.limiter.add_tokens(key, prompt + completion)
+        charged(request, Use(public, target.label, prompt, completion, usd))
+
+    return record
 
 
 def _known_fields(schema: type[BaseModel], raw: dict[str, Any]):
@@ -376,7 +419,7 @@ async def _local_chat(state, request, key, body, started: float, public: str | N
     await check_model(state, None if public else key, body.model, purpose="generation")
     plan, tool_plan = chat_plan(body)
     if key is not None and public is None:
-        state.auth.limiter.admit(key)
+        _admit_local(state, request, key, body)
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     formatter = ChatFormatter(
         public or body.model, body.n, include_usage, bool(body.logprobs), tool_plan
@@ -389,7 +432,7 @@ async def _local_completion(state, request, key, body, started: float, public: s
     await check_model(state, None if public else key, body.model, purpose="generation")
     plan, prompts = completion_plan(body)
     if key is not None and public is None:
-        state.auth.limiter.admit(key)
+        _admit_local(state, request, key, body)
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     formatter = CompletionFormatter(
         public or body.model, prompts, body.n, body.echo, include_usage, body.logprobs
@@ -402,6 +445,10 @@ async def _generate(state, request, body, plan, key, started: float, formatter) 
     response once every choice has finished."""
     generation = await start(state, body.model, plan, key, started)
     note(request, generation=generation)
+    reservation = reservation_of(request.scope)
+    if reservation is not None:  # its usage is read once it has ended
+        reservation.generation = generation
+        reservation.model, reservation.target = formatter.model, body.model
     if body.stream:
         return stream(generation, request, formatter, formatter.include_usage)
     return await collect(generation, request, formatter)

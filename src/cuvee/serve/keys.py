@@ -35,6 +35,7 @@ from pathlib import Path
 
 from cuvee.errors import ConfigError, CuveeError
 from cuvee.serve import errors
+from cuvee.serve.budget import SCOPE_KEY, Budgets, Charge, Ledger
 
 PREFIX = "cv-"
 _ID_LEN = 12
@@ -57,9 +58,9 @@ CREATE UNIQUE INDEX IF NOT EXISTS keys_active_name ON keys (name) WHERE revoked_
 
 # Columns added since the first schema: name -> type. Each is added where missing, NULL in rows
 # written before it (which therefore keep their old meaning).
-_ADDED_COLUMNS = {"collections": "TEXT", "admin": "INTEGER"}
+_ADDED_COLUMNS = {"collections": "TEXT", "admin": "INTEGER", "budgets": "TEXT"}
 
-_COLUMNS = "key_id, name, rpm, tpm, models, created_at, revoked_at, collections, admin"
+_COLUMNS = "key_id, name, rpm, tpm, models, created_at, revoked_at, collections, admin, budgets"
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,9 @@ class ApiKey:
     # may manage the server from the web UI: start and stop training runs, create and revoke
     # keys (NULL in files written before the column: no)
     admin: bool = False
+    # spending limits, "UNIT/PERIOD" -> amount (tokens or usd, a day or a month; see
+    # serve.budget); None: no budget
+    budgets: dict[str, float] | None = None
 
     def allows(self, model: str) -> bool:
         return self.models is None or model in self.models
@@ -100,6 +104,7 @@ class ApiKey:
             "models": list(self.models) if self.models is not None else None,
             "collections": list(self.collections) if self.collections is not None else None,
             "admin": self.admin,
+            "budgets": dict(self.budgets) if self.budgets else None,
             "created_at": self.created_at,
             "revoked_at": self.revoked_at,
         }
@@ -165,6 +170,7 @@ class KeyStore:
         models: Iterable[str] | None = None,
         collections: Iterable[str] | None = None,
         admin: bool = False,
+        budgets: dict[str, float] | None = None,
     ) -> tuple[ApiKey, str]:
         """A new key and its secret (to show once)."""
         if not _NAME.match(name):
@@ -197,14 +203,23 @@ class KeyStore:
         key_id = secrets.token_hex(_ID_LEN // 2)
         secret = f"{PREFIX}{key_id}-{secrets.token_urlsafe(32)}"
         record = ApiKey(
-            key_id, name, rpm, tpm, model_list, _now(), None, collection_list, bool(admin)
+            key_id,
+            name,
+            rpm,
+            tpm,
+            model_list,
+            _now(),
+            None,
+            collection_list,
+            bool(admin),
+            dict(budgets) if budgets else None,
         )
         with self._lock:
             db = self._db()
             try:
                 db.execute(
                     "INSERT INTO keys (key_id, name, sha256, rpm, tpm, models, created_at, "
-                    "collections, admin) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "collections, admin, budgets) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         key_id,
                         name,
@@ -215,6 +230,7 @@ class KeyStore:
                         record.created_at,
                         _json_list(collection_list),
                         int(bool(admin)),
+                        json.dumps(record.budgets) if record.budgets else None,
                     ),
                 )
             except sqlite3.IntegrityError:
@@ -248,6 +264,20 @@ class KeyStore:
             db.execute("UPDATE keys SET revoked_at = ? WHERE key_id = ?", (now, row[0]))
         return _record((*row[:6], now, *row[7:]))
 
+    def set_budgets(self, name: str, budgets: dict[str, float] | None) -> ApiKey:
+        """Replace the budgets of the active key ``name`` (None or empty: no budget); a
+        running server applies them from the key's next request."""
+        with self._lock:
+            db = self._db()
+            row = db.execute(
+                f"SELECT {_COLUMNS} FROM keys WHERE name = ? AND revoked_at IS NULL", (name,)
+            ).fetchone()
+            if row is None:
+                raise ConfigError(f"no active key named {name!r}", hint="see `cuvee keys list`")
+            stored = json.dumps(budgets) if budgets else None
+            db.execute("UPDATE keys SET budgets = ? WHERE key_id = ?", (stored, row[0]))
+        return _record((*row[:9], stored))
+
     def has_active(self) -> bool:
         with self._lock:
             row = (
@@ -274,9 +304,9 @@ class KeyStore:
                     .fetchone()
                 )
         # compare even when there is no row, so a refusal takes as long either way
-        stored = row[9] if row is not None else "0" * 64
+        stored = row[10] if row is not None else "0" * 64
         matches = hmac.compare_digest(stored, digest(presented))
-        return _record(row[:9]) if row is not None and matches else None
+        return _record(row[:10]) if row is not None and matches else None
 
 
 def _migrate(conn: sqlite3.Connection) -> None:
@@ -301,7 +331,7 @@ def _tuple(stored: str | None) -> tuple[str, ...] | None:
 
 
 def _record(row: tuple) -> ApiKey:
-    key_id, name, rpm, tpm, models, created_at, revoked_at, collections, admin = row
+    key_id, name, rpm, tpm, models, created_at, revoked_at, collections, admin, budgets = row
     return ApiKey(
         key_id=key_id,
         name=name,
@@ -312,6 +342,7 @@ def _record(row: tuple) -> ApiKey:
         revoked_at=revoked_at,
         collections=_tuple(collections),
         admin=bool(admin),
+        budgets=json.loads(budgets) if budgets else None,
     )
 
 
@@ -372,9 +403,24 @@ class Authenticator:
     """Who a request is: None when no key exists (the server is open, which the CLI allows on
     loopback only), else the key its ``Authorization: Bearer`` header carries."""
 
-    def __init__(self, store: KeyStore | None, limiter: RateLimiter | None = None) -> None:
+    def __init__(
+        self,
+        store: KeyStore | None,
+        limiter: RateLimiter | None = None,
+        budgets: Budgets | None = None,
+    ) -> None:
         self.store = store
         self.limiter = limiter or RateLimiter()
+        if budgets is None and store is not None:
+            budgets = Budgets(Ledger(store.path.with_name("usage.sqlite")))
+        self.budgets = budgets
+
+    def admit(self, key: ApiKey, scope: dict, charge: Charge) -> None:
+        """Admit one request of ``key``: its rate limits, then its budgets, whose reservation
+        the request's scope keeps until the response has ended (``budget.SettleMiddleware``)."""
+        self.limiter.admit(key)
+        if self.budgets is not None and SCOPE_KEY not in scope:
+            scope[SCOPE_KEY] = self.budgets.admit(key, charge)
 
     @property
     def enabled(self) -> bool:

@@ -52,6 +52,7 @@ from cuvee.docs.retrieval import RERANKERS, retrieve
 from cuvee.engine.base import SamplingParams
 from cuvee.errors import CuveeError, DocsError
 from cuvee.serve import errors
+from cuvee.serve.budget import Use, charged, estimate
 from cuvee.serve.drafts import Answerer, AnswererFactory, Cancelled, EngineAnswerer
 from cuvee.serve.generation import (
     DISCONNECT_POLL_S,
@@ -135,6 +136,10 @@ _REFUSED: dict[str, tuple[Callable[[ChatCompletionRequest], bool], str]] = {
 }
 
 # Extensions that only mean something for a document answer.
+# What one retrieved passage may add to a prompt, reserved against a key's token budget
+# before the passages are known (a chunk is about 1,000 characters, at most a token each).
+_PASSAGE_TOKENS = 1200
+
 _RAG_ONLY = ("k", "rag_model", "reranker", "min_support")
 
 
@@ -264,7 +269,8 @@ async def retrieve_route(
     reranker = _check_reranker(body.reranker)
     backend = await anyio.to_thread.run_sync(docs.checked_backend, collection, "collection")
     if key is not None:
-        state.auth.limiter.admit(key)
+        state.auth.admit(key, http.scope, estimate({"input": body.query}, 0, ()))
+        charged(http, Use(f"rag:{collection.name}", backend.identity, 0, 0, 0.0))
     state.capacity.take(1)
     try:
         hits = await anyio.to_thread.run_sync(
@@ -463,7 +469,11 @@ async def answer_route(
     docs: DocsService = state.docs
     backend = await anyio.to_thread.run_sync(docs.checked_backend, target.collection, target.param)
     if key is not None:
-        state.auth.limiter.admit(key)
+        # the prompt holds passages not yet found: each reserves _PASSAGE_TOKENS
+        raw = body.model_dump(exclude_none=True)
+        limit = body.max_completion_tokens or body.max_tokens or state.default_max_tokens
+        reserve = limit + _PASSAGE_TOKENS * (body.k or 5)
+        state.auth.admit(key, http.scope, estimate(raw, reserve, ()))
     state.capacity.take(1)
     model = target.model
     assert model is not None
@@ -501,6 +511,7 @@ async def answer_route(
             state.metrics.completion_tokens.labels(model).inc(completion)
             if key is not None:
                 state.auth.limiter.add_tokens(key, prompt + completion)
+                charged(http, Use(body.model, model, prompt, completion, 0.0))
             note(http, prompt_tokens=prompt, completion_tokens=completion)
             reason = finish_reason(getattr(job.answerer, "reason", "stop"))
             return _Outcome(result, usage, reason)

@@ -31,6 +31,8 @@ from cuvee.serve.metrics import Metrics
 
 # The local engine's answer for a local target: (model id) -> Response, raising APIError.
 Local = Callable[[str], Awaitable[Response]]
+# Told what an upstream target used: (target, prompt tokens, completion tokens, cost in USD).
+OnUsage = Callable[["Target", int, int, float], None]
 
 
 @dataclass
@@ -114,10 +116,54 @@ class Gateway:
 
     # -- answering ---------------------------------------------------------------------------
 
+    def prices(self, targets: list[Target]) -> list[tuple[float, float]]:
+        """(input, output) USD per million tokens of each target (a local one costs 0)."""
+        out = []
+        for target in targets:
+            upstream = self.config.upstreams.get(target.upstream or "")
+            price = upstream.price_per_million if upstream is not None else None
+            out.append((price.input, price.output) if price is not None else (0.0, 0.0))
+        return out
+
+    def context_length(self, targets: list[Target]) -> int | None:
+        """The largest context among ``targets`` when every upstream one declares it."""
+        sizes = []
+        for target in targets:
+            upstream = self.config.upstreams.get(target.upstream or "")
+            if upstream is not None:
+                if upstream.context_length is None:
+                    return None
+                sizes.append(upstream.context_length)
+        return max(sizes, default=None)
+
+    def _cost(self, target: Target, prompt: int, completion: int) -> float:
+        upstream = self.config.upstreams.get(target.upstream or "")
+        if upstream is None:
+            return 0.0
+        price = upstream.price_per_million
+        return (prompt * price.input + completion * price.output) / 1e6
+
     async def answer(
-        self, path: str, body: dict[str, Any], targets: list[Target], local: Local
+        self,
+        path: str,
+        body: dict[str, Any],
+        targets: list[Target],
+        local: Local,
+        on_usage: OnUsage | None = None,
     ) -> Response:
+        """The response of the first target that serves ``body``; ``on_usage`` is told what
+        each upstream target used (from its ``usage``, which a stream is asked to send)."""
         public = body.get("model")
+
+        def used(target: Target, usage: Any, fallback: tuple[int, int]) -> None:
+            if on_usage is None:
+                return
+            prompt, completion = fallback
+            if isinstance(usage, dict):
+                prompt = int(usage.get("prompt_tokens") or 0)
+                completion = int(usage.get("completion_tokens") or 0)
+            on_usage(target, prompt, completion, self._cost(target, prompt, completion))
+
         attempts: list[dict[str, Any]] = []
         for target in targets:
             started = time.perf_counter()
@@ -133,13 +179,18 @@ class Gateway:
                     continue
                 sent = {**body, "model": target.model}
                 if body.get("stream"):
+                    sent["stream_options"] = {**_options(body), "include_usage": True}
                     first, rest = await client.stream(path, sent)
                     self.health.succeeded(target.upstream)
                     handed_over = True
                     spare = [t for t in targets if t is not target] if self.replicas(public) else []
-                    return self._stream(public, target, first, rest, attempts, path, body, spare)
+                    return self._stream(
+                        public, target, first, rest, attempts, path, body, spare, used
+                    )
                 answer = await client.complete(path, sent)
                 self.health.succeeded(target.upstream)
+                if isinstance(answer.body, dict):
+                    used(target, answer.body.get("usage"), (_prompt_size(body), 0))
                 return self._whole(public, target, answer.status, answer.body, attempts)
             except TargetFailed as exc:
                 attempts.append(_attempt(target, exc.reason, started, exc.retry_after))
@@ -180,11 +231,15 @@ class Gateway:
         path: str,
         request: dict[str, Any],
         spare: list[Target],
+        used: Callable[[Target, Any, tuple[int, int]], None],
     ) -> Response:
         """Pass the stream on, relabelled. If it breaks after tokens went out and ``spare``
         holds replicas, the next one is asked to go on from the text already sent (an
         assistant prefill, or the prompt plus that text), and only its new tokens follow: no
-        gap, no repeat. Otherwise the stream ends as an error."""
+        gap, no repeat. Otherwise the stream ends as an error. Each target's usage chunk is
+        reported to ``used`` (and passed on only when the client asked for usage); a part
+        that ended without one counts its chunks, and the prompt at 4 bytes a token."""
+        client_usage = bool(_options(request).get("include_usage"))
 
         async def events_of(head: list[str], tail: AsyncIterator[str]) -> AsyncIterator[str]:
             for payload in head:
@@ -197,11 +252,19 @@ class Gateway:
             events = events_of(first, rest)
             last: dict | None = None
             text, tokens, resumed = "", 0, False
+            part_usage, part_tokens = None, 0
+
+            def part_done() -> None:
+                nonlocal part_usage, part_tokens
+                used(current, part_usage, (_prompt_size(request) + len(text) // 4, part_tokens))
+                part_usage, part_tokens = None, 0
+
             try:
                 while True:
                     try:
                         async for payload in events:
                             if payload == "[DONE]":
+                                part_done()
                                 yield sse(_served(last or {}, current, attempts, public))
                                 yield sse("[DONE]")
                                 return
@@ -214,6 +277,11 @@ class Gateway:
                                 yield sse(payload)
                                 continue
                             piece = _piece(chunk)
+                            if isinstance(chunk.get("usage"), dict):
+                                part_usage = chunk["usage"]
+                                if not client_usage and not chunk.get("choices"):
+                                    continue  # asked for the budget, not by the client
+                            part_tokens += bool(piece)
                             if (
                                 resumed
                                 and not piece
@@ -230,6 +298,7 @@ class Gateway:
                             yield sse(chunk)
                         raise TargetFailed("the stream ended without [DONE]")
                     except TargetFailed as exc:
+                        part_done()
                         self._failed(current)
                         broke = f"broke after {tokens} tokens: {exc.reason}"
                         attempts.append({"target": current.label, "error": broke})
@@ -243,6 +312,8 @@ class Gateway:
                         self.in_flight[current.label] = self.in_flight.get(current.label, 0) + 1
                         events, resumed = events_of(head, tail), True
             finally:
+                if part_usage is not None or part_tokens:  # the client left part-way
+                    part_done()
                 self.in_flight[current.label] -= 1
 
         return EventStreamResponse(body(), lambda: None)
@@ -353,6 +424,16 @@ def _attempt(
     return out
 
 
+def _options(body: dict[str, Any]) -> dict[str, Any]:
+    options = body.get("stream_options")
+    return options if isinstance(options, dict) else {}
+
+
+def _prompt_size(body: dict[str, Any]) -> int:
+    """A prompt's tokens, roughly (4 bytes a token), where an upstream does not say."""
+    return len(json.dumps(body.get("messages") or body.get("prompt") or "")) // 4
+
+
 def _needs(body: dict[str, Any]) -> list[str]:
     """What a request needs of the server that answers it."""
     out = []
@@ -373,8 +454,8 @@ def _lacking(upstream: Upstream, body: dict[str, Any]) -> str | None:
         if missing:
             return f"{upstream.name} does not support {', '.join(missing)}"
     if upstream.context_length is not None:
-        size = len(json.dumps(body.get("messages") or body.get("prompt") or "")) // 4
-        wanted = size + int(body.get("max_tokens") or body.get("max_completion_tokens") or 0)
+        limit = body.get("max_tokens") or body.get("max_completion_tokens") or 0
+        wanted = _prompt_size(body) + int(limit)
         if wanted > upstream.context_length:
             return (
                 f"about {wanted} tokens asked, {upstream.name}'s context is "
@@ -402,6 +483,7 @@ def _continuation(
     assistant message to continue (vLLM needs ``continue_final_message``), or, for a
     completion, appended to the prompt; the token limit less what was sent."""
     body = {**request, "model": target.model}
+    body["stream_options"] = {**_options(request), "include_usage": True}
     if path.endswith("/chat/completions"):
         body["messages"] = [*request.get("messages", []), {"role": "assistant", "content": text}]
         if kind == "vllm":
