@@ -43,8 +43,12 @@ class FakeEngine:
         shut_down: bool = False,
         gate: threading.Event | None = None,
         first_delay: float = 0.0,
+        continues: bool = False,
     ) -> None:
         self.model = model
+        # go on from a final assistant message, as the llama.cpp engine does: skip as many
+        # script tokens as that message has whitespace words
+        self.continues = continues
         self.script = script
         self.context = context
         self.endless = endless
@@ -104,6 +108,10 @@ class FakeEngine:
                 return
         stop = StopFilter(request.params.stop)
         count = 0
+        offset = 0
+        messages = request.messages or []
+        if self.continues and messages and messages[-1]["role"] == "assistant":
+            offset = len(str(messages[-1]["content"]).split())
         if self.first_delay:
             time.sleep(self.first_delay)
         while True:
@@ -113,11 +121,11 @@ class FakeEngine:
             if self.fail_after is not None and count >= self.fail_after:
                 self._end(handle, Finished("error", n_prompt, count, "the fake engine broke"))
                 return
-            if not self.endless and count >= len(self.script):
+            if not self.endless and count >= len(self.script) - offset:
                 handle.emit(TokenEvent(stop.flush(), None))
                 self._end(handle, Finished("stop", n_prompt, count + 1))  # + end-of-turn
                 return
-            piece = self.script[count % len(self.script)]
+            piece = self.script[(offset + count) % len(self.script)]
             count += 1
             text, stopped = stop.feed(piece)
             handle.emit(

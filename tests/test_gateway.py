@@ -478,3 +478,166 @@ def test_serve_reloads_its_config_file_on_sighup(upstreams, tmp_path: Path) -> N
         proc.wait(timeout=60)
     err = log.read_text()
     assert "reloaded: route team set" in err and "no upstream 'nowhere'" in err
+
+
+def test_a_stream_broken_on_an_upstream_replica_goes_on_on_the_local_replica(upstreams) -> None:
+    a, _ = upstreams["a"]
+    a.cut_after = 3
+    routes = {"assistant": {"policy": "balance", "targets": ["a/m", "fake"]}}
+    script = tuple(f"t{i} " for i in range(TOKENS))
+    app, fakes = gateway_app(config_of(upstreams, routes), script=script, continues=True)
+    with TestClient(app) as client:
+        events = events_of(ask(client, "assistant", stream=True, max_tokens=50))
+    chunks = [c for c in events if isinstance(c, dict)]
+    text = "".join(
+        (c["choices"][0]["delta"].get("content") or "") for c in chunks if c.get("choices")
+    )
+    assert events[-1] == "[DONE]" and text == "".join(script)  # no gap, no repeat
+    reasons = [c["choices"][0].get("finish_reason") for c in chunks if c.get("choices")]
+    assert "error" not in reasons and reasons[-1] == "stop"
+    assert chunks[-1]["cuvee"]["served_by"] == "fake"
+    assert "broke after 3 tokens" in chunks[-1]["cuvee"]["attempts"][0]["error"]
+    asked = fakes.opened["fake"].submitted[-1]
+    assert asked.messages[-1] == {"role": "assistant", "content": "t0 t1 t2 "}
+    assert asked.params.max_tokens == 47
+
+
+def test_a_session_header_keeps_a_session_on_its_replica_until_the_replica_fails(
+    upstreams,
+) -> None:
+    routes = {
+        "assistant": {"policy": "balance", "targets": ["a/m", "b/m"], "session_header": "x-s"}
+    }
+    app, _ = gateway_app(config_of(upstreams, routes))
+    body = {"model": "assistant", "messages": [{"role": "user", "content": "Hi"}]}
+
+    def served(client, session: str) -> str:
+        r = client.post("/v1/chat/completions", json=body, headers={"x-s": session})
+        assert r.status_code == 200, r.text
+        return r.json()["cuvee"]["served_by"]
+
+    with TestClient(app) as client:
+        first = {f"s{i}": served(client, f"s{i}") for i in range(24)}
+        assert set(first.values()) == {"a/m", "b/m"}  # sessions spread over both replicas
+        for _ in range(2):  # and each stays where it went, whatever else is in flight
+            assert {s: served(client, s) for s in first} == first
+        upstreams["a"][0].status = 500
+        moved = {s: served(client, s) for s in first}
+    assert set(moved.values()) == {"b/m"}  # a's sessions went to b ...
+    stayed = [s for s, t in first.items() if t == "b/m"]
+    assert all(moved[s] == "b/m" for s in stayed)  # ... and b's never moved
+    config = config_of(upstreams, {"bad": {"targets": ["a/m"], "session_header": "x s"}})
+    with pytest.raises(ValueError, match="session_header"):
+        GatewayConfig.model_validate(config)
+
+
+def _three_fakes(stack: ExitStack) -> dict[str, tuple[FakeUpstream, str]]:
+    out = {}
+    for name in ("a", "b", "c"):
+        fake = FakeUpstream(name)
+        out[name] = (fake, stack.enter_context(uvicorn_in_thread(fake.app)) + "/v1")
+    return out
+
+
+def _stream_text(events: list[Any]) -> tuple[str, list[Any]]:
+    chunks = [c for c in events if isinstance(c, dict) and c.get("choices")]
+    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks)
+    return text, [c["choices"][0].get("finish_reason") for c in chunks]
+
+
+def _under_faults(app, faults, requests: int, stream: bool = True) -> list[tuple[int, Any]]:
+    """``requests`` chat requests, 12 at a time, while ``faults(i)`` (called as request i is
+    sent) changes the fakes' knobs: each answer's status and events (or JSON body)."""
+    import asyncio
+
+    async def run() -> list[tuple[int, Any]]:
+        transport = httpx.ASGITransport(app=app)
+        gate = asyncio.Semaphore(12)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t", timeout=60) as c:
+
+            async def one(i: int) -> tuple[int, Any]:
+                async with gate:
+                    faults(i)
+                    body = {"model": "pool", "messages": [{"role": "user", "content": "Hi"}],
+                            "stream": stream, "max_tokens": 50}  # fmt: skip
+                    r = await c.post("/v1/chat/completions", json=body)
+                    return r.status_code, events_of(r) if stream else r.json()
+
+            return await asyncio.gather(*(one(i) for i in range(requests)))
+
+    return asyncio.run(run())
+
+
+def _schedule(fakes: dict[str, tuple[FakeUpstream, str]]):
+    """A fault schedule over three replicas, changing every 30 requests (12 in flight): a cut
+    after k tokens, a 500, a 429 with Retry-After, a 503. At most two replicas fail in a
+    phase, and one replica is healthy in both of any two phases in a row, so a request that
+    spans a change of phase still has a replica that serves it whole."""
+    phases = [
+        {"a": ("cut", 2)},
+        {"a": ("cut", 4), "b": ("status", 500)},
+        {"b": ("cut", 1)},
+        {"b": ("cut", 3), "c": ("status", 429)},
+        {"c": ("cut", 3)},
+        {"c": ("cut", 1), "a": ("status", 503)},
+    ]
+
+    def faults(i: int) -> None:
+        phase = phases[(i // 30) % len(phases)]
+        for name, (fake, _) in fakes.items():
+            kind, value = phase.get(name, (None, None))
+            fake.cut_after = value if kind == "cut" else None
+            fake.status = value if kind == "status" else None
+            fake.retry_after = "1" if value == 429 else None
+
+    return faults
+
+
+def test_a_replica_pool_under_a_fault_schedule_loses_no_request_and_no_token() -> None:
+    with ExitStack() as stack:
+        fakes = _three_fakes(stack)
+        routes = {"pool": {"policy": "balance", "targets": ["a/m", "b/m", "c/m"]}}
+        app, _ = gateway_app(config_of(fakes, routes))
+        results = _under_faults(app, _schedule(fakes), 360)
+        whole = _under_faults(app, _schedule(fakes), 60, stream=False)
+    want = "".join(f"t{i} " for i in range(TOKENS))
+    assert [status for status, _ in results + whole].count(200) == 420  # 0 non-2xx
+    for _, events in results:
+        text, reasons = _stream_text(events)
+        assert events[-1] == "[DONE]" and reasons[-1] == "stop" and "error" not in reasons
+        assert text == want  # 0 duplicated or missing tokens, 0 truncated successes
+    assert all(body["choices"][0]["message"]["content"] == want for _, body in whole)
+    resumed = sum(1 for _, events in results if any("broke after" in str(e) for e in events[-3:]))
+    assert resumed > 0  # the schedule did break streams part-way, and they went on
+
+
+def test_a_cross_model_chain_under_faults_never_passes_a_cut_answer_as_a_success() -> None:
+    with ExitStack() as stack:
+        fakes = _three_fakes(stack)
+        routes = {"pool": {"policy": "fallback", "targets": ["a/m", "b/m", "c/m"]}}
+        app, _ = gateway_app(config_of(fakes, routes))
+        results = _under_faults(app, _schedule(fakes), 180)
+
+        def all_down(i: int) -> None:
+            for fake, _ in fakes.values():
+                fake.status, fake.cut_after = 500, None
+
+        down = _under_faults(app, all_down, 12)
+    want = "".join(f"t{i} " for i in range(TOKENS))
+    outcomes = {"whole": 0, "error": 0}
+    for status, events in results:
+        assert status == 200
+        text, reasons = _stream_text(events)
+        assert events[-1] == "[DONE]"
+        if reasons[-1] == "stop":
+            assert text == want  # a "stop" is only ever a whole answer
+            outcomes["whole"] += 1
+        else:
+            assert reasons[-1] == "error" and want.startswith(text)
+            errored = [e for e in events if isinstance(e, dict) and e.get("error")]
+            assert errored and errored[-1]["error"]["code"] == "upstream_broke"
+            outcomes["error"] += 1
+    assert outcomes["whole"] > 0 and outcomes["error"] > 0
+    for status, events in down:  # nothing can serve: an explicit error, never an empty 200
+        assert status == 503
+        assert events == [] or "no_target_available" in json.dumps(events)

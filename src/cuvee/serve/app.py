@@ -227,8 +227,8 @@ def create_app(
         if routed is not None:
             targets, raw = routed
 
-            async def local(model: str) -> Response:
-                body = _known_fields(ChatCompletionRequest, {**raw, "model": model})
+            async def local(model: str, sent: dict[str, Any] | None = None) -> Response:
+                body = _known_fields(ChatCompletionRequest, {**(sent or raw), "model": model})
                 return await _local_chat(state, request, key, body, started, raw["model"])
 
             gateway = state.extra["gateway"]
@@ -249,8 +249,8 @@ def create_app(
         if routed is not None:
             targets, raw = routed
 
-            async def local(model: str) -> Response:
-                body = _known_fields(CompletionRequest, {**raw, "model": model})
+            async def local(model: str, sent: dict[str, Any] | None = None) -> Response:
+                body = _known_fields(CompletionRequest, {**(sent or raw), "model": model})
                 return await _local_completion(state, request, key, body, started, raw["model"])
 
             gateway = state.extra["gateway"]
@@ -358,7 +358,7 @@ async def _gateway_targets(state: ServerState, request: HTTPRequest, key):
     except ValueError:
         return None  # the schema's own parse names the problem
     model = raw.get("model") if isinstance(raw, dict) else None
-    targets = gateway.chain(model) if isinstance(model, str) else None
+    targets = gateway.chain(model, request.headers) if isinstance(model, str) else None
     if targets is None:
         return None
     note(request, model=model)

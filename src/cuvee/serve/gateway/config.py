@@ -15,6 +15,10 @@
       assistant:
         policy: fallback                  # or balance (replicas of one model)
         targets: [hosted/big-model, quickstart]   # UPSTREAM/MODEL, or a local model
+      fine-tune:
+        policy: balance
+        targets: [gpu1/ft, gpu2/ft]
+        session_header: x-session-id      # the same session to the same replica while it is up
 
 ``--upstream NAME=URL`` adds an upstream serving any model id (``*``), key from
 ``CUVEE_UPSTREAM_<NAME>_API_KEY`` if set. An upstream's models are public ids of their own
@@ -107,6 +111,9 @@ class Route(BaseModel):
     name: str
     policy: Literal["fallback", "balance"] = "fallback"
     targets: list[str] = Field(min_length=1)
+    # balance: requests carrying this header with the same value go to the same replica while
+    # it is up (its prompt cache stays warm); without the header, the least busy replica
+    session_header: str | None = Field(None, pattern=r"^[A-Za-z0-9-]{1,64}$")
 
 
 class GatewayConfig(BaseModel):

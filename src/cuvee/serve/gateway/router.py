@@ -14,9 +14,10 @@ When no target can serve, the client gets a 503 naming each attempt."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,8 +30,9 @@ from cuvee.serve.gateway.upstream import TargetFailed, UpstreamClient, UpstreamE
 from cuvee.serve.generation import EventStreamResponse, sse
 from cuvee.serve.metrics import Metrics
 
-# The local engine's answer for a local target: (model id) -> Response, raising APIError.
-Local = Callable[[str], Awaitable[Response]]
+# The local engine's answer for a local target: (model id, the body to answer instead of the
+# client's, e.g. a continuation) -> Response, raising APIError.
+Local = Callable[[str, dict[str, Any] | None], Awaitable[Response]]
 # Told what an upstream target used: (target, prompt tokens, completion tokens, cost in USD).
 OnUsage = Callable[["Target", int, int, float], None]
 
@@ -69,12 +71,21 @@ class Gateway:
 
     # -- which ids ---------------------------------------------------------------------------
 
-    def chain(self, model: str) -> list[Target] | None:
-        """The targets for public id ``model``, or None when it is not the gateway's."""
+    def chain(self, model: str, headers: Mapping[str, str] | None = None) -> list[Target] | None:
+        """The targets for public id ``model``, or None when it is not the gateway's. A
+        balance route orders its replicas by requests in flight, or, for a request carrying
+        the route's ``session_header``, by a hash of the session and each replica (rendezvous
+        hashing: a session keeps its replica, and only the sessions of a replica that goes
+        down move)."""
         route = self.config.routes.get(model)
         if route is not None:
             targets = [self._target(spec) for spec in route.targets]
-            if route.policy == "balance":
+            session = None
+            if route.session_header and headers is not None:
+                session = headers.get(route.session_header)
+            if route.policy == "balance" and session:
+                targets.sort(key=lambda t: _rendezvous(session, t.label), reverse=True)
+            elif route.policy == "balance":
                 targets.sort(key=lambda t: self.in_flight.get(t.label, 0))
             # a cooled-down upstream is tried last, after every target in use
             targets.sort(key=lambda t: t.upstream is not None and self.health.cooled(t.upstream))
@@ -156,8 +167,8 @@ class Gateway:
         public = body.get("model")
 
         def used(target: Target, usage: Any, fallback: tuple[int, int]) -> None:
-            if on_usage is None:
-                return
+            if on_usage is None or target.upstream is None:
+                return  # a local generation is counted by the server itself
             prompt, completion = fallback
             if isinstance(usage, dict):
                 prompt = int(usage.get("prompt_tokens") or 0)
@@ -171,7 +182,7 @@ class Gateway:
             handed_over = False
             try:
                 if target.upstream is None:
-                    return _tagged(await local(target.model), target, attempts, public)
+                    return _tagged(await local(target.model, None), target, attempts, public)
                 client = self.clients[target.upstream]
                 lacking = _lacking(client.upstream, body)
                 if lacking:
@@ -185,7 +196,7 @@ class Gateway:
                     handed_over = True
                     spare = [t for t in targets if t is not target] if self.replicas(public) else []
                     return self._stream(
-                        public, target, first, rest, attempts, path, body, spare, used
+                        public, target, first, rest, attempts, path, body, spare, used, local
                     )
                 answer = await client.complete(path, sent)
                 self.health.succeeded(target.upstream)
@@ -232,6 +243,7 @@ class Gateway:
         request: dict[str, Any],
         spare: list[Target],
         used: Callable[[Target, Any, tuple[int, int]], None],
+        local: Local,
     ) -> Response:
         """Pass the stream on, relabelled. If it breaks after tokens went out and ``spare``
         holds replicas, the next one is asked to go on from the text already sent (an
@@ -302,7 +314,9 @@ class Gateway:
                         self._failed(current)
                         broke = f"broke after {tokens} tokens: {exc.reason}"
                         attempts.append({"target": current.label, "error": broke})
-                        following = await self._resume(path, request, spare, text, tokens, attempts)
+                        following = await self._resume(
+                            path, request, spare, text, tokens, attempts, local
+                        )
                         if following is None:
                             yield sse(_broken(last or {}, public, current, exc.reason, attempts))
                             yield sse("[DONE]")
@@ -326,13 +340,23 @@ class Gateway:
         text: str,
         tokens: int,
         attempts: list[dict[str, Any]],
+        local: Local,
     ) -> tuple[Target, list[str], AsyncIterator[str]] | None:
         """The first spare replica that takes up the answer where it broke, with its first
-        events; None when none does."""
+        events; None when none does. A local replica continues the answer as an assistant
+        message it is given (the engine goes on from a final assistant message)."""
         while spare:
             target = spare.pop(0)
             if target.upstream is None:
-                continue  # the local engine cannot take up a stream part-way (not yet)
+                body = _continuation(request, target, text, tokens, "cuvee", path)
+                try:
+                    events = _payloads(await local(target.model, body))
+                    head = [await anext(events)]
+                except (errors.APIError, StopAsyncIteration) as exc:
+                    reason = getattr(exc, "message", None) or "no answer"
+                    attempts.append({"target": target.label, "error": f"resume failed: {reason}"})
+                    continue
+                return target, head, events
             client = self.clients[target.upstream]
             body = _continuation(request, target, text, tokens, client.upstream.kind, path)
             try:
@@ -422,6 +446,27 @@ def _attempt(
     if retry_after is not None:
         out["retry_after"] = retry_after
     return out
+
+
+async def _payloads(response: Response) -> AsyncIterator[str]:
+    """The ``data:`` payloads of a local streamed response (a whole JSON answer, as a local
+    error would be, yields nothing)."""
+    iterator = getattr(response, "body_iterator", None)
+    if iterator is None:
+        return
+    buffer = b""
+    async for piece in iterator:
+        buffer += piece if isinstance(piece, bytes) else piece.encode()
+        while b"\n\n" in buffer:
+            event, buffer = buffer.split(b"\n\n", 1)
+            for line in event.split(b"\n"):
+                if line.startswith(b"data: "):
+                    yield line[6:].decode()
+
+
+def _rendezvous(session: str, label: str) -> int:
+    digest = hashlib.blake2b(f"{session}\0{label}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big")
 
 
 def _options(body: dict[str, Any]) -> dict[str, Any]:
