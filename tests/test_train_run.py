@@ -154,7 +154,7 @@ def test_same_seed_same_run_and_accumulation_equals_a_bigger_batch(setup) -> Non
 
 def test_full_fine_tuning_trains_every_weight(setup) -> None:
     settings, store, data = setup
-    result = train(settings, _recipe(data, method="full", lr=0.001, max_steps=2))
+    result = train(settings, _recipe(data, adapter="full", lr=0.001, max_steps=2))
     stored = store.get("tuned")
     assert stored.manifest.file("weights") is not None
     assert not (stored.path / "adapter").exists()

@@ -31,9 +31,9 @@ def test_shipped_recipes_load_and_open_with_their_command() -> None:
         assert text.startswith("# Run:  cuvee train " + name), name
         recipe = build_recipe(name)
         assert isinstance(recipe, Recipe)
-    assert build_recipe("starter-lora-cpu").method == "lora"
+    assert build_recipe("starter-lora-cpu").adapter == "lora"
     assert build_recipe("starter-lora-cpu").time_budget_s == 600
-    assert build_recipe("dolly-full-gpu").method == "full"
+    assert build_recipe("dolly-full-gpu").adapter == "full"
 
 
 def test_flags_override_the_recipe_and_none_means_unset(tmp_path: Path) -> None:
@@ -49,6 +49,7 @@ def test_flags_override_the_recipe_and_none_means_unset(tmp_path: Path) -> None:
     [
         ("lerning_rate: 0.1\n", "lerning_rate: unknown key"),
         ("method: qlora\n", "method"),
+        ("adapter: qlora\n", "adapter"),
         ("time_budget: soon\n", "time_budget"),
         ("eval_split: 0.9\n", "eval_split"),
         ("augment: 9\n", "augment"),

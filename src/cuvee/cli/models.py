@@ -215,9 +215,11 @@ def show(settings: Settings, name: str, json_output: bool) -> None:
         click.echo(f"conversion:    {_conversion_text(conversion)}")
     lineage = man.model_dump().get("lineage")
     if lineage:
+        from cuvee.train.lineage import method_label
+
         run = lineage.get("run", {})
         click.echo(
-            f"trained:       {lineage['recipe']['method']} on "
+            f"trained:       {method_label(lineage['recipe'])} on "
             + ", ".join(
                 f"{d['path']} ({d['records']} records, {d['licence']['id']})"
                 for d in lineage.get("data", [])

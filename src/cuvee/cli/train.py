@@ -30,12 +30,14 @@ def flag_name(field: str) -> str:
     return "--" + field.replace("_", "-")
 
 
-def _scalar_type(annotation: Any, metadata: list[Any]) -> click.ParamType:
-    """The click type of one value of a recipe field: a Choice for a Literal, a range for a
-    bounded int or float, else the plain type (a union like float | str stays text, for the
-    recipe's own validation)."""
+def _scalar_type(
+    annotation: Any, metadata: list[Any], also: tuple[str, ...] = ()
+) -> click.ParamType:
+    """The click type of one value of a recipe field: a Choice for a Literal (plus the old
+    values ``also`` the recipe still reads), a range for a bounded int or float, else the plain
+    type (a union like float | str stays text, for the recipe's own validation)."""
     if get_origin(annotation) is Literal:
-        return click.Choice([str(a) for a in get_args(annotation)])
+        return click.Choice([str(a) for a in get_args(annotation)] + list(also))
     bounds: dict[str, Any] = {}
     for rule in metadata:
         for attr, key, is_open in (("gt", "min", True), ("ge", "min", False)):
@@ -84,7 +86,10 @@ def _knob_option(name: str, field: FieldInfo) -> Callable[[Callable], Callable]:
             " Repeatable, or comma-separated." if name in COMMA_SEPARATED else " Repeatable."
         )
     else:
-        kwargs["type"] = _scalar_type(annotation, field.metadata)
+        from cuvee.train.recipe import OLD_METHODS
+
+        also = OLD_METHODS if name == "method" else ()
+        kwargs["type"] = _scalar_type(annotation, field.metadata, also)
     if default is not None:
         help_text += f" [default: {default}]"
     return click.option(*flags, name, help=help_text, **kwargs)

@@ -29,7 +29,7 @@ RNG = "rng.pt"
 
 # Keys of state.json that checkpoints of older versions lack; RunState's defaults stand for
 # what those versions did (a single-process run; the warm-up computed from the plan).
-_ADDED_LATER = frozenset({"parallel", "warmup"})
+_ADDED_LATER = frozenset({"parallel", "warmup", "metrics"})
 
 
 @dataclass(kw_only=True)
@@ -44,20 +44,29 @@ class RunState:
     tokens_seen: int = 0
     supervised_seen: int = 0  # tokens the loss was computed on
     losses: list[float] = field(default_factory=list)  # one per step
-    evals: list[dict[str, Any]] = field(default_factory=list)  # {"step", "eval_loss"}; 0: base
+    evals: list[dict[str, Any]] = field(default_factory=list)  # {"step", "eval_loss"...}; 0: base
     base_eval_loss: float | None = None  # the held-out loss before the first step
     parallel: str = "single"  # the strategy that saved it: FSDP's optimizer state differs
     warmup: int | None = None  # warm-up steps, kept as planned: a re-plan must not restart it
+    # the objective's own metrics of each step ({"step", ...}); none for supervised tuning
+    metrics: list[dict[str, float]] = field(default_factory=list)
 
-    def record(self, loss: float, tokens: int, supervised: int) -> None:
+    def record(
+        self, loss: float, tokens: int, supervised: int, measured: dict[str, float] | None = None
+    ) -> None:
         """One optimizer step done."""
         self.step += 1
         self.losses.append(loss)
         self.tokens_seen += tokens
         self.supervised_seen += supervised
+        if measured:
+            self.metrics.append({"step": self.step, **measured})
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        if not data["metrics"]:  # a supervised run's state keeps the keys it always had
+            del data["metrics"]
+        return data
 
     @classmethod
     def from_json(cls, data: Any, source: Path) -> RunState:

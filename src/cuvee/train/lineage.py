@@ -86,20 +86,121 @@ def contributors(data: list[DataSource], authors: list[str]) -> list[str]:
     return list(seen)
 
 
+def recipe_upgraded(recipe: dict[str, Any]) -> dict[str, Any]:
+    """A lineage's recipe as this version names its knobs: models trained before preference
+    tuning recorded ``method: lora|full`` for what is now ``adapter``."""
+    if recipe.get("method") in ("lora", "full"):
+        return {**recipe, "method": "sft", "adapter": recipe["method"]}
+    return recipe
+
+
+def method_label(recipe: dict[str, Any]) -> str:
+    """How a model was trained, in a few words: ``lora`` or ``full`` for instruction tuning
+    (as before preference tuning existed), ``dpo (sigmoid) on lora`` and the like after it."""
+    recipe = recipe_upgraded(recipe)
+    adapter = recipe.get("adapter", "lora")
+    method = recipe.get("method", "sft")
+    if method == "sft":
+        return adapter
+    if method == "dpo":
+        method = f"dpo ({recipe.get('loss_type', 'sigmoid')})"
+    return f"{method} on {adapter}"
+
+
 def _fmt_loss(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4f}"
+
+
+_LOSS_NAMES = {
+    "sigmoid": "DPO (sigmoid loss)",
+    "ipo": "DPO with the IPO loss",
+    "simpo": "SimPO-style DPO (length-normalised, no reference)",
+    "orpo": "ORPO (odds ratio, no reference)",
+    "kto": "KTO (desirable / undesirable answers)",
+}
+# metric key -> how the card names it
+_PREFERENCE_METRICS = {
+    "loss": "loss",
+    "accuracy": "reward accuracy",
+    "margin": "reward margin (chosen - rejected)",
+    "rewards_chosen": "reward of chosen answers",
+    "rewards_rejected": "reward of rejected answers",
+    "rewards_desirable": "reward of desirable answers",
+    "rewards_undesirable": "reward of undesirable answers",
+    "kl": "KTO reference point (batch KL estimate)",
+    "drift": "drift from the parent (log-ratio per answer token)",
+    "nll": "NLL of chosen answers (per token)",
+}
+
+
+def _fmt(value: Any) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def preference_section(
+    recipe: dict[str, Any], preference: dict[str, Any], data: list[dict[str, Any]]
+) -> list[str]:
+    """The card's account of a preference run: the loss, the reference and the metrics on the
+    held-out examples before and after training, and on the last training steps."""
+    loss = preference["loss"]
+    reference = preference.get("reference")
+    if reference:
+        against = (
+            f"against the parent model `{reference['parent']}`, whose log-probabilities of the "
+            f"{reference['answers']} answers were computed once before training and cached with "
+            "the run (no second model held in memory)"
+        )
+    else:
+        against = "without a reference model"
+    examples = preference.get("examples") or {}
+    licences = sorted({d["licence"]["id"] for d in data})
+    lines = [
+        "## Preference tuning",
+        "",
+        f"- objective: {_LOSS_NAMES.get(loss, loss)}, beta {preference['beta']}, {against}",
+        f"- examples: {examples.get('pairs', 0)} pairs, {examples.get('desirable', 0)} "
+        f"desirable and {examples.get('undesirable', 0)} undesirable answers "
+        f"({examples.get('truncated', 0)} truncated to the sequence length)",
+        f"- preference data licence: {', '.join(licences)}",
+        "",
+    ]
+    before, after, train = (
+        preference.get("eval_before") or {},
+        preference.get("eval") or {},
+        preference.get("train") or {},
+    )
+    shown = [k for k in _PREFERENCE_METRICS if k in after or k in before or k in train]
+    if shown:
+        lines += [
+            "| metric | held-out, before | held-out, after | training (last 10 steps) |",
+            "|---|---|---|---|",
+        ]
+        for key in shown:
+            lines.append(
+                f"| {_PREFERENCE_METRICS[key]} | {_fmt(before.get(key))} | "
+                f"{_fmt(after.get(key))} | {_fmt(train.get(key))} |"
+            )
+        lines += [
+            "",
+            "Rewards are beta times the log-probability ratio of the model to its parent "
+            "(SimPO: beta times the mean log-probability per token; ORPO: the log-odds of it); "
+            "the reward accuracy is the share of pairs whose chosen answer gets the higher "
+            "reward (KTO: of answers rewarded on the side of their label).",
+            "",
+        ]
+    return lines
 
 
 def model_card(name: str, lineage: dict[str, Any], verdict: CommercialUse) -> str:
     """MODEL_CARD.md: the lineage in prose, with intended use and limitations."""
     base = lineage["base"]
-    recipe = lineage["recipe"]
+    recipe = recipe_upgraded(lineage["recipe"])
     run = lineage["run"]
     data = lineage["data"]
     method = (
         f"LoRA (rank {recipe['lora_r']}, alpha {recipe['lora_alpha']}, on "
         f"{', '.join(recipe['lora_targets'])})"
-        if recipe["method"] == "lora"
+        if recipe["adapter"] == "lora"
         else "full fine-tuning of every weight"
     )
     hw = run["hardware"]
@@ -108,10 +209,12 @@ def model_card(name: str, lineage: dict[str, Any], verdict: CommercialUse) -> st
         if hw["device"] == "cuda"
         else f"CPU ({hw['cpu']}, {hw['cpu_cores']} cores)"
     )
+    preference = run.get("preference")
+    tuned = "a preference-tuned" if preference else "an instruction-tuned"
     lines = [
         f"# {name}",
         "",
-        f"`{name}` is an instruction-tuned version of `{base['name']}` "
+        f"`{name}` is {tuned} version of `{base['name']}` "
         f"({base['licence']['id']}), trained with cuvee by {method} on "
         f"{run['train_records']} records from {len(data)} data file(s) "
         f"({run['eval_records']} more held out for evaluation).",
@@ -165,6 +268,10 @@ def model_card(name: str, lineage: dict[str, Any], verdict: CommercialUse) -> st
         "The full recipe is in `cuvee.json` under `lineage.recipe`; "
         "`cuvee train` with it repeats this run.",
         "",
+    ]
+    if preference:
+        lines += preference_section(recipe, preference, data)
+    lines += [
         "## Contributors",
         "",
     ]

@@ -10,7 +10,14 @@ from importlib.resources import as_file, files
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from cuvee.errors import ConfigError
 
@@ -52,7 +59,15 @@ class Recipe(BaseModel):
         "the bundled set.",
     )
     name: str | None = Field(None, description="Name of the fine-tuned model in the store.")
-    method: Literal["lora", "full"] = Field(
+    # What is learned. Recipes written before preference tuning said `method: lora|full` for
+    # what is now `adapter`; they are read as `method: sft` with that adapter (see _upgrade).
+    method: Literal["sft", "dpo", "kto", "orpo"] = Field(
+        "sft",
+        description="Objective: sft (learn the answers), dpo (chosen over rejected pairs, "
+        "against the parent), kto (answers labelled desirable or not), orpo (pairs, no "
+        "reference). The old values lora and full mean sft with that --adapter.",
+    )
+    adapter: Literal["lora", "full"] = Field(
         "lora", description="LoRA adapters over a frozen base, or all weights."
     )
 
@@ -96,6 +111,34 @@ class Recipe(BaseModel):
         "off; held-out records never).",
     )
 
+    # Preference tuning (method dpo, kto or orpo). The defaults are those of the papers.
+    beta: float | None = Field(
+        None,
+        gt=0,
+        description="Strength of the preference term; unset: 0.1 for dpo (sigmoid, ipo) and "
+        "kto as in their papers, 2.0 for simpo (SimPO's range is 2-2.5).",
+    )
+    loss_type: Literal["sigmoid", "ipo", "simpo"] = Field(
+        "sigmoid",
+        description="DPO's loss: sigmoid (the DPO paper), ipo (squared, length-averaged "
+        "log-ratios), simpo (length-averaged, no reference model).",
+    )
+    simpo_gamma: float = Field(
+        1.0, ge=0, description="SimPO's target reward margin (the paper: gamma/beta about 0.5)."
+    )
+    orpo_lambda: float = Field(
+        0.1, gt=0, description="ORPO's weight of the odds-ratio term beside the NLL (paper: 0.1)."
+    )
+    kto_desirable_weight: float = Field(
+        1.0,
+        gt=0,
+        description="KTO's weight of desirable examples (the paper keeps desirable x weight "
+        "over undesirable x weight between 1 and 4/3).",
+    )
+    kto_undesirable_weight: float = Field(
+        1.0, gt=0, description="KTO's weight of undesirable examples."
+    )
+
     lora_r: int = Field(16, ge=1, description="LoRA rank.")
     lora_alpha: int = Field(
         32, ge=1, description="LoRA scaling numerator (updates are scaled by alpha / r)."
@@ -137,6 +180,11 @@ class Recipe(BaseModel):
     )
     description: str = Field("", description="What the model is for, in its model card.")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _old_method(cls, data: Any) -> Any:
+        return _upgrade(data) if isinstance(data, dict) else data
+
     @field_validator("time_budget")
     @classmethod
     def _duration(cls, value: str | None) -> str | None:
@@ -173,8 +221,33 @@ class Recipe(BaseModel):
     def time_budget_s(self) -> float | None:
         return parse_duration(self.time_budget)
 
+    @property
+    def preference_beta(self) -> float:
+        """beta as the loss uses it: the recipe's, or the standard value for its loss."""
+        if self.beta is not None:
+            return self.beta
+        return 2.0 if (self.method == "dpo" and self.loss_type == "simpo") else 0.1
+
     def resolved(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
+
+
+# The values `method` had before it named the objective; still read (and taken as flags).
+OLD_METHODS = ("lora", "full")
+
+
+def _upgrade(raw: dict[str, Any]) -> dict[str, Any]:
+    """A recipe mapping with the old ``method: lora|full`` read as ``method: sft`` and that
+    ``adapter``; an ``adapter`` that says otherwise is an error."""
+    old = raw.get("method")
+    if old not in OLD_METHODS:
+        return raw
+    if raw.get("adapter") not in (None, old):
+        raise ValueError(
+            f"method: {old} (the old spelling of adapter: {old}) contradicts "
+            f"adapter: {raw['adapter']}"
+        )
+    return {**raw, "method": "sft", "adapter": old}
 
 
 def _describe(exc: ValidationError, where: str) -> ConfigError:
@@ -231,8 +304,13 @@ def build_recipe(spec: str | Path | None = None, overrides: dict[str, Any] | Non
     where = "flags"
     if spec is not None:
         raw, where = read_recipe_file(spec)
-    merged = {**raw, **{k: v for k, v in (overrides or {}).items() if v is not None}}
+    set_flags = {k: v for k, v in (overrides or {}).items() if v is not None}
     try:
+        # Each side upgraded on its own: an old recipe's `method: full` stays its adapter when
+        # a flag asks for `--method dpo`.
+        merged = {**_upgrade(raw), **_upgrade(set_flags)}
         return Recipe(**merged)
     except ValidationError as exc:
         raise _describe(exc, where) from None
+    except ValueError as exc:
+        raise ConfigError(f"{where}: invalid recipe: {exc}") from None

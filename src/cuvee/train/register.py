@@ -29,6 +29,7 @@ from cuvee.train.lineage import (
     commercial_use,
     contributors,
     library_versions,
+    method_label,
     model_card,
 )
 
@@ -107,7 +108,8 @@ def register_model(
             chat_template=template.family,
             parent=base.manifest.name,
             created_at=utc_now(),
-            description=recipe.description or f"{recipe.method} fine-tune of {base.manifest.name}",
+            description=recipe.description
+            or f"{method_label(recipe.resolved())} fine-tune of {base.manifest.name}",
             lineage=lineage,
             commercial_use=verdict.allowed,
             commercial_use_reasons=verdict.reasons,

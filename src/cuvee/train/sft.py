@@ -1,528 +1,65 @@
-"""Supervised fine-tuning: an explicit loop, nothing hidden in a trainer framework.
+"""Supervised fine-tuning: the answers of the data are learned token by token.
 
-Per optimizer step: the step's micro-batches are known in advance (the data order is a pure
-function of seed, epoch and step), so the loss of each micro-batch is its summed cross-entropy
-divided by the supervised tokens of the whole step, across all processes: gradient accumulation
-and data parallelism give the same update as one big batch. Logits exist only at supervised
-positions (see loss.py). A run stops at its step count or its time budget, or on Ctrl-C after
-the current step, with a checkpoint it can resume from exactly.
-
-``_train`` reads as the run goes: check the request; set up this process's ``Session`` (its
-device and strategy: parallel.py; the data: data.py; the model: surgery.py; the schedule and
-time budget: schedule.py; the run's directory: rundir.py); start from a new ``RunState`` or
-the latest checkpoint's (checkpoint.py); measure the base's held-out loss; ``_loop`` over the
-steps; register the model (register.py)."""
+The loss is the cross-entropy of the supervised tokens, computed through the output head at
+those positions only (see loss.py), summed per micro-batch; the loop (loop.py) divides it by the
+step's supervised tokens."""
 
 from __future__ import annotations
 
-import signal
-import time
-from collections.abc import Callable
-from contextlib import nullcontext
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from cuvee.config import Settings
-from cuvee.errors import ConfigError, CuveeError
-from cuvee.store import ModelStore, StoredModel, check_name
-from cuvee.train import checkpoint as ckpt
-from cuvee.train import rundir
-from cuvee.train.data import Prepared, prepare
-from cuvee.train.display import Display, SilentDisplay
+from cuvee.train.data import prepare
 from cuvee.train.encode import IGNORE
-from cuvee.train.kernels import choose as choose_kernels
+from cuvee.train.loop import Interrupted, RunResult, find_run, train
 from cuvee.train.loss import Workspace, linear_cross_entropy
 from cuvee.train.packing import Row
-from cuvee.train.parallel import Dist, Single, device_for
-from cuvee.train.parallel import choose as choose_parallel
-from cuvee.train.recipe import Recipe
-from cuvee.train.rundir import find_run as find_run  # cuvee.cli.train and tests look it up here
-from cuvee.train.schedule import Schedule, TimeBudget, lr_at, warmup_for
-from cuvee.train.surgery import build_model, causal_lm, head_weights, precision_for
-from cuvee.train.throughput import (
-    Meter,
-    hardware,
-    peak_memory_mb,
-    price_per_hour,
-)
-from cuvee.train.tracking import Tracker, check_trackers, open_trackers
+from cuvee.train.surgery import causal_lm, head_weights
+
+# `train` and friends were defined here before the loop served every objective; callers and
+# scripts still import them from this module.
+__all__ = ["Interrupted", "RunResult", "SFTLoss", "Supervised", "evaluate", "find_run", "train"]
 
 
-class Interrupted(CuveeError):
-    """Training stopped on request; a checkpoint was saved."""
+class Supervised:
+    """The Objective (objectives.py) of ``method: sft``."""
 
-    exit_code = 130
+    def __init__(self, recipe=None) -> None:
+        pass
 
+    def label(self, recipe) -> str:
+        return recipe.adapter
 
-@dataclass
-class RunResult:
-    run_dir: Path
-    model: StoredModel | None
-    summary: dict[str, Any]
-    losses: list[float]
+    def prepare(self, store, recipe):
+        return prepare(store, recipe)
 
+    def loss_module(self, model, compute_dtype, recipe) -> SFTLoss:
+        return SFTLoss(model, compute_dtype)
 
-def train(
-    settings: Settings,
-    recipe: Recipe,
-    *,
-    display: Display | None = None,
-    resume_dir: Path | None = None,
-    replace: bool = False,
-    stop_after_step: int | None = None,
-    on_step: Callable[[int, dict[str, Any]], None] | None = None,
-) -> RunResult:
-    """Run (or resume) a training run and register the model when it completes.
+    def batch(self, rows: list[Row], device) -> dict[str, torch.Tensor]:
+        return _tensors(rows, device)
 
-    ``stop_after_step`` stops as a Ctrl-C would, after that step (used to test resume)."""
-    distributed = torch.distributed.is_available()
-    had_group = distributed and torch.distributed.is_initialized()
-    try:
-        return _train(
-            settings,
-            recipe,
-            display=display,
-            resume_dir=resume_dir,
-            replace=replace,
-            stop_after_step=stop_after_step,
-            on_step=on_step,
-        )
-    finally:
-        # A process group this run opened is closed by it: left to the interpreter's exit,
-        # gloo's threads were sometimes torn down running ("terminate called without an
-        # active exception", SIGABRT in one rank of an accelerate-launched FSDP run).
-        if distributed and not had_group and torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
+    def weight(self, row: Row) -> int:
+        return row.supervised
 
+    def split(self, output: torch.Tensor):
+        return output, None
 
-def _train(
-    settings: Settings,
-    recipe: Recipe,
-    *,
-    display: Display | None,
-    resume_dir: Path | None,
-    replace: bool,
-    stop_after_step: int | None,
-    on_step: Callable[[int, dict[str, Any]], None] | None,
-) -> RunResult:
-    display = display or SilentDisplay()
-    dist = Dist.from_env()
-    parallel = choose_parallel(dist.world)
-    store = ModelStore(settings.models_dir)
-    recipe = _checked(settings, store, recipe, resume_dir, replace)
+    def zero_stats(self, device) -> torch.Tensor:
+        return torch.zeros(0, device=device)
 
-    torch.manual_seed(recipe.seed)  # before the model is built: the adapters start random
-    run = _set_up(settings, store, recipe, dist, parallel, resume_dir)
-    state = _starting_state(run, resuming=resume_dir is not None, display=display)
-    meter = Meter(
-        price_per_hour(run.device.type, run.dist.world, settings), elapsed_before=state.elapsed_s
-    )
-    trackers = open_trackers(run.run_dir, recipe.report_to, recipe.resolved()) if run.main else []
-    display.message(_opening_line(run))
-    display.message(run.kernels_line)
-    if state.base_eval_loss is None and run.prepared.eval_rows:
-        state.base_eval_loss = _held_out_loss(run)
-        state.evals.append({"step": 0, "eval_loss": state.base_eval_loss})
-        display.message(f"held-out loss before training: {state.base_eval_loss:.4f}")
-        for t in trackers:
-            t.log(0, {"eval_loss": state.base_eval_loss})
+    def metrics(self, stats: list[float]) -> dict[str, float]:
+        return {}
 
-    session_start_step = state.step
-    finished = _loop(run, state, meter, trackers, display, stop_after_step, on_step)
+    def before_training(self, run, display) -> None:
+        pass
 
-    state.elapsed_s = meter.elapsed
-    if not finished:
-        raise Interrupted(
-            f"training stopped at step {state.step} of {state.total_steps}; "
-            f"checkpoint saved in {rundir.checkpoints(run.run_dir)}",
-            hint=f"continue with: cuvee train --resume {run.run_dir}",
-        )
-    summary = _summary(run, state, meter, session_start_step)
-    stored = _register(run, store, summary, replace)
-    return RunResult(run.run_dir, stored, summary, state.losses)
+    def held_out(self, loss_fn, rows, batch_size, device, autocast) -> dict[str, float]:
+        return {"eval_loss": evaluate(loss_fn, rows, batch_size, device, autocast)}
 
-
-def _checked(
-    settings: Settings, store: ModelStore, recipe: Recipe, resume_dir: Path | None, replace: bool
-) -> Recipe:
-    """The recipe with its base filled in, once nothing stands in the run's way."""
-    if recipe.base is None:
-        recipe = recipe.model_copy(update={"base": settings.default_base})
-    if not recipe.name:
-        raise ConfigError("the fine-tuned model needs a name", hint="pass --name NAME")
-    check_name(recipe.name)
-    if resume_dir is not None and rundir.completed(resume_dir):
-        raise ConfigError(
-            f"{resume_dir}: this run already completed and registered {recipe.name!r}",
-            hint="nothing to resume; start a new run to train further",
-        )
-    if store.exists(recipe.name) and not replace:
-        raise ConfigError(
-            f"a model named {recipe.name!r} is already in the store",
-            hint="choose another --name, or pass --force to replace it when training completes",
-        )
-    check_trackers(recipe.report_to)
-    return recipe
-
-
-@dataclass
-class Session:
-    """What this process sets up before a run's first step, or again when it resumes: where it
-    runs, the data and its schedule, the model with its loss and optimizer, the run's
-    directory."""
-
-    recipe: Recipe
-    dist: Dist
-    parallel: Single
-    device: torch.device
-    precision: str
-    prepared: Prepared
-    schedule: Schedule
-    budget: TimeBudget
-    run_dir: Path
-    compiled: bool  # whether the CPU kernels are compiled (kernels.py)
-    kernels_line: str
-    model: torch.nn.Module
-    loss_fn: SFTLoss
-    trainable_names: set[str]  # as the model names them, before any wrapping
-    n_trainable: int  # trainable parameters
-    step_module: torch.nn.Module  # loss_fn as the parallel strategy wraps it
-    trainable: list[torch.nn.Parameter]
-    optimizer: torch.optim.Optimizer
-
-    @property
-    def main(self) -> bool:
-        return self.dist.main
-
-    def autocast(self):
-        if self.precision == "bf16":
-            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
-        return nullcontext()
-
-
-def _set_up(
-    settings: Settings,
-    store: ModelStore,
-    recipe: Recipe,
-    dist: Dist,
-    parallel: Single,
-    resume_dir: Path | None,
-) -> Session:
-    device = device_for(dist, settings.device, group=dist.world > 1 or parallel.shards_weights)
-    precision = precision_for(recipe, device.type)
-    prepared = prepare(store, recipe)
-    run_dir = resume_dir or rundir.new_run_dir(settings, recipe.name)
-    if dist.main:
-        rundir.create(run_dir, recipe)
-
-    kernels, kernels_line = choose_kernels(
-        settings.train_compile, device.type, recipe.method == "lora"
-    )
-    model = build_model(store, prepared, precision, device, kernels)
-    loss_fn = SFTLoss(model, torch.bfloat16 if precision == "bf16" else torch.float32)
-    trainable_names = {n for n, p in model.named_parameters() if p.requires_grad}
-    n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    # The optimizer is made after wrapping: FSDP replaces parameters with sharded ones.
-    step_module = parallel.wrap(loss_fn, device)
-    trainable = [p for p in loss_fn.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(
-        trainable, lr=recipe.lr, weight_decay=recipe.weight_decay, betas=(0.9, 0.999)
-    )
-    schedule = Schedule(
-        len(prepared.train_rows),
-        recipe.batch_size,
-        recipe.grad_accum,
-        recipe.epochs,
-        recipe.seed,
-        dist.world,
-    )
-    budget = TimeBudget(
-        recipe.time_budget_s, recipe.max_steps or schedule.steps_for_epochs, recipe.warmup_ratio
-    )
-    return Session(
-        recipe=recipe,
-        dist=dist,
-        parallel=parallel,
-        device=device,
-        precision=precision,
-        prepared=prepared,
-        schedule=schedule,
-        budget=budget,
-        run_dir=run_dir,
-        compiled=kernels is not None,
-        kernels_line=kernels_line,
-        model=model,
-        loss_fn=loss_fn,
-        trainable_names=trainable_names,
-        n_trainable=n_trainable,
-        step_module=step_module,
-        trainable=trainable,
-        optimizer=optimizer,
-    )
-
-
-def _starting_state(run: Session, *, resuming: bool, display: Display) -> ckpt.RunState:
-    """A new run's state, or a resumed one's from its latest checkpoint (its weights, optimizer
-    state and random number generators restored with it)."""
-    recipe = run.recipe
-    if not resuming:
-        total_steps = run.schedule.steps_for_epochs
-        if recipe.max_steps:
-            total_steps = min(total_steps, recipe.max_steps)
-        state = ckpt.RunState(total_steps=total_steps, parallel=run.parallel.name)
-    else:
-        latest = ckpt.list_checkpoints(rundir.checkpoints(run.run_dir))
-        if not latest:
-            raise ConfigError(f"{run.run_dir}: the run has no checkpoint to resume from")
-        state, weights, opt_state = ckpt.load_run(latest[-1], run.trainable_names)
-        if (state.parallel == "fsdp") != run.parallel.shards_weights:  # optimizer states differ
-            raise ConfigError(
-                f"{latest[-1]}: saved by a {state.parallel} run; this one is {run.parallel.name}",
-                hint="resume with the launcher and strategy the run started with",
-            )
-        run.parallel.load_state(run.loss_fn, run.optimizer, weights, opt_state)
-        display.message(f"resumed {run.run_dir.name} at step {state.step}")
-    # kept in the state: a resumed run goes on with the warm-up it had, whatever re-plans did
-    state.warmup = state.warmup or warmup_for(recipe.warmup_ratio, state.total_steps, 0)
-    return state
-
-
-def _opening_line(run: Session) -> str:
-    recipe, prepared = run.recipe, run.prepared
-    return (
-        f"{recipe.method} on {recipe.base}: {run.n_trainable:,} trainable parameters, "
-        f"{prepared.train_records} train / {prepared.eval_records} eval records "
-        f"({prepared.split_how}), {len(prepared.train_rows)} packed rows of {recipe.seq_len}, "
-        f"{run.precision} on {run.device.type}; run {run.run_dir}"
-    )
-
-
-def _loop(
-    run: Session,
-    state: ckpt.RunState,
-    meter: Meter,
-    trackers: list[Tracker],
-    display: Display,
-    stop_after_step: int | None,
-    on_step: Callable[[int, dict[str, Any]], None] | None,
-) -> bool:
-    """Train from ``state.step`` to the planned last step, saving checkpoints on the way.
-    Returns False when it stopped early on request (Ctrl-C, ``stop_after_step``), with a
-    checkpoint of where it stopped."""
-    recipe, budget = run.recipe, run.budget
-    with _CtrlC(display) as ctrl_c:
-        display.start(state.total_steps, state.step)
-        try:
-            while state.step < state.total_steps:
-                started = time.perf_counter()
-                lr = lr_at(state.step, state.total_steps, state.warmup, recipe.lr)
-                loss, tokens, supervised = _optimizer_step(run, run.schedule.step(state.step), lr)
-                state.record(loss, tokens, supervised)
-                meter.add(tokens, supervised)
-                budget.step_took(time.perf_counter() - started)
-
-                plan = budget.replan(state.step, state.total_steps, state.warmup, meter.elapsed)
-                if plan is not None:
-                    state.total_steps, state.warmup = plan.total_steps, plan.warmup
-                    display.message(
-                        f"time budget {recipe.time_budget}: {plan.per_step:.1f} s/step, "
-                        f"planning {state.total_steps} steps"
-                    )
-
-                metrics: dict[str, Any] = {
-                    "loss": loss,
-                    "lr": lr,
-                    "tokens": tokens,
-                    "tokens_per_s": meter.tokens_per_s() or tokens / max(budget.last_step, 1e-9),
-                    "elapsed_s": meter.elapsed,
-                    "eta_s": Meter.eta(state.step, state.total_steps, budget.per_step),
-                    "cost_usd": meter.cost(),
-                }
-                if run.prepared.eval_rows and (
-                    state.step % recipe.eval_every == 0 or state.step == state.total_steps
-                ):
-                    metrics["eval_loss"] = _held_out_loss(run)
-                    state.evals.append({"step": state.step, "eval_loss": metrics["eval_loss"]})
-                for t in trackers:
-                    t.log(state.step, metrics)
-                if on_step:
-                    on_step(state.step, metrics)
-                display.update(state.step, state.total_steps, metrics)
-
-                if budget.spent(meter.elapsed):
-                    state.total_steps = state.step
-                asked = ctrl_c.requested or (
-                    stop_after_step is not None and state.step >= stop_after_step
-                )
-                finished = state.step >= state.total_steps
-                if (asked or state.step % recipe.save_every == 0) and not finished:
-                    state.elapsed_s = meter.elapsed
-                    _save_checkpoint(run, state)
-                if asked and not finished:
-                    return False
-        finally:
-            display.close()
-            for t in trackers:
-                t.close()
-    return True
-
-
-def _optimizer_step(
-    run: Session, slots: list[list[list[int]]], lr: float
-) -> tuple[float, int, int]:
-    """One optimizer step over the step's micro-batches (``slots``: Schedule.step). Returns the
-    step's loss per supervised token, and the tokens and supervised tokens it saw, over all
-    processes."""
-    rows_of = run.prepared.train_rows
-    dist = run.dist
-    global_sup = sum(rows_of[i].supervised for slot in slots for rows in slot for i in rows)
-    for group in run.optimizer.param_groups:
-        group["lr"] = lr
-    loss_sum, tokens, sup = 0.0, 0, 0
-    for a, slot in enumerate(slots):
-        rows = [rows_of[i] for i in slot[dist.rank]]
-        if not rows:
-            continue
-        batch = _tensors(rows, run.device)
-        with run.parallel.accumulating(run.step_module, a == len(slots) - 1), run.autocast():
-            loss = run.step_module(**batch)
-        (loss * (dist.world / max(global_sup, 1))).backward()
-        loss_sum += float(loss.detach())
-        tokens += sum(r.real_tokens for r in rows)
-        sup += sum(r.supervised for r in rows)
-    if dist.world > 1:
-        totals = torch.tensor([loss_sum, tokens, sup], dtype=torch.float64, device=run.device)
-        torch.distributed.all_reduce(totals)
-        loss_sum, tokens, sup = totals[0].item(), int(totals[1]), int(totals[2])
-    if run.recipe.max_grad_norm:
-        torch.nn.utils.clip_grad_norm_(run.trainable, run.recipe.max_grad_norm)
-    run.optimizer.step()
-    run.optimizer.zero_grad(set_to_none=True)
-    return loss_sum / max(global_sup, 1), tokens, sup
-
-
-def _held_out_loss(run: Session) -> float | None:
-    """The loss on the held-out rows; the time it took is kept for the time budget's plan."""
-    started = time.perf_counter()
-    loss = evaluate(
-        run.loss_fn, run.prepared.eval_rows, run.recipe.batch_size, run.device, run.autocast
-    )
-    run.budget.eval_seconds = time.perf_counter() - started
-    return loss
-
-
-def _save_checkpoint(run: Session, state: ckpt.RunState) -> None:
-    # gathering whole tensors is collective under FSDP: every process takes part
-    weights = run.parallel.trainable_state(run.loss_fn)
-    opt_state = run.parallel.optimizer_state(run.loss_fn, run.optimizer)
-    if run.main:
-        ckpt.save(
-            rundir.checkpoints(run.run_dir),
-            state.step,
-            weights,
-            opt_state,
-            state,
-            run.recipe.keep_checkpoints,
-        )
-
-
-class _CtrlC:
-    """The first Ctrl-C asks the loop to stop after the current step and save a checkpoint; a
-    second one aborts. Only the main thread can take the signal; elsewhere this does nothing."""
-
-    def __init__(self, display: Display) -> None:
-        self.display = display
-        self.requested = False
-        self._previous = None
-
-    def __enter__(self) -> _CtrlC:
-        if _main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._on_sigint)
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-
-    def _on_sigint(self, signum, frame) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-        self.display.message(
-            "stopping after this step to save a checkpoint (Ctrl-C again to abort)"
-        )
-
-
-def _main_thread() -> bool:
-    import threading
-
-    return threading.current_thread() is threading.main_thread()
-
-
-def _register(
-    run: Session, store: ModelStore, summary: dict[str, Any], replace: bool
-) -> StoredModel | None:
-    """Put the trained model in the store (on the main process; None elsewhere), add its name
-    and commercial-use label to ``summary``, and complete the run's directory."""
-    final = run.model
-    if run.parallel.shards_weights:
-        # the store gets a plain model: whole trained tensors put into a fresh copy on main
-        weights = run.parallel.trainable_state(run.loss_fn)
-        if run.main:
-            final = build_model(store, run.prepared, run.precision, torch.device("cpu"))
-            Single().load_state(SFTLoss(final, run.loss_fn.compute_dtype), None, weights, None)
-    if not run.main:
-        return None
-    from cuvee.train.register import register_model
-
-    stored = register_model(
-        store, run.prepared, final, summary, replace=replace, merge=run.recipe.merge
-    )
-    summary["model"] = stored.manifest.name
-    summary["commercial_use"] = stored.manifest.model_dump().get("commercial_use")
-    rundir.complete(run.run_dir, summary)
-    return stored
-
-
-def _summary(
-    run: Session, state: ckpt.RunState, meter: Meter, session_start_step: int
-) -> dict[str, Any]:
-    prepared = run.prepared
-    hw = hardware(run.device.type, run.dist.world)
-    hw["kernels"] = "compiled" if run.compiled else "plain"
-    tail = state.losses[-10:]
-    evals = [e for e in state.evals if e["step"] > 0]
-    wall = state.elapsed_s
-    return {
-        "run_dir": str(run.run_dir),
-        "steps": state.step,
-        "train_records": prepared.train_records,
-        "eval_records": prepared.eval_records,
-        "eval_split": prepared.split_how,
-        "encode": prepared.encode_stats,
-        "train_rows": len(prepared.train_rows),
-        "trainable_parameters": run.n_trainable,
-        "precision": run.precision,
-        "parallel": state.parallel,
-        "hardware": hw,
-        "wall_time_s": wall,
-        "tokens_seen": state.tokens_seen,
-        "supervised_tokens_seen": state.supervised_seen,
-        "tokens_per_s": state.tokens_seen / wall if wall > 0 else 0.0,
-        "peak_memory_mb": round(peak_memory_mb(hw["device"])),
-        "price_per_hour": meter.price_per_hour,
-        "estimated_cost_usd": meter.cost(wall),
-        "train_loss": sum(tail) / len(tail) if tail else None,
-        "eval_loss": evals[-1]["eval_loss"] if evals else None,
-        "base_eval_loss": state.base_eval_loss,
-        "resumed_at_step": session_start_step or None,
-    }
-
-
-# -- the loss the loop calls, and the held-out pass ---------------------------------------
+    def summary(self, run, state) -> dict[str, Any]:
+        return {}
 
 
 class SFTLoss(torch.nn.Module):

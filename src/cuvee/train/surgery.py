@@ -50,7 +50,7 @@ def build_model(
     """The base with LoRA adapters (base frozen, stored in bf16 when training in bf16), or the
     whole model in fp32 for full fine-tuning (master weights stay fp32; autocast runs bf16)."""
     recipe = prepared.recipe
-    lora = recipe.method == "lora"
+    lora = recipe.adapter == "lora"
     dtype = torch.bfloat16 if (lora and precision == "bf16") else torch.float32
     model = load_causal_lm(store, prepared.base, dtype=dtype)
     model.config.use_cache = False
@@ -132,6 +132,8 @@ def sparse_token_rows(model: torch.nn.Module) -> bool:
 
     def forward(self, input_ids, *args, **kwargs):
         out = base(input_ids)
+        if self.disable_adapters:  # the parent model, as preference tuning's reference
+            return out
         slot_of = slots(input_ids.device)
         hit = slot_of[input_ids] >= 0
         rows = self.trainable_tokens_delta[name][slot_of[input_ids[hit]]]
