@@ -277,7 +277,7 @@ class Budgets:
                 spent = self._period(key.key_id, period, now)
                 committed = spent.get(unit) + held.get(unit)
                 if committed >= limit:
-                    raise _spent(key.name, unit, period, limit, spent.get(unit), now)
+                    raise _spent(key.name, unit, period, limit, spent.get(unit), held.get(unit))
             held.add(charge)
         return Reservation(key.key_id, key.name, charge, self)
 
@@ -313,12 +313,13 @@ class Budgets:
             return Charge(**vars(self._period(key_id, period, self._clock())))
 
 
-def _spent(name: str, unit: str, period: str, limit: float, used: float, now: datetime):
+def _spent(name: str, unit: str, period: str, limit: float, used: float, held: float):
     resets = "at 00:00 UTC" if period == "day" else "on the 1st of next month, 00:00 UTC"
+    in_flight = f", {_amount(unit, held)} held by requests in flight" if held else ""
     return errors.APIError(
         429,
         f"Budget reached for key '{name}': {_amount(unit, limit)} a {period}, "
-        f"{_amount(unit, used)} used (with requests in flight). It resets {resets}.",
+        f"{_amount(unit, used)} used{in_flight}. It resets {resets}.",
         type="insufficient_quota",
         code="insufficient_quota",
     )
