@@ -235,6 +235,13 @@ def test_keys_are_managed_by_an_admin_and_secrets_shown_once(
     assert [c["id"] for c in seen.json()["data"]] == ["hb"]
     taken = served.client.post("/v1/keys", json={"name": "bot"}, headers=admin)
     assert_error(taken, 400)
+    budgeted = {"name": "capped", "budgets": ["usd/month=20", "tokens/day=1000"]}
+    capped = served.client.post("/v1/keys", json=budgeted, headers=admin)
+    assert capped.json()["budgets"] == {"usd/month": 20.0, "tokens/day": 1000}
+    bad_budget = served.client.post(
+        "/v1/keys", json={"name": "x", "budgets": ["usd/week=1"]}, headers=admin
+    )
+    assert "UNIT/PERIOD=AMOUNT" in assert_error(bad_budget, 400)["message"]
     revoked = served.client.post("/v1/keys/bot/revoke", headers=admin)
     assert revoked.status_code == 200 and revoked.json()["revoked_at"]
     gone = served.client.get("/v1/collections", headers={"Authorization": f"Bearer {secret}"})

@@ -501,15 +501,18 @@ def test_an_admin_creates_and_revokes_a_key_in_the_keys_screen(
         page.wait_for_selector("#status:empty", state="attached")  # the key fixed the listing
         page.fill("#key-name", "analyst")
         page.fill("#key-collections", "hb")
+        page.fill("#key-budgets", "usd/month=20, tokens/day=5000")
         page.click("#key-create")
         secret = page.wait_for_selector("#key-secret code").inner_text()
         assert secret.startswith("cv-")
         page.wait_for_selector("#key-table td:has-text('analyst')")
+        page.wait_for_selector("#key-table td:has-text('usd/month 20')")
         assert secret not in page.inner_text("#key-table")
         page.screenshot(path=str(shots / "keys.png"), full_page=True)
         # the key works as made: it sees only its collection
         (record,) = [k for k in keys.list(False) if k.name == "analyst"]
         assert record.collections == ("hb",) and not record.admin
+        assert record.budgets == {"usd/month": 20.0, "tokens/day": 5000}
         page.once("dialog", lambda dialog: dialog.accept())
         page.click("button[aria-label='Revoke analyst']")
         page.wait_for_selector("#key-table td:has-text('analyst')", state="detached")

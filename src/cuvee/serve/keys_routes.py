@@ -8,6 +8,7 @@ from typing import Any
 
 from cuvee.errors import ConfigError
 from cuvee.serve import errors
+from cuvee.serve.budget import parse_budgets
 from cuvee.serve.keys import KeyStore
 from cuvee.serve.schemas import KeyRequest
 
@@ -26,6 +27,7 @@ def list_keys(store: KeyStore | None) -> dict[str, Any]:
 
 def create_key(store: KeyStore | None, body: KeyRequest) -> dict[str, Any]:
     try:
+        budgets = parse_budgets(body.budgets or ())
         record, secret = _store(store).create(
             body.name,
             rpm=body.rpm,
@@ -33,6 +35,7 @@ def create_key(store: KeyStore | None, body: KeyRequest) -> dict[str, Any]:
             models=body.models,
             collections=body.collections,
             admin=body.admin,
+            budgets=budgets,
         )
     except ConfigError as exc:
         raise errors.invalid_param(exc.message, None) from None

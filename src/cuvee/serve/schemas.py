@@ -255,6 +255,8 @@ class KeyRequest(_Strict):
     models: list[str] | None = None
     collections: list[str] | None = None
     admin: bool = False
+    # e.g. ["usd/month=20", "tokens/day=200000"], as `cuvee keys create --budget`
+    budgets: list[str] | None = Field(default=None, max_length=4)
 
 
 class EvalRequest(_Strict):

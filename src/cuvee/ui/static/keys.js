@@ -18,7 +18,8 @@ async function load() {
     body.replaceChildren(
       ...keys.map((k) => {
         const tr = el("tr");
-        const limits = [k.rpm && `${k.rpm} req/min`, k.tpm && `${k.tpm} tok/min`].filter(Boolean).join(", ");
+        const budgets = Object.entries(k.budgets || {}).map(([name, limit]) => `${name} ${limit}`);
+        const limits = [k.rpm && `${k.rpm} req/min`, k.tpm && `${k.tpm} tok/min`, ...budgets].filter(Boolean).join(", ");
         for (const cell of [k.name, k.id, limits || "none", k.models ? k.models.join(", ") : "all",
           k.collections ? k.collections.join(", ") : "default", k.admin ? "yes" : "no", k.created_at]) {
           tr.append(el("td", cell));
@@ -64,6 +65,7 @@ async function create(event) {
     models: list($("key-models").value),
     collections: list($("key-collections").value),
     admin: $("key-admin").checked,
+    budgets: list($("key-budgets").value),
   };
   if ($("key-rpm").value) body.rpm = Number($("key-rpm").value);
   if ($("key-tpm").value) body.tpm = Number($("key-tpm").value);
