@@ -641,3 +641,43 @@ def test_a_cross_model_chain_under_faults_never_passes_a_cut_answer_as_a_success
     for status, events in down:  # nothing can serve: an explicit error, never an empty 200
         assert status == 503
         assert events == [] or "no_target_available" in json.dumps(events)
+
+
+def test_an_azure_openai_upstream_gets_its_deployment_url_version_and_api_key_header(
+    monkeypatch,
+) -> None:
+    seen: list[dict[str, Any]] = []
+    azure = FastAPI()
+
+    @azure.post("/openai/deployments/{deployment}/chat/completions")
+    async def chat(deployment: str, request: Request):
+        seen.append(
+            {"deployment": deployment, "version": request.query_params.get("api-version"),
+             "key": request.headers.get("api-key"), "auth": request.headers.get("authorization")}
+        )  # fmt: skip
+        return {"id": "az", "object": "chat.completion", "model": "gpt-4o", "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}
+        ]}  # fmt: skip
+
+    @azure.get("/openai/models")
+    async def models(request: Request):
+        ok = request.query_params.get("api-version") == "2024-10-21"
+        return JSONResponse({"data": []}, status_code=200 if ok else 400)
+
+    monkeypatch.setenv("AZ_KEY", "secret-1")
+    with uvicorn_in_thread(azure) as url:
+        upstream = {"base_url": url, "kind": "azure-openai", "api_version": "2024-10-21",
+                    "api_key_env": "AZ_KEY", "models": ["big"],
+                    "deployments": {"big": "prod-4o"}}  # fmt: skip
+        app, _ = gateway_app({"upstreams": {"az": {"name": "az", **upstream}}})
+        with TestClient(app) as client:
+            r = ask(client, "big")
+            assert r.status_code == 200 and r.json()["cuvee"]["served_by"] == "az/big"
+            gateway = app.state.cuvee.extra["gateway"]
+            assert client.portal.call(gateway.clients["az"].alive) is True  # its health check
+    assert seen == [{"deployment": "prod-4o", "version": "2024-10-21", "key": "secret-1",
+                     "auth": None}]  # fmt: skip
+    with pytest.raises(ValueError, match="api_version"):
+        GatewayConfig.model_validate(
+            {"upstreams": {"az": {"name": "az", "base_url": url, "kind": "azure-openai"}}}
+        )

@@ -11,6 +11,13 @@
         price_per_million: {input: 0.5, output: 1.5}
         timeouts: {connect: 5, first_token: 30, between_chunks: 30}
         max_concurrency: 16
+      azure:
+        kind: azure-openai                # deployment in the path, api-key header
+        base_url: https://RESOURCE.openai.azure.com
+        api_version: "2024-10-21"
+        api_key_env: AZURE_OPENAI_API_KEY
+        models: [gpt-4o]
+        deployments: {gpt-4o: prod-gpt-4o}
     routes:
       assistant:
         policy: fallback                  # or balance (replicas of one model)
@@ -31,7 +38,14 @@ import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from cuvee.errors import ConfigError
 
@@ -72,7 +86,11 @@ class Upstream(BaseModel):
     api_key_env: str | None = None
     models: list[str] | Literal["*"] = "*"
     rename: dict[str, str] = Field(default_factory=dict)  # public id -> the upstream's id
-    kind: Literal["openai", "vllm", "llama-server", "ollama", "cuvee"] = "openai"
+    kind: Literal["openai", "azure-openai", "vllm", "llama-server", "ollama", "cuvee"] = "openai"
+    # azure-openai: base_url https://RESOURCE.openai.azure.com, the API version every request
+    # names, and the deployment of each model id (default: a deployment named as the model)
+    api_version: str | None = None
+    deployments: dict[str, str] = Field(default_factory=dict)
     price_per_million: Prices = Field(default_factory=Prices)
     timeouts: Timeouts = Field(default_factory=Timeouts)
     max_concurrency: int = Field(64, ge=1)
@@ -89,9 +107,34 @@ class Upstream(BaseModel):
             raise ValueError("base_url must be an http(s) URL, e.g. http://127.0.0.1:8001/v1")
         return value.rstrip("/")
 
+    @model_validator(mode="after")
+    def _azure(self) -> Upstream:
+        if self.kind == "azure-openai" and not self.api_version:
+            raise ValueError("an azure-openai upstream needs api_version, e.g. 2024-10-21")
+        return self
+
     def api_key(self) -> str | None:
         """The key, read from the environment at each use (never stored in the config)."""
         return os.environ.get(self.api_key_env) if self.api_key_env else None
+
+    def url(self, path: str, model: str | None = None) -> str:
+        """Where ``path`` (``/chat/completions``, ``/models`` ...) is, for ``model``: Azure
+        OpenAI puts the deployment in the path and the API version in the query."""
+        if self.kind == "azure-openai":
+            query = f"?api-version={self.api_version}"
+            if path == "/models":
+                return f"{self.base_url}/openai/models{query}"
+            deployment = self.deployments.get(model or "", model or "")
+            return f"{self.base_url}/openai/deployments/{deployment}{path}{query}"
+        return self.base_url + path
+
+    def auth_headers(self) -> dict[str, str]:
+        key = self.api_key()
+        if not key:
+            return {}
+        return (
+            {"api-key": key} if self.kind == "azure-openai" else {"Authorization": f"Bearer {key}"}
+        )
 
     def upstream_id(self, model: str) -> str:
         return self.rename.get(model, model)

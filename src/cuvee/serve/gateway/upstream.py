@@ -81,11 +81,10 @@ class UpstreamClient:
         return self._slots
 
     def _headers(self) -> dict[str, str]:
-        key = self.upstream.api_key()
-        return {"Authorization": f"Bearer {key}"} if key else {}
+        return self.upstream.auth_headers()
 
     async def complete(self, path: str, body: dict[str, Any]) -> Answer:
-        url = self.upstream.base_url + path
+        url = self.upstream.url(path, body.get("model"))
         try:
             async with self.slots:
                 response = await asyncio.wait_for(
@@ -104,7 +103,7 @@ class UpstreamClient:
         """Open a stream and read up to its first event: the events read so far and an
         iterator over the rest (data payloads, without ``data: ``). Everything that fails
         before the first event is a TargetFailed; after it, the iterator raises it."""
-        url = self.upstream.base_url + path
+        url = self.upstream.url(path, body.get("model"))
         context = self.client.stream("POST", url, json=body, headers=self._headers())
         await self.slots.acquire()
         try:
@@ -149,7 +148,7 @@ class UpstreamClient:
         """The health check: does the upstream answer its ``/models``?"""
         try:
             response = await self.client.get(
-                self.upstream.base_url + "/models", headers=self._headers(), timeout=5
+                self.upstream.url("/models"), headers=self._headers(), timeout=5
             )
         except httpx.HTTPError:
             return False
