@@ -41,6 +41,7 @@ class FakeUpstream:
         self.status: int | None = None
         self.retry_after: str | None = None
         self.cut_after: int | None = None
+        self.comments = False  # SSE comment lines before the first chunk and after the second
         self.seen: list[dict[str, Any]] = []
         self.app = FastAPI()
         self.app.post("/v1/chat/completions")(self.chat)
@@ -83,11 +84,15 @@ class FakeUpstream:
             return f"data: {json.dumps(payload)}\n\n"
 
         def events() -> Iterator[str]:
+            if self.comments:
+                yield ": processing\n\n"
             yield chunk({"role": "assistant", "content": ""})
             for i, word in enumerate(words):
                 if self.cut_after is not None and i >= self.cut_after:
                     return  # the connection ends mid-answer
                 yield chunk({"content": word})
+                if self.comments and i == 1:
+                    yield ": keep-alive\n\n"
             yield chunk({}, "stop")
             if (body.get("stream_options") or {}).get("include_usage"):
                 usage = {"prompt_tokens": 3, "completion_tokens": len(words)}
@@ -681,3 +686,15 @@ def test_an_azure_openai_upstream_gets_its_deployment_url_version_and_api_key_he
         GatewayConfig.model_validate(
             {"upstreams": {"az": {"name": "az", "base_url": url, "kind": "azure-openai"}}}
         )
+
+
+def test_sse_comments_pass_through_a_stream_unchanged(upstreams) -> None:
+    a, _ = upstreams["a"]
+    a.comments = True
+    app, _ = gateway_app(config_of(upstreams, {}))
+    with TestClient(app) as client:
+        r = ask(client, "a/m", stream=True)
+    lines = [line for line in r.text.splitlines() if line]
+    assert lines[0] == ": processing" and ": keep-alive" in lines
+    text, reasons = _stream_text(events_of(r))
+    assert text == "".join(f"t{i} " for i in range(TOKENS)) and reasons[-1] == "stop"

@@ -275,6 +275,9 @@ class Gateway:
                 while True:
                     try:
                         async for payload in events:
+                            if payload.startswith(":"):  # an SSE comment, passed on as is
+                                yield f"{payload}\n\n".encode()
+                                continue
                             if payload == "[DONE]":
                                 part_done()
                                 yield sse(_served(last or {}, current, attempts, public))

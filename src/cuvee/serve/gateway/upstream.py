@@ -116,7 +116,8 @@ class UpstreamClient:
                 _check(response)
                 raise UpstreamError(response.status_code, _json_or_text(response))
             lines = response.aiter_lines()
-            first = await asyncio.wait_for(_next_event(lines), self.upstream.timeouts.first_token)
+            head = await asyncio.wait_for(_first_event(lines), self.upstream.timeouts.first_token)
+            first = head[-1] if head else None
         except (httpx.TransportError, TimeoutError) as exc:
             self.slots.release()
             raise TargetFailed(f"{type(exc).__name__}: {exc}".rstrip(": ")) from None
@@ -142,7 +143,7 @@ class UpstreamClient:
                 self.slots.release()
                 await context.__aexit__(None, None, None)
 
-        return [first], rest()
+        return head, rest()
 
     async def alive(self) -> bool:
         """The health check: does the upstream answer its ``/models``?"""
@@ -176,9 +177,25 @@ def _json_or_text(response: httpx.Response) -> Any:
 
 
 async def _next_event(lines: AsyncIterator[str]) -> str | None:
-    """The next ``data:`` payload of a server-sent event stream, or None at its end; comment
-    and other lines are skipped."""
+    """The next ``data:`` payload of a server-sent event stream, or a comment line (``:``
+    first, passed on to the client as it came), or None at its end; other lines are
+    skipped."""
     async for line in lines:
         if line.startswith("data:"):
             return line[5:].strip()
+        if line.startswith(":"):
+            return line
     return None
+
+
+async def _first_event(lines: AsyncIterator[str]) -> list[str]:
+    """The comments before the first ``data:`` payload, and that payload (a comment is no
+    first token: the first-token timeout waits for data)."""
+    head: list[str] = []
+    while True:
+        event = await _next_event(lines)
+        if event is None:
+            return []
+        head.append(event)
+        if not event.startswith(":"):
+            return head
