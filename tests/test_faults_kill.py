@@ -145,7 +145,7 @@ def test_kill_9_of_train_after_a_checkpoint_then_resume_matches_an_uninterrupted
     model, and `cuvee train --resume` ends with the per-step losses of an uninterrupted run of
     the same seed (dropout on, so the random states must carry over too)."""
 
-    from cuvee.train import sft
+    from cuvee.train import loop
     from cuvee.train.recipe import build_recipe
 
     settings, store = store_tiny(tiny_gemma_dir)
@@ -165,19 +165,19 @@ def test_kill_9_of_train_after_a_checkpoint_then_resume_matches_an_uninterrupted
     assert assert_store_sound(capsys, store) == ["tiny"]
 
     finished: list = []
-    real_train = sft.train
+    real_train = loop.train
 
     def recording_train(*args, **kwargs):
         finished.append(real_train(*args, **kwargs))
         return finished[-1]
 
     with monkeypatch.context() as patched:
-        patched.setattr(sft, "train", recording_train)
+        patched.setattr(loop, "train", recording_train)
         summary = cli_json(capsys, "train", "--resume", "tuned", "--json")
     assert 0 < summary["resumed_at_step"] < steps and summary["steps"] == steps
     assert store.exists("tuned") and verify_files(store.get("tuned")) == []
 
-    whole = sft.train(settings, build_recipe(recipe_path, {"name": "whole"}))
+    whole = loop.train(settings, build_recipe(recipe_path, {"name": "whole"}))
     (resumed,) = finished
     assert len(resumed.losses) == len(whole.losses) == steps
     assert resumed.losses == pytest.approx(whole.losses, rel=1e-4, abs=1e-5)

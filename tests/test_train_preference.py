@@ -416,3 +416,24 @@ def test_the_reference_is_the_parent_even_once_the_adapter_has_moved(tiny_gemma_
     with torch.no_grad():
         moved = _plain_logprobs(tuned, units)
     assert not torch.allclose(moved, parent, atol=1e-3)
+
+
+def test_a_long_prompt_keeps_its_end_and_answers_fit_the_row(tiny_gemma_dir: Path) -> None:
+    from cuvee.chat_template import get_template
+    from cuvee.tokenizer import load_tokenizer
+    from cuvee.train.pairs import Example, UnitEncoder, encode_units
+
+    tokenizer = load_tokenizer(tiny_gemma_dir)
+    encoder = UnitEncoder(tokenizer, get_template("gemma"), "<bos>")
+    question = " ".join(["the"] * 60 + ["hello", "world"])
+    long = Example((("user", question),), "it is you", "a model", None, "x:1")
+    short = Example((("user", "hello"),), "it is", "you", None, "x:2")
+    units, stats = encode_units(encoder, [long, short], 32, 0)
+    cut = units[0]
+    assert len(cut.prompt) == 16 and cut.prompt[0] == tokenizer.token_to_id("<bos>")
+    full = encoder.prompt(long)
+    assert cut.prompt[1:] == full[-15:]  # the end: the question's last words, the turn markers
+    assert len(cut.prompt) + max(len(cut.first), len(cut.second)) <= 32
+    assert cut.first[-1] == tokenizer.token_to_id("<end_of_turn>")
+    assert units[1].prompt == encoder.prompt(short)
+    assert (stats.kept, stats.truncated, stats.pairs) == (2, 1, 2)

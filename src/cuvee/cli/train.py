@@ -205,7 +205,9 @@ def train(
     json_output,
     **knobs,
 ) -> None:
-    """Instruction-tune a base model on your data (LoRA or full), on this CPU by default.
+    """Fine-tune a stored model on your data (LoRA or full), on this CPU by default: instruction
+    tuning (--method sft), or preference tuning on pairs or labelled answers (--method dpo, kto,
+    orpo; DPO's --loss-type sigmoid, ipo or simpo).
 
     RECIPE is a YAML file or a shipped recipe name; flags override its knobs. The model is
     registered in the store only when training completes, with its lineage and MODEL_CARD.md.
@@ -216,6 +218,7 @@ def train(
       cuvee train --base gemma3-270m --data starter --name demo --time-budget 10m
       cuvee train starter-lora-cpu --data mine.jsonl --name mine --author "A. Person"
       cuvee train my-recipe.yaml --lr 1e-4 --no-packing
+      cuvee train --base demo --method dpo --data pairs.json --name demo-dpo --time-budget 20m
       cuvee train --resume demo
     """
     from cuvee.train.recipe import build_recipe
@@ -236,8 +239,8 @@ def train(
             click.echo(plan.describe())
         return
 
-    from cuvee.train.sft import find_run
-    from cuvee.train.sft import train as run_training
+    from cuvee.train.loop import find_run
+    from cuvee.train.loop import train as run_training
 
     resume_dir = None
     if resume:
@@ -291,6 +294,18 @@ def train(
     if summary["eval_loss"] is not None:
         lines.append(
             f"held-out loss {summary['eval_loss']:.4f} (base {summary['base_eval_loss']:.4f})"
+        )
+    after = (summary.get("preference") or {}).get("eval") or {}
+    before = (summary.get("preference") or {}).get("eval_before") or {}
+    shown = [k for k in ("accuracy", "margin", "drift", "kl") if after.get(k) is not None]
+    if shown:
+        lines.append(
+            "held-out "
+            + ", ".join(
+                f"{k} {after[k]:.3f}"
+                + (f" (before {before[k]:.3f})" if before.get(k) is not None else "")
+                for k in shown
+            )
         )
     lines.append(f"commercial use: {verdict}")
     reasons = result.model.manifest.model_dump().get("commercial_use_reasons") or []

@@ -21,6 +21,7 @@ from __future__ import annotations
 import torch
 
 from cuvee.errors import ConfigError
+from cuvee.train.kernels import ATTENTION as COMPILED_EAGER
 from cuvee.train.loss import Workspace, _chunk_rows, _softmax_
 from cuvee.train.surgery import causal_lm, head_weights
 
@@ -169,7 +170,7 @@ def attention_masks(
     # padding sees itself: a row of nothing but masked keys is NaN in some kernels
     allowed |= torch.eye(unit.shape[1], dtype=torch.bool, device=unit.device)[None]
     impl = config._attn_implementation
-    if impl not in ("eager", "sdpa") and not str(impl).startswith("cuvee"):
+    if impl not in ("eager", "sdpa", COMPILED_EAGER):
         raise ConfigError(
             f"preference tuning builds its own attention mask; {impl!r} attention cannot take it",
             hint="use the eager or sdpa attention",

@@ -1,5 +1,6 @@
-"""What a person watching a run sees: one live line with step, loss, tokens/s, elapsed, ETA and
-cost on stderr, and messages above it. Scripts and tests use the silent display."""
+"""What a person watching a run sees: one live line with step, loss (and a preference run's
+reward accuracy and margin), tokens/s, elapsed, ETA and cost on stderr, and messages above it.
+Scripts and tests use the silent display."""
 
 from __future__ import annotations
 
@@ -67,8 +68,14 @@ class RichDisplay:
             f"{_clock(metrics['elapsed_s'])} < ETA {_clock(metrics['eta_s'])} | "
             f"${metrics['cost_usd']:.3f}"
         )
+        if metrics.get("accuracy") is not None:  # preference tuning
+            info += f" | acc {metrics['accuracy']:.2f}"
+        if metrics.get("margin") is not None:
+            info += f" | margin {metrics['margin']:.3f}"
         if metrics.get("eval_loss") is not None:
             info += f" | eval {metrics['eval_loss']:.3f}"
+        if metrics.get("eval_accuracy") is not None:
+            info += f" acc {metrics['eval_accuracy']:.2f}"
         self.progress.update(self.task, completed=step, total=total_steps, info=info)
 
     def message(self, text: str) -> None:

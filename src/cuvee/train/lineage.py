@@ -137,6 +137,24 @@ def _fmt(value: Any) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
 
+def _examples_text(examples: dict[str, Any]) -> str:
+    parts = [
+        f"{examples[k]} {what}"
+        for k, what in (
+            ("pairs", "pairs"),
+            ("desirable", "desirable answers"),
+            ("undesirable", "undesirable answers"),
+        )
+        if examples.get(k)
+    ]
+    shown = ", ".join(parts) or "none"
+    if examples.get("truncated"):
+        shown += f" ({examples['truncated']} truncated to the sequence length)"
+    if examples.get("dropped_long_prompt"):
+        shown += f"; {examples['dropped_long_prompt']} left out, their prompt too long"
+    return shown
+
+
 def preference_section(
     recipe: dict[str, Any], preference: dict[str, Any], data: list[dict[str, Any]]
 ) -> list[str]:
@@ -158,9 +176,7 @@ def preference_section(
         "## Preference tuning",
         "",
         f"- objective: {_LOSS_NAMES.get(loss, loss)}, beta {preference['beta']}, {against}",
-        f"- examples: {examples.get('pairs', 0)} pairs, {examples.get('desirable', 0)} "
-        f"desirable and {examples.get('undesirable', 0)} undesirable answers "
-        f"({examples.get('truncated', 0)} truncated to the sequence length)",
+        f"- training examples: {_examples_text(examples)}",
         f"- preference data licence: {', '.join(licences)}",
         "",
     ]

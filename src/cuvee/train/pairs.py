@@ -199,6 +199,15 @@ class UnitEncoder:
         )
         return tuple(self.tokenizer.encode(text, add_special_tokens=False).ids)
 
+    def shortened(self, prompt: tuple[int, ...], limit: int) -> tuple[int, ...]:
+        """The prompt's last ``limit`` tokens (its BOS kept first): the question and the turn
+        markers the answer follows are at the end of a long prompt."""
+        if len(prompt) <= limit:
+            return prompt
+        bos_id = self.tokenizer.token_to_id(self.bos) if self.bos else None
+        head = prompt[:1] if bos_id is not None and prompt[0] == bos_id else ()
+        return head + prompt[len(prompt) - (limit - len(head)) :]
+
     def answer(self, example: Example, answer: str) -> tuple[int, ...]:
         """The answer's tokens through the template's end-of-turn marker (the same after any
         prompt in the families cuvee knows; checked for this one)."""
@@ -227,9 +236,10 @@ class UnitEncoder:
 def encode_units(
     encoder: UnitEncoder, examples: list[Example], seq_len: int, seed: int
 ) -> tuple[list[Unit], UnitStats]:
-    """Units of at most ``seq_len`` tokens of prompt and answer each; a prompt that leaves no
-    room for an answer drops its example. A KTO completion is paired with the completion of
-    the next example in a seeded order, for the KL estimate."""
+    """Units of at most ``seq_len`` tokens of prompt and answer each. Where they do not fit, a
+    prompt longer than half of it keeps its end (``UnitEncoder.shortened``), then the answers
+    are cut. A KTO completion is paired with the completion of the next example in a seeded
+    order, for the KL estimate."""
     stats = UnitStats(records=len(examples))
     order = list(range(len(examples)))
     random.Random(seed).shuffle(order)
@@ -237,17 +247,19 @@ def encode_units(
     units: list[Unit] = []
     for i, example in enumerate(examples):
         prompt = encoder.prompt(example)
-        room = seq_len - len(prompt)
-        if room < 1:
-            stats.dropped_long_prompt += 1
-            continue
         first = encoder.answer(example, example.first)
         if example.second is not None:
             second = encoder.answer(example, example.second)
         else:
-            mate = examples[other[i]]
-            second = encoder.answer(example, mate.first)
-        truncated = len(first) > room or len(second) > room
+            second = encoder.answer(example, examples[other[i]].first)
+        whole = len(prompt)
+        if whole + max(len(first), len(second)) > seq_len:
+            prompt = encoder.shortened(prompt, seq_len // 2)
+        room = seq_len - len(prompt)
+        if room < 1:
+            stats.dropped_long_prompt += 1
+            continue
+        truncated = len(prompt) < whole or len(first) > room or len(second) > room
         unit = Unit(prompt, first[:room], second[:room], example.label, truncated)
         units.append(unit)
         stats.kept += 1

@@ -221,6 +221,8 @@ class Preference:
             for n in names
             if any(n in m for m in recent)
         }
+        if state.losses:
+            train["loss"] = sum(state.losses[-10:]) / len(state.losses[-10:])
 
         def unprefixed(entry: dict[str, Any] | None) -> dict[str, Any] | None:
             if entry is None:
