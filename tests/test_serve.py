@@ -532,6 +532,22 @@ def test_keys_store_only_hashes(tmp_path) -> None:
     again.create("ci")  # the name is free again
 
 
+def test_a_running_server_sees_the_first_key_made_and_the_last_one_revoked(tmp_path) -> None:
+    path = tmp_path / "keys.sqlite"
+    app, _ = make_app(keys=KeyStore(path))
+    body = {"model": "fake", "messages": [{"role": "user", "content": "Hi"}]}
+    with TestClient(app) as client:
+        for _ in range(2):  # no key yet: open (the answer is cached while the file is as it was)
+            assert client.post("/v1/chat/completions", json=body).status_code == 200
+        cli_store = KeyStore(path)  # the CLI, another process in real use
+        _, secret = cli_store.create("ops")
+        assert_error(client.post("/v1/chat/completions", json=body), 401)
+        auth = {"Authorization": f"Bearer {secret}"}
+        assert client.post("/v1/chat/completions", json=body, headers=auth).status_code == 200
+        cli_store.revoke("ops")
+        assert client.post("/v1/chat/completions", json=body).status_code == 200
+
+
 def test_keys_cli_create_list_revoke(tmp_path) -> None:
     from cuvee.cli.keys import keys
 

@@ -142,6 +142,7 @@ class KeyStore:
         self.path = Path(path)
         self._conn: sqlite3.Connection | None = None
         self._lock = threading.Lock()
+        self._active: tuple[tuple[int, int], bool] | None = None
 
     def _db(self) -> sqlite3.Connection:
         if self._conn is None:
@@ -279,12 +280,24 @@ class KeyStore:
         return _record((*row[:9], stored))
 
     def has_active(self) -> bool:
+        """Whether any key is active. Asked on every request, so the answer is kept until the
+        file changes (its size or modification time; a key created or revoked by the CLI
+        changes both)."""
+        try:
+            stat = self.path.stat()
+            version = (stat.st_mtime_ns, stat.st_size)
+        except OSError:
+            version = None
+        cached = self._active
+        if version is not None and cached is not None and cached[0] == version:
+            return cached[1]
         with self._lock:
             row = (
                 self._db()
                 .execute("SELECT EXISTS (SELECT 1 FROM keys WHERE revoked_at IS NULL)")
                 .fetchone()
             )
+        self._active = (version, bool(row[0])) if version is not None else None
         return bool(row[0])
 
     def verify(self, presented: str) -> ApiKey | None:

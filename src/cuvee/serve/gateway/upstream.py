@@ -8,6 +8,7 @@ bad request would be a 400 anywhere), goes back to the client as the upstream ga
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -138,6 +139,10 @@ class UpstreamClient:
                         raise TargetFailed(f"the stream broke: {type(exc).__name__}") from None
                     if event is None:
                         return
+                    if event == "[DONE]":
+                        # read the body to its end before the client stops reading, so the
+                        # connection goes back to the pool instead of being closed
+                        await _drain(lines, self.upstream.timeouts.between_chunks)
                     yield event
             finally:
                 self.slots.release()
@@ -186,6 +191,16 @@ async def _next_event(lines: AsyncIterator[str]) -> str | None:
         if line.startswith(":"):
             return line
     return None
+
+
+async def _drain(lines: AsyncIterator[str], timeout: float) -> None:
+    async def rest() -> None:
+        async for _ in lines:
+            pass
+
+    # an upstream that keeps the stream open after [DONE]: its connection is closed
+    with contextlib.suppress(TimeoutError, httpx.TransportError, httpx.StreamError):
+        await asyncio.wait_for(rest(), min(timeout, 1.0))
 
 
 async def _first_event(lines: AsyncIterator[str]) -> list[str]:
