@@ -403,14 +403,14 @@ def test_the_reference_is_the_parent_even_once_the_adapter_has_moved(tiny_gemma_
     the parent's log-probabilities, with no second copy of the model."""
     from contextlib import nullcontext
 
-    from cuvee.train.preference import reference_logprobs
+    from cuvee.train.preference import PreferenceLoss, reference_logprobs
 
     units = _units(4, 3)
     rows = [UnitRow((u,)) for u in units]
     with torch.no_grad():
         parent = _plain_logprobs(_tiny_model(tiny_gemma_dir), units)
     tuned = _lora_with_tokens(_tiny_model(tiny_gemma_dir))
-    module = AnswerLogProbs(tuned, torch.float32)
+    module = PreferenceLoss(tuned, torch.float32, Recipe(method="dpo"))
     ref = reference_logprobs(module, rows, 2, torch.device("cpu"), nullcontext)
     torch.testing.assert_close(ref, parent, rtol=1e-5, atol=1e-5)
     with torch.no_grad():
@@ -437,3 +437,96 @@ def test_a_long_prompt_keeps_its_end_and_answers_fit_the_row(tiny_gemma_dir: Pat
     assert cut.first[-1] == tokenizer.token_to_id("<end_of_turn>")
     assert units[1].prompt == encoder.prompt(short)
     assert (stats.kept, stats.truncated, stats.pairs) == (2, 1, 2)
+
+
+@pytest.fixture
+def fsdp_one_process(monkeypatch):
+    """This process as a world of one under FSDP (what `torchrun --nproc-per-node=1` sets)."""
+    import socket
+
+    import torch.distributed as dist
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    for var, value in {
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(port),
+        "RANK": "0",
+        "WORLD_SIZE": "1",
+        "LOCAL_RANK": "0",
+        "CUVEE_PARALLEL": "fsdp",
+    }.items():
+        monkeypatch.setenv(var, value)
+    yield
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def test_dpo_under_fsdp_trains_like_one_process(setup, fsdp_one_process, monkeypatch) -> None:
+    """Sharded weights: the reference pass and the steps go through the FSDP-wrapped loss and
+    give the losses and metrics of the plain loop."""
+    import dataclasses
+
+    from cuvee.train.loop import train
+
+    settings, store, data = setup
+    settings = dataclasses.replace(settings, device="cpu")
+    recipe = _recipe(data, max_steps=3, lora_dropout=0.0)
+    sharded = train(settings, recipe)
+    assert sharded.summary["parallel"] == "fsdp"
+    store.remove("preferred")
+    monkeypatch.setenv("CUVEE_PARALLEL", "single")
+    plain = train(settings, recipe)
+    assert sharded.losses == pytest.approx(plain.losses, rel=1e-5, abs=1e-6)
+    for key, value in plain.summary["preference"]["eval"].items():
+        assert sharded.summary["preference"]["eval"][key] == pytest.approx(value, abs=1e-5), key
+
+
+def test_dpo_on_two_processes_matches_accumulation_on_one(setup, tmp_path: Path) -> None:
+    """torchrun with 2 CPU processes (gloo): the losses and the summed metrics of 1 process
+    accumulating the same micro-batches."""
+    import dataclasses
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    from cuvee.train.loop import find_run, train
+
+    settings, _store, data = setup
+    settings = dataclasses.replace(settings, device="cpu")
+    single = train(settings, _recipe(data, grad_accum=2, lora_dropout=0.0, max_steps=3))
+    recipe = _recipe(data, grad_accum=1, lora_dropout=0.0, max_steps=3, name="ddp")
+    path = tmp_path / "ddp.yaml"
+    path.write_text(yaml.safe_dump(recipe.resolved()))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUVEE_DEVICE": "cpu"}
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node=2",
+            "-m",
+            "cuvee",
+            "train",
+            str(path),
+            "--json",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = find_run(settings, "ddp") / "log.jsonl"
+    steps = [json.loads(x) for x in log.read_text().splitlines() if '"loss"' in x]
+    assert [s["loss"] for s in steps] == pytest.approx(single.losses, rel=1e-4, abs=1e-5)
+    ours = [json.loads(x) for x in (single.run_dir / "log.jsonl").read_text().splitlines()]
+    ours = [s for s in ours if "loss" in s]
+    for a, b in zip(steps, ours, strict=True):
+        assert a["accuracy"] == pytest.approx(b["accuracy"]) and a["margin"] == pytest.approx(
+            b["margin"], abs=1e-5
+        )

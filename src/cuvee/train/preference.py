@@ -46,11 +46,26 @@ class PreferenceLoss(AnswerLogProbs):
         self.knobs = Knobs.of(recipe)
 
     def forward(
-        self, input_ids, position_ids, unit, branch, source, targets, slot, labels, reference
+        self,
+        input_ids,
+        position_ids,
+        unit,
+        branch,
+        source,
+        targets,
+        slot,
+        labels,
+        reference,
+        logprobs_only: bool = False,
     ):
+        """The summed loss and metrics; with ``logprobs_only``, the answers' summed
+        log-probabilities and token counts instead (the reference pass: through ``forward``, so
+        FSDP gathers the weights it needs)."""
         sums, counts = self.answer_logprobs(
             input_ids, position_ids, unit, branch, source, targets, slot, 2 * labels.shape[0]
         )
+        if logprobs_only:
+            return sums, counts
         answers = Answers(sums.view(-1, 2), reference.view(-1, 2), counts.view(-1, 2), labels)
         losses, stats = self.spec.fn(answers, self.knobs)
         return losses.sum(), packed_stats(self.spec, stats)
@@ -63,7 +78,7 @@ def _parent(model: torch.nn.Module):
 
 
 def reference_logprobs(
-    loss_fn: AnswerLogProbs, rows: list[UnitRow], batch_size: int, device, autocast
+    loss_fn: PreferenceLoss, rows: list[UnitRow], batch_size: int, device, autocast
 ) -> torch.Tensor:
     """The parent's summed log-probability of each answer, (units, 2) in row order."""
     out: list[torch.Tensor] = []
@@ -75,14 +90,7 @@ def reference_logprobs(
         torch.compiler.set_stance("force_eager"),
     ):
         for i in range(0, len(rows), batch_size):
-            batch = answer_batch(rows[i : i + batch_size], device)
-            sums, _ = loss_fn.answer_logprobs(
-                **{k: batch[k] for k in ("input_ids", "position_ids", "unit", "branch")},
-                source=batch["source"],
-                targets=batch["targets"],
-                slot=batch["slot"],
-                slots=2 * batch["labels"].shape[0],
-            )
+            sums, _ = loss_fn(**answer_batch(rows[i : i + batch_size], device), logprobs_only=True)
             out.append(sums.view(-1, 2).cpu())
     loss_fn.train()
     return torch.cat(out) if out else torch.zeros(0, 2)
