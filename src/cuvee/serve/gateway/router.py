@@ -237,7 +237,7 @@ class Gateway:
         public: str,
         target: Target,
         first: list[str],
-        rest: AsyncIterator[str],
+        rest: AsyncIterator[list[str]],
         attempts: list[dict[str, Any]],
         path: str,
         request: dict[str, Any],
@@ -253,11 +253,12 @@ class Gateway:
         that ended without one counts its chunks, and the prompt at 4 bytes a token."""
         client_usage = bool(_options(request).get("include_usage"))
 
-        async def events_of(head: list[str], tail: AsyncIterator[str]) -> AsyncIterator[str]:
-            for payload in head:
-                yield payload
-            async for payload in tail:
-                yield payload
+        async def events_of(
+            head: list[str], tail: AsyncIterator[list[str]]
+        ) -> AsyncIterator[list[str]]:
+            yield head
+            async for batch in tail:
+                yield batch
 
         async def body() -> AsyncIterator[bytes]:
             current = target
@@ -274,43 +275,49 @@ class Gateway:
             try:
                 while True:
                     try:
-                        async for payload in events:
-                            if payload.startswith(":"):  # an SSE comment, passed on as is
-                                yield f"{payload}\n\n".encode()
-                                continue
-                            if payload == "[DONE]":
-                                part_done()
-                                yield sse(_served(last or {}, current, attempts, public))
-                                yield sse("[DONE]")
-                                return
-                            try:
-                                chunk = json.loads(payload)
-                            except json.JSONDecodeError:
-                                yield sse(payload)
-                                continue
-                            if not isinstance(chunk, dict):
-                                yield sse(payload)
-                                continue
-                            piece = _piece(chunk)
-                            if isinstance(chunk.get("usage"), dict):
-                                part_usage = chunk["usage"]
-                                if not client_usage and not chunk.get("choices"):
-                                    continue  # asked for the budget, not by the client
-                            part_tokens += bool(piece)
-                            if (
-                                resumed
-                                and not piece
-                                and not _ends(chunk)
-                                and not chunk.get("usage")
-                            ):
-                                continue  # the replica's opening (role) chunk: sent already
-                            text, tokens = text + piece, tokens + bool(piece)
-                            if "model" in chunk:
-                                chunk["model"] = public
-                            if _ends(chunk):
-                                chunk["cuvee"] = {"served_by": current.label, "attempts": attempts}
-                            last = chunk
-                            yield sse(chunk)
+                        async for batch in events:
+                            # what arrived in one read goes out in one write
+                            out: list[bytes] = []
+                            for payload in batch:
+                                if payload.startswith(":"):  # an SSE comment, passed on as is
+                                    out.append(f"{payload}\n\n".encode())
+                                    continue
+                                if payload == "[DONE]":
+                                    part_done()
+                                    out.append(sse(_served(last or {}, current, attempts, public)))
+                                    out.append(sse("[DONE]"))
+                                    yield b"".join(out)
+                                    return
+                                try:
+                                    chunk = json.loads(payload)
+                                except json.JSONDecodeError:
+                                    chunk = None
+                                if not isinstance(chunk, dict):
+                                    out.append(sse(payload))
+                                    continue
+                                piece = _piece(chunk)
+                                if isinstance(chunk.get("usage"), dict):
+                                    part_usage = chunk["usage"]
+                                    if not client_usage and not chunk.get("choices"):
+                                        continue  # asked for the budget, not by the client
+                                part_tokens += bool(piece)
+                                if (
+                                    resumed
+                                    and not piece
+                                    and not _ends(chunk)
+                                    and not chunk.get("usage")
+                                ):
+                                    continue  # the replica's opening (role) chunk: sent already
+                                text, tokens = text + piece, tokens + bool(piece)
+                                if "model" in chunk:
+                                    chunk["model"] = public
+                                if _ends(chunk):
+                                    served = {"served_by": current.label, "attempts": attempts}
+                                    chunk["cuvee"] = served
+                                last = chunk
+                                out.append(sse(chunk))
+                            if out:
+                                yield b"".join(out)
                         raise TargetFailed("the stream ended without [DONE]")
                     except TargetFailed as exc:
                         part_done()
@@ -344,7 +351,7 @@ class Gateway:
         tokens: int,
         attempts: list[dict[str, Any]],
         local: Local,
-    ) -> tuple[Target, list[str], AsyncIterator[str]] | None:
+    ) -> tuple[Target, list[str], AsyncIterator[list[str]]] | None:
         """The first spare replica that takes up the answer where it broke, with its first
         events; None when none does. A local replica continues the answer as an assistant
         message it is given (the engine goes on from a final assistant message)."""
@@ -354,7 +361,7 @@ class Gateway:
                 body = _continuation(request, target, text, tokens, "cuvee", path)
                 try:
                     events = _payloads(await local(target.model, body))
-                    head = [await anext(events)]
+                    head = await anext(events)
                 except (errors.APIError, StopAsyncIteration) as exc:
                     reason = getattr(exc, "message", None) or "no answer"
                     attempts.append({"target": target.label, "error": f"resume failed: {reason}"})
@@ -451,20 +458,23 @@ def _attempt(
     return out
 
 
-async def _payloads(response: Response) -> AsyncIterator[str]:
-    """The ``data:`` payloads of a local streamed response (a whole JSON answer, as a local
-    error would be, yields nothing)."""
+async def _payloads(response: Response) -> AsyncIterator[list[str]]:
+    """The ``data:`` payloads of a local streamed response, a list per piece of its body (a
+    whole JSON answer, as a local error would be, yields nothing)."""
     iterator = getattr(response, "body_iterator", None)
     if iterator is None:
         return
     buffer = b""
     async for piece in iterator:
         buffer += piece if isinstance(piece, bytes) else piece.encode()
+        batch = []
         while b"\n\n" in buffer:
             event, buffer = buffer.split(b"\n\n", 1)
             for line in event.split(b"\n"):
                 if line.startswith(b"data: "):
-                    yield line[6:].decode()
+                    batch.append(line[6:].decode())
+        if batch:
+            yield batch
 
 
 def _rendezvous(session: str, label: str) -> int:

@@ -100,10 +100,14 @@ class UpstreamClient:
         except json.JSONDecodeError:
             raise TargetFailed("the answer is not JSON", response.status_code) from None
 
-    async def stream(self, path: str, body: dict[str, Any]) -> tuple[list[str], AsyncIterator[str]]:
+    async def stream(
+        self, path: str, body: dict[str, Any]
+    ) -> tuple[list[str], AsyncIterator[list[str]]]:
         """Open a stream and read up to its first event: the events read so far and an
-        iterator over the rest (data payloads, without ``data: ``). Everything that fails
-        before the first event is a TargetFailed; after it, the iterator raises it."""
+        iterator over the rest, a list of events per network read (data payloads without
+        ``data: ``, and comment lines), so that what arrived together is passed on together.
+        Everything that fails before the first event is a TargetFailed; after it, the
+        iterator raises it."""
         url = self.upstream.url(path, body.get("model"))
         context = self.client.stream("POST", url, json=body, headers=self._headers())
         await self.slots.acquire()
@@ -116,34 +120,33 @@ class UpstreamClient:
                 await context.__aexit__(None, None, None)
                 _check(response)
                 raise UpstreamError(response.status_code, _json_or_text(response))
-            lines = response.aiter_lines()
-            head = await asyncio.wait_for(_first_event(lines), self.upstream.timeouts.first_token)
-            first = head[-1] if head else None
+            reader = _EventReader(response.aiter_text())
+            head = await asyncio.wait_for(reader.first(), self.upstream.timeouts.first_token)
         except (httpx.TransportError, TimeoutError) as exc:
             self.slots.release()
             raise TargetFailed(f"{type(exc).__name__}: {exc}".rstrip(": ")) from None
         except BaseException:
             self.slots.release()
             raise
-        if first is None:
+        if not head:
             self.slots.release()
             await context.__aexit__(None, None, None)
             raise TargetFailed("the stream ended before its first event")
 
-        async def rest() -> AsyncIterator[str]:
+        async def rest() -> AsyncIterator[list[str]]:
             try:
                 while True:
                     try:
-                        event = await _next_event(lines)
+                        batch = await reader.next()
                     except (httpx.TransportError, httpx.StreamError) as exc:
                         raise TargetFailed(f"the stream broke: {type(exc).__name__}") from None
-                    if event is None:
+                    if batch is None:
                         return
-                    if event == "[DONE]":
+                    if "[DONE]" in batch:
                         # read the body to its end before the client stops reading, so the
                         # connection goes back to the pool instead of being closed
-                        await _drain(lines, self.upstream.timeouts.between_chunks)
-                    yield event
+                        await reader.drain(self.upstream.timeouts.between_chunks)
+                    yield batch
             finally:
                 self.slots.release()
                 await context.__aexit__(None, None, None)
@@ -181,36 +184,51 @@ def _json_or_text(response: httpx.Response) -> Any:
         return {"error": {"message": response.text[:500], "type": "upstream_error"}}
 
 
-async def _next_event(lines: AsyncIterator[str]) -> str | None:
-    """The next ``data:`` payload of a server-sent event stream, or a comment line (``:``
-    first, passed on to the client as it came), or None at its end; other lines are
-    skipped."""
-    async for line in lines:
-        if line.startswith("data:"):
-            return line[5:].strip()
-        if line.startswith(":"):
-            return line
-    return None
+class _EventReader:
+    """The events of a server-sent event stream, a list per network read: ``data:``
+    payloads, and comment lines (``:`` first, passed on to the client as they came); other
+    lines are skipped."""
 
+    def __init__(self, texts: AsyncIterator[str]) -> None:
+        self.texts = texts
+        self.buffer = ""
 
-async def _drain(lines: AsyncIterator[str], timeout: float) -> None:
-    async def rest() -> None:
-        async for _ in lines:
-            pass
+    async def next(self) -> list[str] | None:
+        """The events of the next read that has any; None at the stream's end."""
+        async for text in self.texts:
+            self.buffer += text
+            if "\n" not in text:
+                continue
+            lines = self.buffer.split("\n")
+            self.buffer = lines.pop()
+            events = []
+            for line in lines:
+                line = line.rstrip("\r")
+                if line.startswith("data:"):
+                    events.append(line[5:].strip())
+                elif line.startswith(":"):
+                    events.append(line)
+            if events:
+                return events
+        return None
 
-    # an upstream that keeps the stream open after [DONE]: its connection is closed
-    with contextlib.suppress(TimeoutError, httpx.TransportError, httpx.StreamError):
-        await asyncio.wait_for(rest(), min(timeout, 1.0))
+    async def first(self) -> list[str]:
+        """The events up to and with the first data payload (a comment is no first token:
+        the first-token timeout waits for data); empty when the stream ends before it."""
+        head: list[str] = []
+        while True:
+            batch = await self.next()
+            if batch is None:
+                return []
+            head += batch
+            if any(not event.startswith(":") for event in batch):
+                return head
 
+    async def drain(self, timeout: float) -> None:
+        async def rest() -> None:
+            async for _ in self.texts:
+                pass
 
-async def _first_event(lines: AsyncIterator[str]) -> list[str]:
-    """The comments before the first ``data:`` payload, and that payload (a comment is no
-    first token: the first-token timeout waits for data)."""
-    head: list[str] = []
-    while True:
-        event = await _next_event(lines)
-        if event is None:
-            return []
-        head.append(event)
-        if not event.startswith(":"):
-            return head
+        # an upstream that keeps the stream open after [DONE]: its connection is closed
+        with contextlib.suppress(TimeoutError, httpx.TransportError, httpx.StreamError):
+            await asyncio.wait_for(rest(), min(timeout, 1.0))
