@@ -80,15 +80,15 @@ def _parent(model: torch.nn.Module):
 def reference_logprobs(
     loss_fn: PreferenceLoss, rows: list[UnitRow], batch_size: int, device, autocast
 ) -> torch.Tensor:
-    """The parent's summed log-probability of each answer, (units, 2) in row order."""
+    """The parent's summed log-probability of each answer, (units, 2) in row order.
+
+    Through the same kernels as the training steps (compiled ones included): the policy's first
+    step then sees exactly its reference (DPO's loss ln 2). Eager kernels here and compiled ones
+    in the step differed by about 0.3 nats per answer on gemma3-270m in bf16, a step-0 loss of
+    0.72 instead of 0.69."""
     out: list[torch.Tensor] = []
     loss_fn.eval()
-    with (
-        torch.no_grad(),
-        autocast(),
-        _parent(loss_fn.model),
-        torch.compiler.set_stance("force_eager"),
-    ):
+    with torch.no_grad(), autocast(), _parent(loss_fn.model):
         for i in range(0, len(rows), batch_size):
             sums, _ = loss_fn(**answer_batch(rows[i : i + batch_size], device), logprobs_only=True)
             out.append(sums.view(-1, 2).cpu())
@@ -207,7 +207,9 @@ class Preference:
             return {"eval_loss": None}
         loss_fn.eval()
         total, examples, stats = 0.0, 0, None
-        with torch.no_grad(), autocast(), torch.compiler.set_stance("force_eager"):
+        # the kernels the reference pass ran (see reference_logprobs), so that the held-out
+        # metrics before training are exactly those of the policy equal to its parent
+        with torch.no_grad(), autocast():
             for i in range(0, len(rows), batch_size):
                 chunk = rows[i : i + batch_size]
                 loss, measured = loss_fn(**answer_batch(chunk, device))
