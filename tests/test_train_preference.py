@@ -556,3 +556,15 @@ def test_with_compiled_kernels_the_first_step_still_sees_its_reference(
     before = result.summary["preference"]["eval_before"]
     assert before["loss"] == pytest.approx(math.log(2), abs=1e-6)
     assert before["margin"] == pytest.approx(0, abs=1e-6)
+
+
+def test_the_eval_report_reads_a_preference_runs_metrics(setup) -> None:
+    from cuvee.eval.report import PREFERENCE_CURVES, read_run_log
+    from cuvee.train.loop import train
+
+    settings, _store, data = setup
+    result = train(settings, _recipe(data, max_steps=2))
+    curves = read_run_log(result.run_dir, PREFERENCE_CURVES)
+    assert [step for step, _ in curves["reward accuracy"]] == [1, 2]
+    assert [step for step, _ in curves["held-out reward margin"]] == [0, 2]
+    assert set(read_run_log(result.run_dir)) == {"train loss", "held-out loss"}

@@ -127,11 +127,25 @@ def line_chart(series: dict[str, list[tuple[float, float]]], title: str) -> str:
     return "".join(parts)
 
 
-def read_run_log(run_dir: str | Path) -> dict[str, list[tuple[float, float]]]:
-    """Training loss and held-out loss by step from a run's ``log.jsonl`` (what
-    cuvee.train.tracking writes); unreadable lines are skipped, a missing log gives nothing."""
+# log.jsonl key -> curve name
+LOSS_CURVES = {"loss": "train loss", "eval_loss": "held-out loss"}
+# what a preference run (cuvee train --method dpo|kto|orpo) logs beside its loss
+PREFERENCE_CURVES = {
+    "accuracy": "reward accuracy",
+    "eval_accuracy": "held-out reward accuracy",
+    "margin": "reward margin",
+    "eval_margin": "held-out reward margin",
+}
+
+
+def read_run_log(
+    run_dir: str | Path, keys: dict[str, str] = LOSS_CURVES
+) -> dict[str, list[tuple[float, float]]]:
+    """Curves by step from a run's ``log.jsonl`` (what cuvee.train.tracking writes), the loss
+    and held-out loss unless ``keys`` names others; unreadable lines are skipped, a missing log
+    gives nothing."""
     path = Path(run_dir) / "log.jsonl"
-    curves: dict[str, list[tuple[float, float]]] = {"train loss": [], "held-out loss": []}
+    curves: dict[str, list[tuple[float, float]]] = {name: [] for name in keys.values()}
     if not path.is_file():
         return {}
     for line in path.read_text(encoding="utf-8").splitlines():
@@ -142,7 +156,7 @@ def read_run_log(run_dir: str | Path) -> dict[str, list[tuple[float, float]]]:
         step = row.get("step")
         if not isinstance(step, int | float):
             continue
-        for key, name in (("loss", "train loss"), ("eval_loss", "held-out loss")):
+        for key, name in keys.items():
             if isinstance(row.get(key), int | float):
                 curves[name].append((step, float(row[key])))
     return {k: v for k, v in curves.items() if v}
@@ -167,6 +181,9 @@ def loss_sections(result: EvalResult) -> list[str]:
             sections.append(f"<h3>{escape(label)}</h3><p class=muted>{note}: no log found</p>")
             continue
         chart = line_chart(curves, f"{label}: loss by training step")
+        preference = read_run_log(run_dir, PREFERENCE_CURVES)
+        if preference:
+            chart += line_chart(preference, f"{label}: preference metrics by training step")
         sections.append(f"<h3>{escape(label)}</h3><p class=muted>{note}</p>{chart}")
     return sections
 
