@@ -25,12 +25,15 @@ SIDECAR_SUFFIX = ".cuvee.yaml"
 
 @dataclass(frozen=True)
 class DataDeclaration:
-    """What a sidecar ``<file>.cuvee.yaml`` (or ``--licence``/``--author``) declares for a file."""
+    """What a sidecar ``<file>.cuvee.yaml`` (or ``--licence``/``--author``) declares for a file.
+    ``model`` is set for data a model wrote (``cuvee data pairs``): its name, licence and
+    lineage, which the data's own licence does not cover."""
 
     licence: Licence
     authors: tuple[str, ...] = ()
     source: str | None = None
     declared_by: str = "none"
+    model: dict[str, Any] | None = None
 
 
 def read_declaration(path: Path, licence_flag: str | None = None) -> DataDeclaration:
@@ -46,12 +49,14 @@ def read_declaration(path: Path, licence_flag: str | None = None) -> DataDeclara
             raise DataError(f"{sidecar}: not valid YAML: {exc}") from exc
         if not isinstance(data, dict):
             raise DataError(f"{sidecar}: expected a mapping with licence, authors, source")
-        unknown = set(data) - {"licence", "license", "authors", "source"}
+        unknown = set(data) - {"licence", "license", "authors", "source", "model"}
         if unknown:
             raise DataError(
                 f"{sidecar}: unknown key(s) {', '.join(sorted(unknown))}",
-                hint="allowed keys: licence, authors, source",
+                hint="allowed keys: licence, authors, source, model",
             )
+        if not isinstance(data.get("model", {}), dict):
+            raise DataError(f'{sidecar}: field "model" must be a mapping (name, licence, ...)')
     authors = data.get("authors") or []
     if isinstance(authors, str):
         authors = [authors]
@@ -63,7 +68,7 @@ def read_declaration(path: Path, licence_flag: str | None = None) -> DataDeclara
         lic, by = resolve_licence(str(data.get("licence") or data.get("license"))), str(sidecar)
     else:
         lic, by = resolve_licence(None), "none"
-    return DataDeclaration(lic, tuple(authors), data.get("source"), by)
+    return DataDeclaration(lic, tuple(authors), data.get("source"), by, data.get("model"))
 
 
 @dataclass
@@ -145,6 +150,7 @@ def file_entry(
         "licence": declaration.licence.model_dump(),
         "licence_declared_by": declaration.declared_by,
         "authors": list(declaration.authors),
+        **({"model": declaration.model} if declaration.model else {}),
     }
 
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from cuvee.data.records import Conversation
+from cuvee.data.validate import SIDECAR_SUFFIX
 from cuvee.errors import DataError
 
 
@@ -53,17 +54,51 @@ def write_jsonl(records: Iterable[Conversation], path: Path, fmt: str = "openai"
     if fmt not in WRITERS:
         raise DataError(f"cannot write format {fmt!r}", hint=f"writable: {', '.join(WRITERS)}")
     convert = WRITERS[fmt]
+    return write_rows((convert(record) for record in records), path)
+
+
+def write_rows(rows: Iterable[dict[str, Any]], path: Path) -> int:
+    """Write JSON objects as JSON Lines; the file appears only when complete."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     count = 0
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            for record in records:
-                fh.write(json.dumps(convert(record), ensure_ascii=False) + "\n")
+            for row in rows:
+                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
                 count += 1
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return count
+
+
+def write_sidecar(
+    path: Path,
+    *,
+    licence: str | None,
+    authors: Sequence[str] = (),
+    source: str | None = None,
+    model: dict[str, Any] | None = None,
+) -> Path:
+    """Declare a written data file's licence in ``FILE.cuvee.yaml``, the sidecar
+    ``read_declaration`` reads: the licence travels with the data. An undeclared licence is
+    left out (unknown stays unknown); ``model`` records the model that wrote the answers."""
+    import yaml
+
+    declared: dict[str, Any] = {}
+    if licence:
+        declared["licence"] = licence
+    if authors:
+        declared["authors"] = list(authors)
+    if source:
+        declared["source"] = source
+    if model:
+        declared["model"] = model
+    sidecar = Path(path).with_name(Path(path).name + SIDECAR_SUFFIX)
+    sidecar.write_text(
+        yaml.safe_dump(declared, sort_keys=False, allow_unicode=True), encoding="utf-8"
+    )
+    return sidecar
