@@ -19,6 +19,7 @@ from cuvee.progress import Reporter
 
 if TYPE_CHECKING:
     from cuvee.config import Settings
+    from cuvee.engine.base import Completion, Request
 
 # Sequences the local engine decodes together: enough to keep a small CPU's cores busy with one
 # pass over the weights per step, small enough that the KV cache stays modest.
@@ -117,29 +118,48 @@ class StoreBackend:
     def generate(
         self, items: list[Item], settings: GenerationSettings, advance: Callable[[int], None]
     ) -> list[str]:
-        from cuvee.engine.base import EngineError, Request, SamplingParams
+        from cuvee.engine.base import Request, SamplingParams
+
+        requests = [
+            (
+                item.where,
+                Request(
+                    messages=item.messages(),
+                    params=SamplingParams(
+                        temperature=settings.temperature,
+                        seed=settings.seed,
+                        max_tokens=settings.max_tokens,
+                    ),
+                ),
+            )
+            for item in items
+        ]
+        return [done.text for done in self.complete(requests, advance)]
+
+    def complete(
+        self, requests: list[tuple[str, Request]], advance: Callable[[int], None]
+    ) -> list[Completion]:
+        """Every request's whole result (text, tokens, finish reason), in order; ``where`` of
+        each request (``file:line``) names it in errors. All are submitted at once, so the
+        engine batches them; a failure cancels the rest."""
+        from cuvee.engine.base import EngineError
 
         engine = self._open()
         handles = []
         try:
-            for item in items:  # all at once: the engine batches them
-                params = SamplingParams(
-                    temperature=settings.temperature,
-                    seed=settings.seed,
-                    max_tokens=settings.max_tokens,
-                )
+            for where, request in requests:
                 try:
-                    handles.append(engine.submit(Request(messages=item.messages(), params=params)))
+                    handles.append(engine.submit(request))
                 except EngineError as exc:
-                    raise EvalError(f"{item.where}: {self.label}: {exc.message}", exc.hint) from exc
-            outputs = []
-            for item, handle in zip(items, handles, strict=True):
+                    raise EvalError(f"{where}: {self.label}: {exc.message}", exc.hint) from exc
+            results = []
+            for (where, _), handle in zip(requests, handles, strict=True):
                 done = handle.collect()
                 if done.finished.reason == "error":
-                    raise EvalError(f"{item.where}: {self.label} failed: {done.finished.error}")
-                outputs.append(done.text)
+                    raise EvalError(f"{where}: {self.label} failed: {done.finished.error}")
+                results.append(done)
                 advance(1)
-            return outputs
+            return results
         except BaseException:
             for handle in handles:
                 handle.cancel()
