@@ -307,7 +307,7 @@ def test_augment_variants_become_pairs_only_where_the_original_fails(
     out, kto = tmp_path / "pairs.jsonl", tmp_path / "kto.jsonl"
     code, stdout, err = run_cli(
         capsys, "data", "pairs", "--from-augment", "--data", str(aug),
-        "-o", str(out), "--kto", str(kto), "--licence", "Apache-2.0", "--json",
+        "-o", str(out), "--kto", str(kto), "--json",
     )  # fmt: skip
     assert code == 0, err
     summary = json.loads(stdout)
@@ -322,7 +322,9 @@ def test_augment_variants_become_pairs_only_where_the_original_fails(
     assert not check_constraint(LOWER["id"], pair["rejected"], {})
     assert check_constraint(LOWER["id"], pair["chosen"], {})
     read = read_preferences(out)
+    # the licence travelled from train.jsonl through augment's output to the pairs
     assert not read.problems and len(read.pairs) == 1 and read.licence.id == "Apache-2.0"
+    assert read.declaration.authors == ("Ana Lima",)
     assert read.declaration.model is None
     assert [r.label for r in read_preferences(kto).unpaired] == [True, False]
     code, stdout, err = run_cli(

@@ -276,7 +276,8 @@ def augment(file, output, fmt, per_record, constraints, no_originals, seed, list
     """Add variants whose instruction carries a checkable constraint (all lowercase, N bullet
     points, JSON, an end phrase, a <<title>>, no commas, at most N words...) and whose response
     is rewritten to satisfy it. Output is OpenAI-format JSONL; each variant records its
-    constraint under "metadata" so it can be checked later.
+    constraint under "metadata" so it can be checked later. The input's licence (its sidecar
+    FILE.cuvee.yaml) travels to the output's sidecar.
 
     Example: cuvee data augment train.jsonl -o train.aug.jsonl --per-record 1
     """
@@ -318,6 +319,7 @@ def augment(file, output, fmt, per_record, constraints, no_originals, seed, list
         raise DataError(f"internal error: {len(failed)} variant(s) fail their own constraint")
     out = variants if no_originals else [*result.records, *variants]
     n = write_jsonl(out, output, "openai")
+    _pass_declaration_on(file, output, "cuvee data augment")
     by_id = Counter(v.metadata["constraint"]["id"] for v in variants)
     if json_output:
         print_json(
@@ -335,6 +337,23 @@ def augment(file, output, fmt, per_record, constraints, no_originals, seed, list
         )
         for cid, count in by_id.most_common():
             click.echo(f"  {cid:<42} {count}")
+
+
+def _pass_declaration_on(source: Path, output: Path, made_by: str) -> None:
+    """The input's licence and authors travel to data written from it, in its sidecar."""
+    from cuvee.data.validate import read_declaration
+    from cuvee.data.writers import write_sidecar
+
+    declaration = read_declaration(source)
+    if declaration.declared_by == "none":
+        return
+    origin = f"{made_by} of {source.name}"
+    write_sidecar(
+        output,
+        licence=declaration.licence.id,
+        authors=declaration.authors,
+        source=f"{origin}; {declaration.source}" if declaration.source else origin,
+    )
 
 
 def _checks_help() -> str:
@@ -540,13 +559,17 @@ def _print_pairs_summary(report: dict, k: int | None) -> None:
     echo = click.echo
     per = f" ({k} each)" if k else ""
     echo(f"prompts:    {report['prompts']}, {report['samples']} answers{per}")
+    augmented = report.get("dropped_augment")
+    tie = " (the original follows the constraint too)" if augmented is not None else ""
     echo(
-        f"pairs:      {report['pairs']} kept, {report['dropped']['tie']} dropped for a tie, "
+        f"pairs:      {report['pairs']} kept, {report['dropped']['tie']} dropped for a tie{tie}, "
         f"{report['dropped']['too_few_answers']} with too few distinct answers"
     )
     if report["empty_answers"]:
         echo(f"empty:      {report['empty_answers']} answers (in no pair)")
-    for reason, n in report.get("dropped_augment", {}).items():
+    for reason, n in (augmented or {}).items():
+        if reason == "original_passes":
+            continue
         echo(f"dropped:    {n} {reason.replace('_', ' ')}")
     if report["skipped_records"]:
         echo("skipped:    " + ", ".join(f"{n} {w}" for w, n in report["skipped_records"].items()))

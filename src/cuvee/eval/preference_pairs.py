@@ -407,6 +407,7 @@ def augment_pairs(
         if original is None:
             counts["no_original"] += 1
             continue
+        summary.samples += 2
         instruction = record.turns[-2].content
         rewritten, before = record.turns[-1].content, original.turns[-1].content
         if not constraint_holds(cid, kwargs, rewritten, instruction):
@@ -437,7 +438,6 @@ def augment_pairs(
         meta["original"] = str(original.origin)
         pairs.append(row)
         summary.pairs += 1
-        summary.samples += 2
         summary.applied["constraints"] += 1
         summary.decided["constraints"] += 1
         for answer, label in ((rewritten, True), (before, False)):
