@@ -165,8 +165,9 @@ def preference_section(
     if reference:
         against = (
             f"against the parent model `{reference['parent']}`, whose log-probabilities of the "
-            f"{reference['answers']} answers were computed once before training and cached with "
-            "the run (no second model held in memory)"
+            f"{reference['answers']} answers were computed once before training"
+            + (f" (in {reference['seconds']:.0f} s)" if reference.get("seconds") else "")
+            + " and cached with the run (no second model held in memory)"
         )
     else:
         against = "without a reference model"

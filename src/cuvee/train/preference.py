@@ -181,7 +181,7 @@ class Preference:
         answers = 2 * sum(r.examples for r in run.prepared.train_rows + run.prepared.eval_rows)
         if cached is not None:
             display.message(f"reference log-probabilities of {answers} answers read from {path}")
-            how = "read from the run's cache"
+            how, took = "read from the run's cache", 0.0
         else:
             started = time.perf_counter()
             args = (run.recipe.batch_size, run.device, run.autocast)
@@ -200,7 +200,13 @@ class Preference:
             how = f"computed in {took:.1f} s"
         run.prepared.train_rows = with_reference(run.prepared.train_rows, cached["train"])
         run.prepared.eval_rows = with_reference(run.prepared.eval_rows, cached["eval"])
-        self.reference = {"parent": run.recipe.base, "answers": answers, "how": how}
+        # not in the run's wall time or cost, which count the training steps
+        self.reference = {
+            "parent": run.recipe.base,
+            "answers": answers,
+            "how": how,
+            "seconds": round(took, 1),
+        }
 
     def held_out(self, loss_fn, rows, batch_size, device, autocast) -> dict[str, float]:
         if not rows:
