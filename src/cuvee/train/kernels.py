@@ -85,6 +85,12 @@ class Kernels:
     compilation is off)."""
 
     def __init__(self) -> None:
+        # torch keeps 8 compiled variants of a function, then runs the rest eager. The norms
+        # alone take about 5 in training (hidden states, and q/k heads of width 1 and more,
+        # static then dynamic); a preference run's reference pass runs the same kernels without
+        # gradients (preference.py), another 4 or so, and then some training steps ran eager:
+        # slower, and not the numbers the reference saw.
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 32)
         self._dropout = Guarded(hashed_zero_dropped)
         self._forwards: dict[type, Callable] = {}
         self._attention: dict[str, Callable] = {}
