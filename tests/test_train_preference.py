@@ -568,3 +568,18 @@ def test_the_eval_report_reads_a_preference_runs_metrics(setup) -> None:
     assert [step for step, _ in curves["reward accuracy"]] == [1, 2]
     assert [step for step, _ in curves["held-out reward margin"]] == [0, 2]
     assert set(read_run_log(result.run_dir)) == {"train loss", "held-out loss"}
+
+
+def test_pairs_labelled_heldout_are_the_held_out_set(setup, tmp_path: Path) -> None:
+    from cuvee.train.pairs import prepare_preferences
+
+    _settings, store, _ = setup
+    path = write_pairs(tmp_path / "split.json", n=20)
+    records = json.loads(path.read_text())
+    for i, record in enumerate(records):
+        record["split"] = "heldout" if i % 4 == 0 else "train"
+    path.write_text(json.dumps(records))
+    prepared = prepare_preferences(store, _recipe(path, eval_split="auto"))
+    assert (prepared.train_records, prepared.eval_records) == (15, 5)
+    assert "heldout" in prepared.split_how
+    assert sum(r.examples for r in prepared.eval_rows) == 5

@@ -21,7 +21,6 @@ import torch
 
 from cuvee.chat_template import ChatTemplate, get_template
 from cuvee.errors import ConfigError, DataError
-from cuvee.licences import resolve_licence
 from cuvee.store import ModelStore
 from cuvee.tokenizer import load_tokenizer, special_tokens
 from cuvee.train.answers import FIRST, PROMPT, SECOND
@@ -99,30 +98,22 @@ class UnitStats:
 
 def _example(record: Any, origin: str) -> Example:
     messages = tuple((m["role"], m["content"]) for m in record.prompt.messages())
-    split = (getattr(record, "metadata", None) or {}).get("split") or getattr(
-        record.prompt, "split", None
-    )
+    split = record.prompt.split  # a record's split rides on its prompt, as on instruction data
     if record.is_pair:
         return Example(messages, record.chosen, record.rejected, None, origin, split)
     return Example(messages, record.completion, None, bool(record.label), origin, split)
 
 
-def _source(path: Path, declaration: Any, records: list[Any]) -> DataSource:
-    """The file's lineage: its declared licence (the sidecar file), else the one its records
-    carry when they agree on one."""
-    licence = declaration.licence
-    declared_by = declaration.declared_by
-    if declared_by == "none":
-        found = {getattr(r, "licence", None) for r in records}
-        if len(found) == 1 and None not in found:
-            licence, declared_by = resolve_licence(found.pop()), "the data's records"
+def _source(path: Path, declaration: Any, records: int) -> DataSource:
+    """The file's lineage, with the licence declared for it (its sidecar file), as for
+    instruction data."""
     return DataSource(
         path=str(path),
         sha256=hashlib.sha256(path.read_bytes()).hexdigest(),
-        records=len(records),
-        licence=licence,
+        records=records,
+        licence=declaration.licence,
         authors=declaration.authors,
-        declared_by=declared_by,
+        declared_by=declaration.declared_by,
     )
 
 
@@ -152,7 +143,7 @@ def load_preferences(specs: list[str]) -> tuple[list[Example], list[DataSource]]
         if not result.records:
             raise DataError(f"{spec}: no preference records")
         examples += [_example(r, str(getattr(r, "origin", spec))) for r in result.records]
-        sources.append(_source(path, result.declaration, result.records))
+        sources.append(_source(path, result.declaration, len(result.records)))
     return examples, sources
 
 
