@@ -151,6 +151,8 @@ def test_pairs_are_kept_where_the_checks_disagree_and_read_back(
     assert summary["dropped"] == {"tie": 1, "too_few_answers": 0}
     assert summary["checkers"]["constraints"] == {"prompts": 1, "decided": 1}
     assert summary["checkers"]["stops"] == {"prompts": 3, "decided": 1}
+    assert summary["checkers"]["rouge_l"]["prompts"] == 3  # scored, whatever the scores
+    assert "json" not in summary["checkers"] and "quote" not in summary["checkers"]
 
     # four seeded answers per prompt, all handed to the engine, at the settings asked
     assert len(engine.requests) == 12

@@ -292,7 +292,7 @@ def build_pairs(
         summary.samples += len(scored)
         summary.empty += sum(a.empty for a in scored)
         if scored:
-            summary.applied.update(scored[0].scores)
+            summary.applied.update(scored[0].scores.keys())
         seen: set[str] = set()
         for answer in scored:
             text = " ".join(answer.answer.text.split())
