@@ -153,6 +153,7 @@ def test_pairs_are_kept_where_the_checks_disagree_and_read_back(
     assert summary["checkers"]["stops"] == {"prompts": 3, "decided": 1}
     assert summary["checkers"]["rouge_l"]["prompts"] == 3  # scored, whatever the scores
     assert "json" not in summary["checkers"] and "quote" not in summary["checkers"]
+    assert summary["tokens"] == sum(len(text.split()) for text, _ in SCRIPT.values())
 
     # four seeded answers per prompt, all handed to the engine, at the settings asked
     assert len(engine.requests) == 12
@@ -426,3 +427,10 @@ def test_checks_that_do_not_apply_are_left_out() -> None:
     # a context whose reference answer does not quote it asks for no quote
     no_quote = _case("Is it there?", "No, the passage does not say.", context=(QUOTED,))
     assert not VERIFIERS["quote"].applies(no_quote)
+    # nor does one whose reference is JSON, whose strings are quoted too
+    extracted = _case(
+        "Extract the name as JSON.",
+        '{"name": "Ana Lima of the Larkspur team"}',
+        context=("Signed, Ana Lima of the Larkspur team.",),
+    )
+    assert not VERIFIERS["quote"].applies(extracted)

@@ -559,6 +559,12 @@ def _print_pairs_summary(report: dict, k: int | None) -> None:
     echo = click.echo
     per = f" ({k} each)" if k else ""
     echo(f"prompts:    {report['prompts']}, {report['samples']} answers{per}")
+    if report["sampling_seconds"]:
+        seconds = report["sampling_seconds"]
+        echo(
+            f"sampling:   {report['tokens']} tokens in {seconds:.0f} s "
+            f"({report['tokens'] / seconds:.1f} tokens/s)"
+        )
     augmented = report.get("dropped_augment")
     tie = " (the original follows the constraint too)" if augmented is not None else ""
     echo(

@@ -8,6 +8,7 @@ model: the rewritten answer over the original one, where the original fails the 
 from __future__ import annotations
 
 import re
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -43,6 +44,8 @@ class PairsSummary:
 
     prompts: int = 0
     samples: int = 0
+    tokens: int = 0  # generated, over all answers
+    seconds: float = 0.0  # spent sampling
     pairs: int = 0
     ties: int = 0  # best and worst total closer than the margin
     too_few: int = 0  # fewer than two non-empty answers
@@ -56,6 +59,8 @@ class PairsSummary:
         return {
             "prompts": self.prompts,
             "samples": self.samples,
+            "tokens": self.tokens,
+            "sampling_seconds": round(self.seconds, 1),
             "pairs": self.pairs,
             "dropped": {"tie": self.ties, "too_few_answers": self.too_few},
             "empty_answers": self.empty,
@@ -191,7 +196,7 @@ def sample_answers(
     ]
     done = backend.complete(requests, advance)
     answers = [
-        (request.params.seed or 0, Answer(c.text, c.finished.reason))
+        (request.params.seed or 0, Answer(c.text, c.finished.reason, c.finished.completion_tokens))
         for (_, request), c in zip(requests, done, strict=True)
     ]
     return [answers[i * k : (i + 1) * k] for i in range(len(cases))]
@@ -290,6 +295,7 @@ def build_pairs(
         scored = [ScoredAnswer(a, s, check_answer(case, a, verifiers)) for s, a in answers]
         summary.prompts += 1
         summary.samples += len(scored)
+        summary.tokens += sum(a.answer.tokens for a in scored)
         summary.empty += sum(a.empty for a in scored)
         if scored:
             summary.applied.update(scored[0].scores.keys())
@@ -500,6 +506,7 @@ def pairs_from_model(
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Sample, score and pair: the pairs kept and the KTO records."""
     title = f"{backend.label} · {k} answers to {len(cases)} prompts"
+    started = time.monotonic()
     with reporter.items(title, len(cases) * k) as advance:
         sampled = sample_answers(
             backend,
@@ -510,6 +517,7 @@ def pairs_from_model(
             seed=seed,
             advance=advance,
         )
+    summary.seconds = time.monotonic() - started
     return build_pairs(
         cases, sampled, verifiers, margin=margin, model=backend.label, summary=summary
     )

@@ -44,6 +44,7 @@ class Answer:
 
     text: str
     finish: str = "stop"
+    tokens: int = 0
 
 
 class Verifier(Protocol):
@@ -236,6 +237,14 @@ def _quotes(text: str) -> list[str]:
     return [s for s in spans if len(s.split()) >= MIN_QUOTE_WORDS]
 
 
+def _is_json(text: str) -> bool:
+    try:
+        parse_json_answer(text)
+    except ValueError:
+        return False
+    return True
+
+
 def _shown(case: PromptCase) -> str:
     """What a quote must come from: the context passages, or, for records that fold them into
     the user's turn (OpenAI messages), what the user wrote."""
@@ -253,7 +262,8 @@ class QuoteVerifier:
     passes_at: ClassVar[float] = 1.0
 
     def applies(self, case: PromptCase) -> bool:
-        if case.reference is None:
+        # A JSON answer's strings are quoted too; its shape is the json check's to judge.
+        if case.reference is None or _is_json(case.reference):
             return False
         shown = _shown(case)
         return any(_squeeze(q) in shown for q in _quotes(case.reference))
