@@ -229,8 +229,9 @@ def test_margin_decides_what_a_tie_is(engine, capsys, tmp_path: Path) -> None:
     first = json.loads(out.read_text().splitlines()[0])
     assert first["metadata"]["checker"] == ["rouge_l"]
     assert set(first["metadata"]["scores"]["chosen"]) == {"rouge_l"}
-    code, stdout, _ = run_cli(capsys, *args, "--check", "rouge_l", "--margin", "1.5")
+    code, stdout, err = run_cli(capsys, *args, "--check", "rouge_l", "--margin", "1.5")
     assert json.loads(stdout)["pairs"] == 0 and json.loads(stdout)["dropped"]["tie"] == 3
+    assert "no pair kept" in err and "--margin" in err
     assert out.read_text() == ""
 
 
@@ -258,6 +259,7 @@ def test_heldout_records_are_not_prompts(engine, capsys, tmp_path: Path) -> None
         (["--model", "sft", "--from-augment"], "--from-augment"),
         (["--model", "sft", "--data-is-missing"], "missing.jsonl: no such file"),
         (["--model", "sft", "--data-is-bad"], "prompts.jsonl:2"),
+        (["--model", "sft", "--data-has-unknown-constraint"], "prompts.jsonl:1: unknown"),
     ],
 )
 def test_bad_input_is_named_and_writes_nothing(
@@ -271,6 +273,10 @@ def test_bad_input_is_named_and_writes_nothing(
     if "--data-is-bad" in args:
         args.remove("--data-is-bad")
         data.write_text(json.dumps(PROMPTS[0]) + '\n{"messages": [{"role": "user"}]}\n')
+    if "--data-has-unknown-constraint" in args:
+        args.remove("--data-has-unknown-constraint")
+        odd = {**PROMPTS[0], "metadata": {"constraint": {"id": "case:shouting", "kwargs": {}}}}
+        write_jsonl(data, [odd, *PROMPTS[1:]])
     out, kto = tmp_path / "pairs.jsonl", tmp_path / "kto.jsonl"
     code, _, err = run_cli(
         capsys, "data", "pairs", *args, "--data", str(data), "-o", str(out), "--kto", str(kto)

@@ -551,8 +551,11 @@ def pairs(
     }
     if json_output:
         print_json(report)
-        return
-    _print_pairs_summary(report, k if not from_augment else None)
+    else:
+        _print_pairs_summary(report, k if not from_augment else None)
+    if not kept:
+        hint = "" if from_augment else ": a lower --margin, a larger -k or a higher --temperature"
+        click.echo(f"warning: no pair kept; {output} is empty{hint}", err=True)
 
 
 def _print_pairs_summary(report: dict, k: int | None) -> None:

@@ -137,7 +137,6 @@ def prompt_cases(records: list[Conversation], summary: PairsSummary) -> list[Pro
                 reference=record.turns[-1].content if has_answer else None,
                 constraints=_constraints(record.metadata, where),
                 json_schema=schema,
-                metadata=record.metadata,
             )
         )
     return cases

@@ -26,8 +26,7 @@ class PromptCase:
     where: str
     reference: str | None = None
     constraints: tuple[Constraint, ...] = ()
-    json_schema: dict[str, Any] | None = None
-    metadata: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+    json_schema: dict[str, Any] | None = field(default=None, hash=False, compare=False)
 
     @property
     def instruction(self) -> str:
