@@ -29,7 +29,7 @@ import torch
 from cuvee.errors import ConfigError
 from cuvee.train.surgery import causal_lm
 
-_PREFIX = "model."  # the peft/transformers model sits at SFTLoss.model
+_PREFIX = "model."  # the peft/transformers model sits at the loss module's .model
 
 
 def _truthy(value: str | None) -> bool:
@@ -123,7 +123,7 @@ class DDP(Single):
 
 class FSDP(Single):
     """FSDP2: each decoder layer is a unit whose weights are gathered for its forward and
-    backward and freed after; embeddings, final norm and head form the root unit (SFTLoss, so
+    backward and freed after; embeddings, final norm and head form the root unit (the loss, so
     the head is gathered for the loss too)."""
 
     name = "fsdp"
