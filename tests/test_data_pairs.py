@@ -126,7 +126,7 @@ SCRIPT = {
     (PROMPTS[1]["messages"][0]["content"], 0): ("red", "stop"),
     (PROMPTS[1]["messages"][0]["content"], 1): ("blue", "stop"),
     (PROMPTS[1]["messages"][0]["content"], 2): ("green", "stop"),
-    (PROMPTS[1]["messages"][0]["content"], 3): ("red", "stop"),
+    (PROMPTS[1]["messages"][0]["content"], 3): ("Red", "stop"),
     (PROMPTS[2]["messages"][0]["content"], 0): ("one two three", "stop"),
     (PROMPTS[2]["messages"][0]["content"], 1): ("one two three", "stop"),
     (PROMPTS[2]["messages"][0]["content"], 2): ("one two three four five six", "length"),
@@ -188,9 +188,14 @@ def test_pairs_are_kept_where_the_checks_disagree_and_read_back(
         for line in kto.read_text().splitlines()
     }  # fmt: skip
     assert labels[(f"{data}:1", "hello there.")] is True
-    assert labels[(f"{data}:1", "HELLO THERE.")] is False
+    assert labels[(f"{data}:1", "Hello There.")] is False
     assert labels[(f"{data}:3", "one two three four five six")] is False
-    assert len(labels) == 4 + 3 + 2
+    # an answer repeated with the same label is one example, case and spacing aside
+    # ("HELLO THERE." after "Hello There.", "Red" after "red"); labelled apart, both stay
+    assert (f"{data}:1", "HELLO THERE.") not in labels and (f"{data}:2", "Red") not in labels
+    assert len(labels) == 3 + 3 + 2
+    code, stdout, err = run_cli(capsys, "data", "check", str(kto), "--json")
+    assert code == 0 and json.loads(stdout)["warnings"] == [], err
     unpaired = read_preferences(kto)
     assert not unpaired.problems and unpaired.formats == ["kto-messages"]
     assert summary["kto"] == {

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cuvee.data.records import Conversation
+from cuvee.data.validate import fingerprint
 from cuvee.eval.suites import EvalError
 from cuvee.eval.verifiers import (
     Answer,
@@ -298,13 +299,17 @@ def build_pairs(
         summary.empty += sum(a.empty for a in scored)
         if scored:
             summary.applied.update(scored[0].scores.keys())
-        seen: set[str] = set()
+        # An answer repeated with the same label is one example (as `data check` counts
+        # duplicates: case and spacing aside); "Not spam" and "not spam" labelled apart stay.
+        seen: set[tuple[str, bool]] = set()
         for answer in scored:
-            text = " ".join(answer.answer.text.split())
-            if answer.empty or text in seen:
+            if answer.empty:
                 continue
-            seen.add(text)
             record = kto_record(case, answer, verifiers, model)
+            key = (fingerprint(answer.answer.text), record["label"])
+            if key in seen:
+                continue
+            seen.add(key)
             summary.kto["desirable" if record["label"] else "undesirable"] += 1
             kto.append(record)
         choice = choose_pair(scored, margin)
