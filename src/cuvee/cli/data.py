@@ -1,7 +1,8 @@
 """`cuvee data`: check instruction and preference data like a compiler, augment it with
-verifiable constraints, and write the bundled starter set. The formats offered are the readers'
-and writers' registries (cuvee.data.formats.FORMATS, cuvee.data.preference.PREFERENCE_FORMATS,
-cuvee.data.writers.WRITERS)."""
+verifiable constraints, build preference pairs from a model's answers (``pairs``), and write
+the bundled starter set. The formats and checks offered are registries
+(cuvee.data.formats.FORMATS, cuvee.data.preference.PREFERENCE_FORMATS,
+cuvee.data.writers.WRITERS, cuvee.eval.verifiers.VERIFIERS)."""
 
 from __future__ import annotations
 
@@ -36,7 +37,8 @@ def _group_help() -> str:
     preference = "\n".join(
         f"  {fmt.name:<14} {fmt.description}" for fmt in PREFERENCE_FORMATS.values()
     )
-    return f"""Check and augment instruction data, and write the bundled starter set.
+    return f"""Check and augment instruction data, build preference pairs from a model's own
+answers, and write the bundled starter set.
 
 \b
 Formats read (detected from the keys, in this order, or given with --format):
@@ -44,11 +46,12 @@ Formats read (detected from the keys, in this order, or given with --format):
 
 \b
 Preference data (DPO, ORPO, KTO), told apart by "chosen"/"rejected" or "label" in the first
-record; `check` reads these too:
+record; `check` reads these too, and `pairs` writes openai-pairs and kto-messages:
 {preference}
 
 A licence can be declared with --licence or a sidecar file FILE.cuvee.yaml holding `licence:`,
-`authors:` and `source:`."""
+`authors:` and `source:` (and `model:` for answers a model wrote); what `augment` and `pairs`
+write carries their input's."""
 
 
 @click.group("data", help=_group_help())
