@@ -361,6 +361,27 @@ def test_augment_variants_become_pairs_only_where_the_original_fails(
     assert again["metadata"]["original"] == f"{source}:1"
 
 
+def test_an_original_that_follows_the_constraint_makes_no_pair(capsys, tmp_path: Path) -> None:
+    from cuvee.data.constraints import get_constraint
+
+    sentence = get_constraint(LOWER["id"]).phrasings({})[0]
+    rows = [
+        chat("Greet Maria.", "hello maria."),  # lowercase already, though not the same words
+        chat(f"Greet Maria. {sentence}", "hello maria, welcome.", metadata={"constraint": LOWER}),
+        chat("Greet Tom.", "Hello Tom."),
+        chat(f"Greet Tom. {sentence}", "hello tom.", metadata={"constraint": LOWER}),
+    ]
+    data = write_jsonl(tmp_path / "aug.jsonl", rows)
+    out = tmp_path / "pairs.jsonl"
+    code, stdout, err = run_cli(
+        capsys, "data", "pairs", "--from-augment", "--data", str(data), "-o", str(out), "--json"
+    )
+    assert code == 0, err
+    assert json.loads(stdout)["dropped_augment"] == {"original_passes": 1}
+    (pair,) = [json.loads(line) for line in out.read_text().splitlines()]
+    assert (pair["chosen"], pair["rejected"]) == ("hello tom.", "Hello Tom.")
+
+
 def test_from_augment_needs_augmented_records(capsys, tmp_path: Path) -> None:
     data = write_jsonl(tmp_path / "plain.jsonl", [chat("Hi.", "Hello.")])
     out = tmp_path / "pairs.jsonl"
