@@ -361,7 +361,7 @@ def test_augment_variants_become_pairs_only_where_the_original_fails(
     assert again["metadata"]["original"] == f"{source}:1"
 
 
-def test_an_original_that_follows_the_constraint_makes_no_pair(capsys, tmp_path: Path) -> None:
+def test_only_verified_variants_make_pairs(capsys, tmp_path: Path) -> None:
     from cuvee.data.constraints import get_constraint
 
     sentence = get_constraint(LOWER["id"]).phrasings({})[0]
@@ -370,6 +370,8 @@ def test_an_original_that_follows_the_constraint_makes_no_pair(capsys, tmp_path:
         chat(f"Greet Maria. {sentence}", "hello maria, welcome.", metadata={"constraint": LOWER}),
         chat("Greet Tom.", "Hello Tom."),
         chat(f"Greet Tom. {sentence}", "hello tom.", metadata={"constraint": LOWER}),
+        chat("Greet Ann.", "Hello Ann."),
+        chat(f"Greet Ann. {sentence}", "Hello ann.", metadata={"constraint": LOWER}),  # fails
     ]
     data = write_jsonl(tmp_path / "aug.jsonl", rows)
     out = tmp_path / "pairs.jsonl"
@@ -377,7 +379,7 @@ def test_an_original_that_follows_the_constraint_makes_no_pair(capsys, tmp_path:
         capsys, "data", "pairs", "--from-augment", "--data", str(data), "-o", str(out), "--json"
     )
     assert code == 0, err
-    assert json.loads(stdout)["dropped_augment"] == {"original_passes": 1}
+    assert json.loads(stdout)["dropped_augment"] == {"original_passes": 1, "rewritten_fails": 1}
     (pair,) = [json.loads(line) for line in out.read_text().splitlines()]
     assert (pair["chosen"], pair["rejected"]) == ("hello tom.", "Hello Tom.")
 
@@ -445,6 +447,17 @@ def test_each_check_ranks_answers_in_its_range(name: str) -> None:
     high, low = verifier.score(case, better), verifier.score(case, worse)
     assert 0.0 <= low < high <= 1.0
     assert high >= verifier.passes_at > low
+
+
+def test_constraints_cuvee_cannot_write_are_checked_by_ifeval() -> None:
+    from cuvee.data.constraints import CONSTRAINTS
+
+    cid = "detectable_format:constrained_response"  # IFEval's, not one augment writes
+    assert cid not in CONSTRAINTS
+    case = _case("Is it safe? Answer with one of the options.", constraints=((cid, {}),))
+    verifier = VERIFIERS["constraints"]
+    assert verifier.score(case, Answer("My answer is yes.")) == 1.0
+    assert verifier.score(case, Answer("Probably, yes.")) == 0.0
 
 
 def test_checks_that_do_not_apply_are_left_out() -> None:
