@@ -202,7 +202,8 @@ def preference_section(
             "Rewards are beta times the log-probability ratio of the model to its parent "
             "(SimPO: beta times the mean log-probability per token; ORPO: the log-odds of it); "
             "the reward accuracy is the share of pairs whose chosen answer gets the higher "
-            "reward (KTO: of answers rewarded on the side of their label).",
+            "reward (KTO: of answers rewarded on the side of their label); ties, as before "
+            "training where every reward is 0, count as misses.",
             "",
         ]
     return lines
