@@ -583,3 +583,24 @@ def test_pairs_labelled_heldout_are_the_held_out_set(setup, tmp_path: Path) -> N
     assert (prepared.train_records, prepared.eval_records) == (15, 5)
     assert "heldout" in prepared.split_how
     assert sum(r.examples for r in prepared.eval_rows) == 5
+
+
+def test_kto_takes_a_pair_as_two_answers_and_its_kl_answers_from_other_prompts(
+    tiny_gemma_dir: Path,
+) -> None:
+    from cuvee.chat_template import get_template
+    from cuvee.tokenizer import load_tokenizer
+    from cuvee.train.pairs import Example, UnitEncoder, encode_units, for_method
+
+    encoder = UnitEncoder(load_tokenizer(tiny_gemma_dir), get_template("gemma"), "<bos>")
+    pairs = [
+        Example((("user", f"{w} question"),), f"{w} answer", f"{w} model", None, f"x:{i}")
+        for i, w in enumerate(WORDS[:6])
+    ]
+    examples = for_method(pairs, "kto")
+    assert [e.label for e in examples] == [True, False] * 6
+    units, stats = encode_units(encoder, examples, 32, 0)
+    assert (stats.desirable, stats.undesirable) == (6, 6)
+    for example, unit in zip(examples, units, strict=True):
+        mate = next(e for e in examples if encoder.answer(e, e.first) == unit.second)
+        assert mate.messages != example.messages

@@ -224,6 +224,24 @@ class UnitEncoder:
         return ids
 
 
+def _mates(examples: list[Example], seed: int) -> dict[int, int]:
+    """For each example, another whose completion follows its prompt in KTO's KL estimate:
+    the next in a seeded order whose prompt differs (a pair split in two gives two examples of
+    one prompt; the estimate wants an unrelated answer)."""
+    order = list(range(len(examples)))
+    random.Random(seed).shuffle(order)
+    n = len(order)
+    mates = {}
+    for k, i in enumerate(order):
+        step = 1
+        while (
+            step < min(n, 16) and examples[order[(k + step) % n]].messages == examples[i].messages
+        ):
+            step += 1
+        mates[i] = order[(k + step) % n]
+    return mates
+
+
 def encode_units(
     encoder: UnitEncoder, examples: list[Example], seq_len: int, seed: int
 ) -> tuple[list[Unit], UnitStats]:
@@ -232,9 +250,7 @@ def encode_units(
     are cut. A KTO completion is paired with the completion of the next example in a seeded
     order, for the KL estimate."""
     stats = UnitStats(records=len(examples))
-    order = list(range(len(examples)))
-    random.Random(seed).shuffle(order)
-    other = {order[i]: order[(i + 1) % len(order)] for i in range(len(order))}
+    other = _mates(examples, seed)
     units: list[Unit] = []
     for i, example in enumerate(examples):
         prompt = encoder.prompt(example)
