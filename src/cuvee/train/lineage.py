@@ -150,8 +150,6 @@ def _examples_text(examples: dict[str, Any]) -> str:
     shown = ", ".join(parts) or "none"
     if examples.get("truncated"):
         shown += f" ({examples['truncated']} truncated to the sequence length)"
-    if examples.get("dropped_long_prompt"):
-        shown += f"; {examples['dropped_long_prompt']} left out, their prompt too long"
     return shown
 
 

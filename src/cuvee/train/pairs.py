@@ -85,7 +85,6 @@ class UnitStats:
     records: int = 0
     kept: int = 0
     truncated: int = 0
-    dropped_long_prompt: int = 0
     tokens: int = 0
     supervised_tokens: int = 0
     pairs: int = 0
@@ -262,10 +261,7 @@ def encode_units(
         whole = len(prompt)
         if whole + max(len(first), len(second)) > seq_len:
             prompt = encoder.shortened(prompt, seq_len // 2)
-        room = seq_len - len(prompt)
-        if room < 1:
-            stats.dropped_long_prompt += 1
-            continue
+        room = seq_len - len(prompt)  # at least half of it, or the longest answer
         truncated = len(prompt) < whole or len(first) > room or len(second) > room
         unit = Unit(prompt, first[:room], second[:room], example.label, truncated)
         units.append(unit)
