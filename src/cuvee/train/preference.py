@@ -183,6 +183,10 @@ class Preference:
             display.message(f"reference log-probabilities of {answers} answers read from {path}")
             how, took = "read from the run's cache", 0.0
         else:
+            display.message(
+                f"computing the parent's log-probabilities of {answers} answers, once "
+                "(before the steps and their time budget)"
+            )
             started = time.perf_counter()
             args = (run.recipe.batch_size, run.device, run.autocast)
             cached = {
