@@ -604,3 +604,36 @@ def test_kto_takes_a_pair_as_two_answers_and_its_kl_answers_from_other_prompts(
     for example, unit in zip(examples, units, strict=True):
         mate = next(e for e in examples if encoder.answer(e, e.first) == unit.second)
         assert mate.messages != example.messages
+
+
+@pytest.mark.parametrize("method", ["dpo", "kto"])
+def test_training_reads_what_cuvee_data_pairs_writes(setup, tmp_path: Path, method: str) -> None:
+    """Pairs and KTO records made by the builders `cuvee data pairs` uses, with the sidecar it
+    writes (the input's licence, the model that answered): they train, and the licence reaches
+    the model."""
+    from cuvee.data.records import Conversation, Origin, Turn
+    from cuvee.data.writers import write_sidecar
+    from cuvee.eval.preference_pairs import ScoredAnswer, kto_record, pair_record
+    from cuvee.eval.verifiers import VERIFIERS, Answer, PromptCase
+    from cuvee.train.loop import train
+
+    settings, store, _ = setup
+    rng = random.Random(1)
+    rows = []
+    for i in range(16):
+        question = " ".join(rng.choice(WORDS) for _ in range(4))
+        prompt = Conversation((Turn("user", question),), Origin("p.jsonl", i + 1), "alpaca")
+        case = PromptCase(prompt, f"p.jsonl:{i + 1}")
+        good = ScoredAnswer(Answer("hello world"), 0, {"stops": 1.0})
+        bad = ScoredAnswer(Answer("the the the"), 1, {"stops": 0.0})
+        if method == "dpo":
+            rows.append(pair_record(case, good, bad, "tiny"))
+        else:
+            verifiers = [VERIFIERS["stops"]]
+            rows += [kto_record(case, a, verifiers, "tiny") for a in (good, bad)]
+    path = tmp_path / f"{method}.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    write_sidecar(path, licence="CC-BY-NC-4.0", model={"name": "tiny"})
+    result = train(settings, _recipe(path, method=method, max_steps=2))
+    assert result.summary["preference"]["examples"]["pairs" if method == "dpo" else "desirable"]
+    assert store.get("preferred").manifest.model_dump()["commercial_use"] is False
