@@ -100,8 +100,8 @@ def home_env(home: Path, cache: Path):
 @pytest.fixture(scope="module")
 def trained_home(tiny_spm_gemma_dir: Path, tmp_path_factory, machine_cache: Path) -> Path:
     """A CUVEE_HOME holding the tiny base "tg" and its LoRA fine-tune "ft"."""
+    from cuvee.train.loop import train
     from cuvee.train.recipe import Recipe
-    from cuvee.train.sft import train
 
     root = tmp_path_factory.mktemp("contract-exporters")
     home = root / "home"

@@ -61,8 +61,8 @@ def fake_openai(calls: list[dict]):
 def base_and_tuned(tiny_spm_gemma_dir: Path, tmp_path: Path):
     """``tg``, a tiny Gemma 3 llama.cpp can run, and ``tuned``, a LoRA fine-tune of it whose run
     log has training and held-out losses."""
+    from cuvee.train.loop import train
     from cuvee.train.recipe import Recipe
-    from cuvee.train.sft import train
 
     settings, store = store_tiny(tiny_spm_gemma_dir, name="tg")
     data = write_data(tmp_path / "train.jsonl", n=40)

@@ -123,8 +123,8 @@ def test_the_embedded_template_and_tokens_are_the_training_ones(gemma, tiny_spm_
 @pytest.fixture
 def tuned(gemma, tmp_path: Path):
     """A LoRA fine-tune of the tiny model (turn-token rows too, as cuvee trains by default)."""
+    from cuvee.train.loop import train
     from cuvee.train.recipe import Recipe
-    from cuvee.train.sft import train
 
     settings, store = gemma
     data = write_data(tmp_path / "d.jsonl", licence="CC-BY-4.0")

@@ -61,7 +61,7 @@ def test_disk_full_while_writing_a_checkpoint_keeps_the_previous_one_and_resume_
     naming the checkpoint's path and the lack of space, no model registered, no partial
     checkpoint left, the first checkpoint whole, and `cuvee train --resume` finishes the run
     from it."""
-    from cuvee.train.sft import find_run
+    from cuvee.train.loop import find_run
 
     settings, store = store_tiny(tiny_gemma_dir)
     recipe = train_recipe_file(tmp_path, write_data(tmp_path / "train.jsonl"))

@@ -20,8 +20,8 @@ openai = pytest.importorskip("openai")
 
 @pytest.fixture(scope="module")
 def store_with_adapters(tiny_spm_gemma_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    from cuvee.train.loop import train
     from cuvee.train.recipe import Recipe
-    from cuvee.train.sft import train
 
     home = tmp_path_factory.mktemp("adapter-home")
     with pytest.MonkeyPatch.context() as mp:

@@ -73,8 +73,8 @@ def test_converted_config_has_no_gguf_quantization(pulled_home: Path) -> None:
 
 def test_a_short_lora_run_on_the_starter_lowers_the_heldout_loss(pulled_home: Path) -> None:
     from cuvee.config import load_settings
+    from cuvee.train.loop import train
     from cuvee.train.recipe import Recipe
-    from cuvee.train.sft import train
 
     settings = load_settings({"home": pulled_home})
     recipe = Recipe(

@@ -219,8 +219,8 @@ def test_training_with_compiled_kernels_resumes_exactly(
 ) -> None:
     from cuvee.config import load_settings
     from cuvee.store import ModelStore
+    from cuvee.train.loop import Interrupted, find_run, train
     from cuvee.train.recipe import Recipe
-    from cuvee.train.sft import Interrupted, find_run, train
     from helpers import store_tiny, write_data
 
     monkeypatch.setenv("CUVEE_TRAIN_COMPILE", "on")

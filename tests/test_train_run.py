@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from cuvee.errors import ConfigError, DataError, ModelNotFound
+from cuvee.train.loop import Interrupted, find_run, train
 from cuvee.train.recipe import Recipe
-from cuvee.train.sft import Interrupted, find_run, train
 from helpers import run_cli, store_tiny, write_data
 
 run = run_cli

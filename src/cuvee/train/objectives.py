@@ -17,8 +17,11 @@ if TYPE_CHECKING:
     from cuvee.train.checkpoint import RunState
     from cuvee.train.data import Prepared
     from cuvee.train.display import Display
-    from cuvee.train.loop import Session
     from cuvee.train.recipe import Recipe
+
+# The loop's Session (loop.py): the run's recipe, model, loss module and directory. Named here
+# without an import, as the loop imports this module.
+Session = Any
 
 
 class Objective(Protocol):

@@ -12,14 +12,13 @@ import torch
 
 from cuvee.train.data import prepare
 from cuvee.train.encode import IGNORE
-from cuvee.train.loop import Interrupted, RunResult, find_run, train
 from cuvee.train.loss import Workspace, linear_cross_entropy
 from cuvee.train.packing import Row
 from cuvee.train.surgery import causal_lm, head_weights
 
 # `train` and friends were defined here before the loop served every objective; callers and
 # scripts still import them from this module.
-__all__ = ["Interrupted", "RunResult", "SFTLoss", "Supervised", "evaluate", "find_run", "train"]
+__all__ = ["SFTLoss", "Supervised", "evaluate"]
 
 
 class Supervised:
