@@ -63,7 +63,7 @@ def run_cuvee(home: str, data: Path, steps: int, warmup: int, micro: int) -> dic
     from cuvee.config import load_settings
     from cuvee.store import ModelStore
     from cuvee.train.recipe import Recipe
-    from cuvee.train.sft import train
+    from cuvee.train.loop import train
 
     settings = load_settings({"home": home})
     name = f"bench-throughput-{os.getpid()}"
