@@ -172,9 +172,12 @@ async def soak(url: str, total: int, concurrency: int, at: int) -> tuple[int, in
                                 pass
                     else:
                         r = await client.post(url, json=body)
-                    failed += r.status_code != 200
-                except httpx.HTTPError:
+                    if r.status_code != 200:
+                        failed += 1
+                        SOAK_ERRORS[f"HTTP {r.status_code}"] += 1
+                except httpx.HTTPError as exc:
                     failed += 1
+                    SOAK_ERRORS[type(exc).__name__] += 1
                 done += 1
                 if done == at:
                     SOAK_MARK.set()
@@ -184,6 +187,7 @@ async def soak(url: str, total: int, concurrency: int, at: int) -> tuple[int, in
 
 
 SOAK_MARK = threading.Event()  # set when the soak's first tenth has been answered
+SOAK_ERRORS: collections.Counter = collections.Counter()  # what the failed soak requests got
 
 
 def hwm_mib(pid: int) -> float:
@@ -453,6 +457,7 @@ def main() -> None:
             memory.update(
                 soak_requests=soak_done,
                 soak_failed=soak_failed,
+                soak_errors=dict(SOAK_ERRORS),
                 soak_seconds=round(time.perf_counter() - began, 1),
                 rss_warm_mib=round(marks.get("warm", float("nan")), 1),
                 rss_after_soak_mib=round(rss_mib(cuvee.pid), 1),
@@ -462,7 +467,7 @@ def main() -> None:
                 memory["rss_after_soak_mib"] / memory["rss_warm_mib"] - 1, 4
             )
             print(
-                f"soak: {soak_done} requests ({soak_failed} failed) in "
+                f"soak: {soak_done} requests ({soak_failed} failed: {dict(SOAK_ERRORS)}) in "
                 f"{memory['soak_seconds']} s; RSS {memory['rss_warm_mib']} MiB after the first "
                 f"tenth, {memory['rss_after_soak_mib']} MiB at the end (growth "
                 f"{memory['rss_growth']:.2%}), peak {memory['peak_rss_mib']} MiB",
