@@ -23,10 +23,102 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 SIDES = ("dpo", "sft", "naive")
+
+# TRL's DPOTrainer + peft, run with --trl-python (a throw-away virtual environment holding trl,
+# peft and the same torch and transformers): the same model directory, pairs (as the texts cuvee
+# tokenized, prompt rendered by the chat template), LoRA, sequence length and pairs per step, in
+# bf16 with the reference log-probs precomputed (its fastest plain configuration on a CPU), and
+# the pairs in order. Prints one JSON object as a side does.
+TRL_SIDE = r"""
+import json, resource, statistics, sys, time
+import torch
+from datasets import Dataset
+from peft import LoraConfig
+from torch.utils.data import SequentialSampler
+from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+from trl import DPOConfig, DPOTrainer
+
+spec = json.loads(sys.argv[1])
+pairs = [json.loads(line) for line in open(spec["pairs"])]
+tokenizer = AutoTokenizer.from_pretrained(spec["model"])
+model = AutoModelForCausalLM.from_pretrained(spec["model"], dtype=torch.bfloat16)
+steps = spec["warmup"] + spec["steps"]
+
+class InOrder(DPOTrainer):
+    def _get_train_sampler(self, *args, **kwargs):
+        return SequentialSampler(self.train_dataset)
+
+marks = []
+class Clock(TrainerCallback):
+    def on_step_begin(self, args, state, control, **kw):
+        marks.append([time.perf_counter(), None])
+    def on_step_end(self, args, state, control, **kw):
+        marks[-1][1] = time.perf_counter()
+
+config = DPOConfig(
+    output_dir=spec["out"], per_device_train_batch_size=spec["pairs_per_step"],
+    gradient_accumulation_steps=1, max_steps=steps, learning_rate=1e-5, beta=0.1,
+    loss_type="sigmoid", max_length=spec["seq_len"], bf16=True, use_cpu=True,
+    precompute_ref_log_probs=True, logging_steps=1, report_to=[], save_strategy="no",
+    dataloader_num_workers=0, seed=0, lr_scheduler_type="constant", warmup_steps=0,
+)
+lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear",
+                  task_type="CAUSAL_LM")
+started = time.perf_counter()
+trainer = InOrder(model=model, args=config, train_dataset=Dataset.from_list(pairs),
+                  processing_class=tokenizer, peft_config=lora, callbacks=[Clock()])
+trainer.train()
+times = [end - begin for begin, end in marks[spec["warmup"]:]]
+measured = pairs[spec["warmup"] * spec["pairs_per_step"]: steps * spec["pairs_per_step"]]
+tokens = sum(p["tokens"] for p in measured)
+print(json.dumps({
+    "side": "trl", "step_s": statistics.median(times), "tokens_per_s": tokens / sum(times),
+    "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    "reference_s": None, "pairs_measured": len(measured),
+    "first_loss": trainer.state.log_history[0].get("loss"),
+}))
+"""
+
+
+def _export_pairs(args: argparse.Namespace, path: Path) -> str:
+    """The pairs the cuvee sides train on, in their order, as texts for TRL (the prompt as the
+    chat template renders it, each answer as the tokens cuvee gives it, decoded), with cuvee's
+    token count of each pair; returns the base model's directory."""
+    from cuvee.config import load_settings
+    from cuvee.store import ModelStore
+    from cuvee.tokenizer import load_tokenizer, special_tokens
+    from cuvee.train.pairs import prepare_preferences
+    from cuvee.train.recipe import Recipe
+
+    recipe = Recipe(base=args.base, method="dpo", data=[args.data], name="bench",
+                    seq_len=args.seq_len, batch_size=args.pairs, eval_split="none",
+                    packing=False)  # fmt: skip
+    store = ModelStore(load_settings().models_dir)
+    prepared = prepare_preferences(store, recipe)
+    model_dir = store.get(args.base).path
+    tokenizer = load_tokenizer(model_dir)
+    bos = tokenizer.token_to_id(special_tokens(model_dir)[0] or "<bos>")
+    rows = prepared.train_rows[: (args.warmup + args.steps) * args.pairs]
+    with path.open("w") as out:
+        for row in rows:
+            (unit,) = row.units
+            ids = list(unit.prompt)
+            if ids and ids[0] == bos:
+                ids = ids[1:]  # TRL's tokenizer call adds the BOS itself
+            prompt = tokenizer.decode(ids, skip_special_tokens=False)
+            record = {
+                "prompt": prompt,
+                "chosen": tokenizer.decode(list(unit.first), skip_special_tokens=False),
+                "rejected": tokenizer.decode(list(unit.second), skip_special_tokens=False),
+                "tokens": row.real_tokens,
+            }
+            out.write(json.dumps(record) + "\n")
+    return str(model_dir)
 
 
 def _side(args: argparse.Namespace) -> dict:
@@ -171,6 +263,11 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="2 steps, 1 round")
+    parser.add_argument(
+        "--trl-python",
+        default=None,
+        help="python of a throw-away venv with trl and peft: adds TRL's DPOTrainer as a side",
+    )
     parser.add_argument("--side", choices=SIDES, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.side:
@@ -178,13 +275,26 @@ def main() -> None:
         return
     if args.quick:
         args.steps, args.repeat = 2, 1
-    results: dict[str, list[dict]] = {s: [] for s in SIDES}
+    sides = SIDES + (("trl",) if args.trl_python else ())
+    results: dict[str, list[dict]] = {s: [] for s in sides}
     env = {**os.environ, "CUVEE_TRAIN_COMPILE": "off"}  # the same plain kernels on each side
+    work = Path(tempfile.mkdtemp(prefix="pref-bench-"))
+    trl_spec = None
+    if args.trl_python:
+        model_dir = _export_pairs(args, work / "pairs.jsonl")
+        trl_spec = json.dumps(
+            {"pairs": str(work / "pairs.jsonl"), "model": model_dir, "out": str(work / "trl"),
+             "warmup": args.warmup, "steps": args.steps, "pairs_per_step": args.pairs,
+             "seq_len": args.seq_len}
+        )  # fmt: skip
+        (work / "trl_side.py").write_text(TRL_SIDE)
     for _ in range(args.repeat):
-        for side in SIDES:
+        for side in sides:
             cmd = [sys.executable, __file__, "--side", side, "--data", args.data]
             cmd += ["--base", args.base, "--seq-len", str(args.seq_len), "--pairs", str(args.pairs)]
             cmd += ["--steps", str(args.steps), "--warmup", str(args.warmup)]
+            if side == "trl":
+                cmd = [args.trl_python, str(work / "trl_side.py"), trl_spec]
             out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
             if out.returncode != 0:
                 sys.exit(f"{side} failed:\n{out.stderr[-3000:]}")
@@ -211,6 +321,13 @@ def main() -> None:
         "peak_rss_ratio_vs_naive": median("dpo", "peak_rss_mb") / median("naive", "peak_rss_mb"),
         "reference_s": median("dpo", "reference_s"),
     }
+    if args.trl_python:
+        summary["trl_step_s"] = median("trl", "step_s")
+        summary["ratio_vs_trl"] = median("dpo", "tokens_per_s") / median("trl", "tokens_per_s")
+        summary["peak_rss_ratio_vs_trl"] = median("dpo", "peak_rss_mb") / median(
+            "trl", "peak_rss_mb"
+        )
+        summary["trl_first_loss"] = results["trl"][0].get("first_loss")
     print(json.dumps(summary))
 
 
