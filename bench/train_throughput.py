@@ -62,8 +62,8 @@ def _throughput(marks: list[tuple[float, int]], warmup: int) -> float:
 def run_cuvee(home: str, data: Path, steps: int, warmup: int, micro: int) -> dict:
     from cuvee.config import load_settings
     from cuvee.store import ModelStore
-    from cuvee.train.recipe import Recipe
     from cuvee.train.loop import train
+    from cuvee.train.recipe import Recipe
 
     settings = load_settings({"home": home})
     name = f"bench-throughput-{os.getpid()}"
