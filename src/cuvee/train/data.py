@@ -44,6 +44,19 @@ def _starter() -> tuple[list[Conversation], DataSource]:
     return records, source
 
 
+def refuse_problems(spec: str, problems: list) -> None:
+    """Stop a run whose data file has invalid records, showing the first five."""
+    if not problems:
+        return
+    shown = "\n  ".join(str(p) for p in problems[:5])
+    more = len(problems) - 5
+    raise DataError(
+        f"{spec}: {len(problems)} invalid record(s):\n  {shown}"
+        + (f"\n  ... and {more} more" if more > 0 else ""),
+        hint=f"see them all with `cuvee data check {spec}`",
+    )
+
+
 def load_data(specs: list[str]) -> tuple[list[Conversation], list[DataSource]]:
     """Every record of every file, or a DataError naming the first bad records; nothing is
     trained on a file with invalid records."""
@@ -59,14 +72,7 @@ def load_data(specs: list[str]) -> tuple[list[Conversation], list[DataSource]]:
             if not path.is_file():
                 raise DataError(f"{spec}: no such data file")
             result = read_file(path)
-            if result.problems:
-                shown = "\n  ".join(str(p) for p in result.problems[:5])
-                more = len(result.problems) - 5
-                raise DataError(
-                    f"{spec}: {len(result.problems)} invalid record(s):\n  {shown}"
-                    + (f"\n  ... and {more} more" if more > 0 else ""),
-                    hint=f"see them all with `cuvee data check {spec}`",
-                )
+            refuse_problems(spec, result.problems)
             if not result.records:
                 raise DataError(f"{spec}: no records")
             declaration = read_declaration(path)

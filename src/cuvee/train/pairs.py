@@ -24,7 +24,7 @@ from cuvee.errors import ConfigError, DataError
 from cuvee.store import ModelStore
 from cuvee.tokenizer import load_tokenizer, special_tokens
 from cuvee.train.answers import FIRST, PROMPT, SECOND
-from cuvee.train.data import Prepared, split_records
+from cuvee.train.data import Prepared, refuse_problems, split_records
 from cuvee.train.lineage import DataSource
 from cuvee.train.packing import assign_bins
 from cuvee.train.recipe import Recipe
@@ -131,14 +131,7 @@ def load_preferences(specs: list[str]) -> tuple[list[Example], list[DataSource]]
         if not path.is_file():
             raise DataError(f"{spec}: no such data file")
         result = read_preferences(path)
-        if result.problems:
-            shown = "\n  ".join(str(p) for p in result.problems[:5])
-            more = len(result.problems) - 5
-            raise DataError(
-                f"{spec}: {len(result.problems)} invalid record(s):\n  {shown}"
-                + (f"\n  ... and {more} more" if more > 0 else ""),
-                hint=f"see them all with `cuvee data check {spec}`",
-            )
+        refuse_problems(spec, result.problems)
         if not result.records:
             raise DataError(f"{spec}: no preference records")
         examples += [_example(r, str(getattr(r, "origin", spec))) for r in result.records]
