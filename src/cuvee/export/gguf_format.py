@@ -51,10 +51,11 @@ def write_model(source: ExportSource, out: Path, quant: str | None, reporter: Re
     reporter.step("checking the quantized model against the unquantized one")
     check = fidelity(source, out)
     if check["top1_agreement"] < FIDELITY_WARN:
+        finer = "f16" if quant == "q8_0" else "q8_0 or f16"
         check["warning"] = (
             f"{quant} changes the most likely next token at "
             f"{1 - check['top1_agreement']:.0%} of the probe's positions: it rounds away much "
-            "of what fine-tuning changed; export q8_0 or f16 instead"
+            f"of what fine-tuning changed; export {finer} instead"
         )
         reporter.step(f"warning: {check['warning']}")
     return {"fidelity": check}
