@@ -225,15 +225,8 @@ def create_app(
         _check_open(state)
         routed = await _gateway_targets(state, request, key)
         if routed is not None:
-            targets, raw = routed
-
-            async def local(model: str, sent: dict[str, Any] | None = None) -> Response:
-                body = _known_fields(ChatCompletionRequest, {**(sent or raw), "model": model})
-                return await _local_chat(state, request, key, body, started, raw["model"])
-
-            gateway = state.extra["gateway"]
-            on_usage = _usage_recorder(state, request, key, raw["model"])
-            return await gateway.answer("/chat/completions", raw, targets, local, on_usage)
+            chat = ("/chat/completions", ChatCompletionRequest, _local_chat)
+            return await _routed(state, request, key, routed, *chat, started)
         body = await parse(request, ChatCompletionRequest)
         _note_body(request, state, body.model, body.messages)
         if is_docs_request(body):
@@ -247,15 +240,8 @@ def create_app(
         _check_open(state)
         routed = await _gateway_targets(state, request, key)
         if routed is not None:
-            targets, raw = routed
-
-            async def local(model: str, sent: dict[str, Any] | None = None) -> Response:
-                body = _known_fields(CompletionRequest, {**(sent or raw), "model": model})
-                return await _local_completion(state, request, key, body, started, raw["model"])
-
-            gateway = state.extra["gateway"]
-            on_usage = _usage_recorder(state, request, key, raw["model"])
-            return await gateway.answer("/completions", raw, targets, local, on_usage)
+            completion = ("/completions", CompletionRequest, _local_completion)
+            return await _routed(state, request, key, routed, *completion, started)
         body = await parse(request, CompletionRequest)
         _note_body(request, state, body.model, body.prompt)
         return await _local_completion(state, request, key, body, started)
@@ -389,6 +375,20 @@ def _admit_local(state: ServerState, request: HTTPRequest, key, body: BaseModel)
     raw = body.model_dump(exclude_none=True)
     reserve = _reserved_tokens(raw, state.default_max_tokens)
     state.auth.admit(key, request.scope, estimate(raw, reserve, ()))
+
+
+async def _routed(state, request, key, routed, path: str, schema, answer_local, started: float):
+    """The gateway's answer to a request for one of its routes or upstream models: a local
+    target is answered by ``answer_local`` (the chat or completion path) with the fields its
+    schema knows, every upstream's usage is recorded."""
+    targets, raw = routed
+
+    async def local(model: str, sent: dict[str, Any] | None = None) -> Response:
+        body = _known_fields(schema, {**(sent or raw), "model": model})
+        return await answer_local(state, request, key, body, started, raw["model"])
+
+    on_usage = _usage_recorder(state, request, key, raw["model"])
+    return await state.extra["gateway"].answer(path, raw, targets, local, on_usage)
 
 
 def _usage_recorder(state: ServerState, request: HTTPRequest, key, public: str):
