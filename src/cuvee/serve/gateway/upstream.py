@@ -184,6 +184,12 @@ def _json_or_text(response: httpx.Response) -> Any:
         return {"error": {"message": response.text[:500], "type": "upstream_error"}}
 
 
+# How long the end of a stream's body is awaited after its [DONE] (the client waits for it): an
+# upstream that closes its body at once takes a millisecond; one that keeps the stream open has
+# its connection closed instead of reused.
+_DRAIN_S = 0.25
+
+
 class _EventReader:
     """The events of a server-sent event stream, a list per network read: ``data:``
     payloads, and comment lines (``:`` first, passed on to the client as they came); other
@@ -231,4 +237,4 @@ class _EventReader:
 
         # an upstream that keeps the stream open after [DONE]: its connection is closed
         with contextlib.suppress(TimeoutError, httpx.TransportError, httpx.StreamError):
-            await asyncio.wait_for(rest(), min(timeout, 1.0))
+            await asyncio.wait_for(rest(), min(timeout, _DRAIN_S))
