@@ -21,7 +21,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("quickstart",),  # what the quickstart works on: constants and the sample documents
     ("store", "catalog", "native", "ifeval_checkers"),
     ("data",),
-    ("model_import", "model_loading"),
+    ("model_import", "model_loading", "safetensors_cast"),
     ("train",),
     ("export",),
     ("engine",),

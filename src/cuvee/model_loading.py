@@ -70,8 +70,37 @@ def _from_dir(cls, path: Path, dtype):
         config = AutoConfig.from_pretrained(str(path))
         # Stores written by cuvee 0.1.0 kept the GGUF's quantization_config in config.json.
         drop_gguf_quantization(config)
+        model = _cast_while_reading(cls, path, config, dtype)
+        if model is not None:
+            return model
         return cls.from_pretrained(
             str(path), config=config, dtype=dtype, attn_implementation="sdpa", use_safetensors=True
         )
     except (OSError, ValueError) as exc:
         raise ModelFileError(f"{path}: cannot load the model: {exc}") from exc
+
+
+def _cast_while_reading(cls, path: Path, config, dtype):
+    """The model from weights stored in another dtype (an fp32 base trained in bf16), read and
+    cast a slice at a time (safetensors_cast: a gigabyte less at the peak for gemma3-270m);
+    None when the weights need no cast or this reader cannot read them."""
+    from transformers import GenerationConfig
+    from transformers.models.auto.auto_factory import _get_model_class
+
+    from cuvee import safetensors_cast
+
+    files = safetensors_cast.checkpoint_files(path)
+    if files is None or not safetensors_cast.needs_cast(files, dtype):
+        return None
+    state = safetensors_cast.read_cast(files, dtype)
+    if state is None:
+        return None
+    model_class = _get_model_class(config, cls._model_mapping)
+    # from_pretrained with a state dict and no path: the same key handling, tying and eval
+    # mode as from a directory, and the tensors read here become the parameters (no copy).
+    model = model_class.from_pretrained(
+        None, config=config, state_dict=state, dtype=dtype, attn_implementation="sdpa"
+    )
+    if (path / "generation_config.json").is_file():
+        model.generation_config = GenerationConfig.from_pretrained(str(path))
+    return model
