@@ -1,8 +1,10 @@
 """Preference-tuning throughput: cuvee's DPO step against an SFT step on the same pairs, and
 against the plain way of computing DPO (each answer in its own row after its prompt, full-vocab
 logits at every position, the reference model run again every step, as TRL's DPOTrainer does by
-default), written here with the same model, LoRA and bf16 autocast. It is not TRL itself: TRL is
-not a dependency of cuvee; the issue's comparison with it runs where it is installed.
+default), written here with the same model, LoRA and bf16 autocast; and with --trl-python, TRL's
+DPOTrainer itself, run by the interpreter of a throw-away venv (TRL is not a dependency of cuvee).
+TRL's DPOConfig turns gradient checkpointing on by default; --gradient-checkpointing does the same
+for cuvee's sides (the recipe knob), so that memory compares like with like.
 
 Same model (gemma3-270m from the store, or --base), pairs (a preference file, read here only),
 chat template, sequence length, LoRA (r=16, alpha=32, all linear layers) and pairs per step on
@@ -13,7 +15,8 @@ sides take turns for --repeat rounds so a busy machine slows them alike.
 
 The last line printed is one JSON object: ``dpo_step_s``, ``sft_step_s``, ``naive_step_s``,
 ``dpo_over_sft_step``, ``ratio_vs_naive`` (tokens/s), ``peak_rss_ratio_vs_naive`` and
-``reference_s`` (cuvee's one-off reference pass over the pairs measured)."""
+``reference_s`` (cuvee's one-off reference pass over the pairs measured); with TRL also
+``ratio_vs_trl`` (tokens/s) and ``peak_rss_ratio_vs_trl``."""
 
 from __future__ import annotations
 
@@ -64,7 +67,8 @@ config = DPOConfig(
     output_dir=spec["out"], per_device_train_batch_size=spec["pairs_per_step"],
     gradient_accumulation_steps=1, max_steps=steps, learning_rate=1e-5, beta=0.1,
     loss_type="sigmoid", max_length=spec["seq_len"], bf16=True, use_cpu=True,
-    precompute_ref_log_probs=True, logging_steps=1, report_to=[], save_strategy="no",
+    precompute_ref_log_probs=True, gradient_checkpointing=spec["checkpointing"],
+    logging_steps=1, report_to=[], save_strategy="no",
     dataloader_num_workers=0, seed=0, lr_scheduler_type="constant", warmup_steps=0,
 )
 lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear",
@@ -144,6 +148,7 @@ def _side(args: argparse.Namespace) -> dict:
         eval_split="none",
         packing=False,
         lora_dropout=0.0,
+        gradient_checkpointing=args.gradient_checkpointing,
     )
     store = ModelStore(load_settings().models_dir)
     prepared = prepare_preferences(store, recipe)
@@ -151,6 +156,7 @@ def _side(args: argparse.Namespace) -> dict:
     rows = prepared.train_rows[: steps * args.pairs]
     model = build_model(store, prepared, "bf16", torch.device("cpu"))
     module = PreferenceLoss(model, torch.bfloat16, recipe)
+    module.train()
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=1e-5)
 
@@ -268,6 +274,16 @@ def main() -> None:
         default=None,
         help="python of a throw-away venv with trl and peft: adds TRL's DPOTrainer as a side",
     )
+    parser.add_argument(
+        "--gradient-checkpointing",
+        action="store_true",
+        help="cuvee's sides recompute activations in the backward pass (the recipe knob)",
+    )
+    parser.add_argument(
+        "--trl-no-checkpointing",
+        action="store_true",
+        help="TRL without gradient checkpointing (its DPOConfig turns it on by default)",
+    )
     parser.add_argument("--side", choices=SIDES, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.side:
@@ -275,6 +291,9 @@ def main() -> None:
         return
     if args.quick:
         args.steps, args.repeat = 2, 1
+    from machine import describe
+
+    machine = describe()
     sides = SIDES + (("trl",) if args.trl_python else ())
     results: dict[str, list[dict]] = {s: [] for s in sides}
     env = {**os.environ, "CUVEE_TRAIN_COMPILE": "off"}  # the same plain kernels on each side
@@ -285,7 +304,7 @@ def main() -> None:
         trl_spec = json.dumps(
             {"pairs": str(work / "pairs.jsonl"), "model": model_dir, "out": str(work / "trl"),
              "warmup": args.warmup, "steps": args.steps, "pairs_per_step": args.pairs,
-             "seq_len": args.seq_len}
+             "seq_len": args.seq_len, "checkpointing": not args.trl_no_checkpointing}
         )  # fmt: skip
         (work / "trl_side.py").write_text(TRL_SIDE)
     for _ in range(args.repeat):
@@ -293,6 +312,7 @@ def main() -> None:
             cmd = [sys.executable, __file__, "--side", side, "--data", args.data]
             cmd += ["--base", args.base, "--seq-len", str(args.seq_len), "--pairs", str(args.pairs)]
             cmd += ["--steps", str(args.steps), "--warmup", str(args.warmup)]
+            cmd += ["--gradient-checkpointing"] if args.gradient_checkpointing else []
             if side == "trl":
                 cmd = [args.trl_python, str(work / "trl_side.py"), trl_spec]
             out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
@@ -309,6 +329,7 @@ def main() -> None:
         return statistics.median(r[key] for r in results[side])
 
     summary = {
+        "machine": machine,
         "data": str(Path(args.data)),
         "base": args.base,
         "seq_len": args.seq_len,
@@ -320,6 +341,8 @@ def main() -> None:
         "ratio_vs_naive": median("dpo", "tokens_per_s") / median("naive", "tokens_per_s"),
         "peak_rss_ratio_vs_naive": median("dpo", "peak_rss_mb") / median("naive", "peak_rss_mb"),
         "reference_s": median("dpo", "reference_s"),
+        "gradient_checkpointing": args.gradient_checkpointing,
+        "trl_gradient_checkpointing": bool(args.trl_python) and not args.trl_no_checkpointing,
     }
     if args.trl_python:
         summary["trl_step_s"] = median("trl", "step_s")

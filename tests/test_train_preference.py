@@ -16,7 +16,7 @@ from cuvee.train.answers import AnswerLogProbs
 from cuvee.train.pairs import Unit, UnitRow, answer_batch
 from cuvee.train.preference_loss import LOSSES
 from cuvee.train.recipe import Recipe, build_recipe
-from helpers import WORDS, run_cli, store_tiny
+from helpers import WORDS, run_cli, store_tiny, write_data
 
 # ---------------------------------------------------------------------------- helpers
 
@@ -637,3 +637,43 @@ def test_training_reads_what_cuvee_data_pairs_writes(setup, tmp_path: Path, meth
     result = train(settings, _recipe(path, method=method, max_steps=2))
     assert result.summary["preference"]["examples"]["pairs" if method == "dpo" else "desirable"]
     assert store.get("preferred").manifest.model_dump()["commercial_use"] is False
+
+
+@pytest.mark.parametrize("method", ["dpo", "sft"])
+def test_gradient_checkpointing_recomputes_layers_and_changes_no_loss(
+    setup, tmp_path: Path, monkeypatch, method: str
+) -> None:
+    """The recipe knob recomputes each layer in the backward pass (its forward runs twice per
+    micro-batch) and trains the same steps, dropout included (the RNG state is replayed)."""
+    from transformers.models.gemma3 import modeling_gemma3
+
+    from cuvee.train.loop import train
+
+    settings, store, data = setup
+    if method == "sft":
+        data = write_data(tmp_path / "sft.jsonl", licence="CC-BY-4.0")
+    layer = modeling_gemma3.Gemma3MLP  # inside the checkpointed decoder layer
+    real = layer.forward
+    calls = {"n": 0}
+
+    def counted(self, *args, **kwargs):
+        calls["n"] += 1
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(layer, "forward", counted)
+    runs = {}
+    for checkpointing in (False, True):
+        calls["n"] = 0
+        seen: list[dict] = []
+        recipe = _recipe(
+            data, method=method, max_steps=3, lora_dropout=0.1, eval_split="none",
+            gradient_checkpointing=checkpointing, name=f"gc-{int(checkpointing)}",
+        )  # fmt: skip
+        train(settings, recipe, on_step=lambda step, m, seen=seen: seen.append(m))
+        runs[checkpointing] = ([m["loss"] for m in seen], calls["n"])
+        store.remove(recipe.name)
+    (plain, plain_calls), (recomputed, recomputed_calls) = runs[False], runs[True]
+    assert recomputed == pytest.approx(plain, rel=1e-5, abs=1e-6)
+    # the reference pass (DPO) runs without gradients and is not recomputed
+    assert recomputed_calls > plain_calls
+    assert len(plain) == 3

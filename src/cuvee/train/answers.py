@@ -23,7 +23,7 @@ import torch
 from cuvee.errors import ConfigError
 from cuvee.train.kernels import ATTENTION as COMPILED_EAGER
 from cuvee.train.loss import Workspace, _chunk_rows, _softmax_
-from cuvee.train.surgery import causal_lm, head_weights
+from cuvee.train.surgery import causal_lm, embedding_dtype, head_weights
 
 PROMPT, FIRST, SECOND = 0, 1, 2  # a token's branch: shared prompt, first or second answer
 _TINY = torch.finfo(torch.float32).tiny
@@ -215,7 +215,7 @@ class AnswerLogProbs(torch.nn.Module):
         self, input_ids, position_ids, unit, branch, source, targets, slot, slots: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
         lm = causal_lm(self.model)
-        embed_dtype = lm.get_input_embeddings().weight.dtype
+        embed_dtype = embedding_dtype(lm)
         masks = attention_masks(lm.config, unit, branch, position_ids, embed_dtype)
         out = lm.get_decoder()(
             input_ids=input_ids, position_ids=position_ids, attention_mask=masks, use_cache=False

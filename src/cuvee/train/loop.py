@@ -230,6 +230,7 @@ def _set_up(
     )
     model = build_model(store, prepared, precision, device, kernels)
     loss_fn = objective.loss_module(model, _compute_dtype(precision), recipe)
+    loss_fn.train()  # transformers loads models in eval mode: no dropout, no recomputation
     trainable_names = {n for n, p in model.named_parameters() if p.requires_grad}
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     # The optimizer is made after wrapping: FSDP replaces parameters with sharded ones.

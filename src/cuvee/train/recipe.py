@@ -158,6 +158,11 @@ class Recipe(BaseModel):
     precision: Literal["auto", "bf16", "fp32"] = Field(
         "auto", description="auto: bf16 where the CPU or GPU has it natively, else fp32."
     )
+    gradient_checkpointing: bool = Field(
+        False,
+        description="Keep only each layer's input and compute its activations again in the "
+        "backward pass: about a third more compute, a fraction of the memory.",
+    )
     eval_split: float | str = Field(
         "auto",
         description="Held-out fraction (0.05), auto (the data's 'heldout' split if it has one, "

@@ -100,6 +100,12 @@ def build_model(
             for module in model.modules():
                 if hasattr(module, "cast_input_dtype_enabled"):
                     module.cast_input_dtype_enabled = False
+    if recipe.gradient_checkpointing:
+        # Non-reentrant: needs no gradient on the inputs, and restores the RNG state (dropout
+        # draws the same mask when a layer is computed again).
+        lm = causal_lm(model)
+        enable = getattr(lm, "activation_checkpointing_enable", None)  # transformers >= 5.2x
+        (enable or lm.gradient_checkpointing_enable)({"use_reentrant": False})
     return model.to(device)
 
 
@@ -160,6 +166,14 @@ def head_weights(head: torch.nn.Module):
         return base, None, None
     index = torch.tensor(source.token_indices[active[0]], device=base.device)
     return base, index, deltas[active[0]]
+
+
+def embedding_dtype(lm: torch.nn.Module) -> torch.dtype:
+    """The input embedding's dtype, read from its frozen table: with peft's trainable tokens,
+    ``.weight`` is a property that builds a merged copy of the whole table (320 MB here)."""
+    embed = lm.get_input_embeddings()
+    layer = _token_layer(embed)
+    return (layer.base_layer if layer is not None else embed).weight.dtype
 
 
 def _token_layer(module: torch.nn.Module):
