@@ -11,6 +11,10 @@ from pathlib import Path
 SAMPLE_COLLECTION = "sample"
 STARTER_RECIPE = "starter-lora-cpu"
 EVAL_SUITE = "instructions"
+# --preference: the DPO recipe, and how many starter prompts the fine-tune answers for pairs
+# (4 answers each; about 5 minutes on a 2-core CPU, a third to a half of them yield a pair)
+PREFERENCE_RECIPE = "starter-dpo-cpu"
+PAIR_PROMPTS = 120
 
 
 def sample_documents() -> Path:

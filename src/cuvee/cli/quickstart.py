@@ -15,6 +15,12 @@ from the commands it teaches:
    unchanged files are skipped by hash);
 6. print what to try, then serve both models (``cuvee serve``) until Ctrl-C.
 
+With ``--preference``, two steps follow the fine-tune: preference pairs from the fine-tune's own
+answers to format-constrained starter prompts, scored by checks that need no judge (``cuvee data
+augment`` then ``cuvee data pairs``, plus ``--from-augment`` pairs), and DPO on them (``cuvee
+train starter-dpo-cpu --base NAME``) into NAME-dpo, which is then evaluated, exported and served
+beside the others.
+
 What it works on (recipe, suite, documents) is in :mod:`cuvee.quickstart`."""
 
 from __future__ import annotations
@@ -25,7 +31,14 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from cuvee.quickstart import EVAL_SUITE, SAMPLE_COLLECTION, STARTER_RECIPE, sample_documents
+from cuvee.quickstart import (
+    EVAL_SUITE,
+    PAIR_PROMPTS,
+    PREFERENCE_RECIPE,
+    SAMPLE_COLLECTION,
+    STARTER_RECIPE,
+    sample_documents,
+)
 
 if TYPE_CHECKING:
     from cuvee.config import Settings
@@ -40,10 +53,25 @@ class Plan:
     eval_limit: int
     port: int
     serve: bool
+    preference: bool = False
+    preference_budget: str = "10m"
+    pair_prompts: int = PAIR_PROMPTS
 
     @property
     def home_args(self) -> list[str]:
         return ["--home", str(self.settings.home)]
+
+    @property
+    def dpo_name(self) -> str:
+        return f"{self.name}-dpo"
+
+    @property
+    def tuned(self) -> list[str]:
+        """The models this run trains, in order."""
+        return [self.name, self.dpo_name] if self.preference else [self.name]
+
+    def work(self, filename: str):
+        return self.settings.home / "quickstart" / filename
 
 
 def invoke(plan: Plan, *args: str) -> None:
@@ -92,16 +120,53 @@ def _train(plan: Plan) -> None:
     )
 
 
+def _pair_files(plan: Plan):
+    return plan.work(f"{plan.name}-pairs.jsonl"), plan.work(f"{plan.name}-augment-pairs.jsonl")
+
+
+def _pairs_built(plan: Plan) -> str | None:
+    if all(path.exists() for path in _pair_files(plan)):
+        return f"{_pair_files(plan)[0].name} is there"
+    return None
+
+
+def _build_pairs(plan: Plan) -> None:
+    """Format-constrained variants of the starter set's training prompts, answered 4 times each
+    by the fine-tune and scored by their constraints (and the other checks that apply); plus
+    each variant's rewritten answer over its original where the original breaks the rule."""
+    from cuvee.data.starter import write_split
+
+    records, prompts = plan.work("starter-train.jsonl"), plan.work("pair-prompts.jsonl")
+    pairs, augmented = _pair_files(plan)
+    write_split(records, "train")
+    invoke(plan, "data", "augment", str(records), "-o", str(prompts), "--no-originals",
+           "--seed", "1")  # fmt: skip
+    invoke(plan, "data", "pairs", "--from-augment", "--data", str(prompts), "-o", str(augmented))
+    invoke(plan, "data", "pairs", "--model", plan.name, "--data", str(prompts), "-k", "4",
+           "--limit", str(plan.pair_prompts), "-o", str(pairs))  # fmt: skip
+
+
+def _preference_tuned(plan: Plan) -> str | None:
+    return f"{plan.dpo_name} is in the store" if _store(plan).exists(plan.dpo_name) else None
+
+
+def _preference_tune(plan: Plan) -> None:
+    pairs, augmented = _pair_files(plan)
+    invoke(plan, "train", PREFERENCE_RECIPE, "--base", plan.name, "--data", str(pairs),
+           "--data", str(augmented), "--name", plan.dpo_name, "--time-budget",
+           plan.preference_budget)  # fmt: skip
+
+
 def _evaluate(plan: Plan) -> None:
     from cuvee.data.starter import HELDOUT_SUITE, write_heldout_suite
 
-    heldout = plan.settings.home / "quickstart" / HELDOUT_SUITE
+    heldout = plan.work(HELDOUT_SUITE)
     write_heldout_suite(heldout)
     invoke(
         plan,
         "eval",
         plan.base,
-        plan.name,
+        *plan.tuned,
         "--suite",
         EVAL_SUITE,
         "--suite",
@@ -115,13 +180,18 @@ def _exported(plan: Plan) -> str | None:
     from cuvee.export.formats import find_export
 
     store = _store(plan)
-    if store.exists(plan.name) and find_export(store.get(plan.name), "gguf", "q8_0"):
+    if all(store.exists(n) and find_export(store.get(n), "gguf", "q8_0") for n in plan.tuned):
         return "a q8_0 GGUF is recorded"
     return None
 
 
 def _export(plan: Plan) -> None:
-    invoke(plan, "export", plan.name, "--format", "gguf", "--quant", "q8_0")
+    from cuvee.export.formats import find_export
+
+    store = _store(plan)
+    for name in plan.tuned:
+        if not find_export(store.get(name), "gguf", "q8_0"):
+            invoke(plan, "export", name, "--format", "gguf", "--quant", "q8_0")
 
 
 def _index(plan: Plan) -> None:
@@ -135,6 +205,17 @@ STEPS: list[Step] = [
     Step("export the fine-tune to GGUF", _exported, _export),
     Step("index the sample documents", lambda plan: None, _index),
 ]
+# --preference: after the fine-tune, before the evaluation
+PREFERENCE_STEPS: list[Step] = [
+    Step("build preference pairs from the fine-tune's answers", _pairs_built, _build_pairs),
+    Step("preference-tune (DPO) the fine-tune", _preference_tuned, _preference_tune),
+]
+
+
+def steps_of(plan: Plan) -> list[Step]:
+    if not plan.preference:
+        return STEPS
+    return STEPS[:2] + PREFERENCE_STEPS + STEPS[2:]
 
 
 def try_these(plan: Plan) -> str:
@@ -145,9 +226,9 @@ Try it:
   http://127.0.0.1:{plan.port}/ui   in a browser: chat, compare {plan.base} with {plan.name},
                                    ask the documents, train, evaluate
 
-  cuvee chat {plan.name}
+  cuvee chat {plan.tuned[-1]}
   cuvee ask {SAMPLE_COLLECTION} "How many days of annual leave do I get?" --model {plan.name}
-  cuvee eval {plan.base} {plan.name} --suite tasks --limit 20 --report report.html
+  cuvee eval {plan.base} {" ".join(plan.tuned)} --suite tasks --limit 20 --report report.html
 
   curl {url}/chat/completions -H 'Content-Type: application/json' \\
     -d '{{"model": "{plan.name}", "messages": [{{"role": "user", "content": "Name 3 fruits."}}]}}'
@@ -159,8 +240,9 @@ print(c.chat.completions.create(model="rag:{SAMPLE_COLLECTION}", messages=[{{"ro
 
 
 def run(plan: Plan) -> None:
-    total = len(STEPS) + int(plan.serve)
-    for number, step in enumerate(STEPS, 1):
+    steps = steps_of(plan)
+    total = len(steps) + int(plan.serve)
+    for number, step in enumerate(steps, 1):
         skipped = step.done(plan)
         if skipped:
             click.secho(f"[{number}/{total}] {step.title}: done already ({skipped})", fg="green")
@@ -169,8 +251,10 @@ def run(plan: Plan) -> None:
         step.run(plan)
     click.echo(try_these(plan))
     if plan.serve:
-        click.secho(f"[{total}/{total}] serving {plan.base} and {plan.name}", bold=True)
-        invoke(plan, "serve", "--model", plan.name, "--model", plan.base, "--port", str(plan.port))
+        models = [*plan.tuned, plan.base]
+        click.secho(f"[{total}/{total}] serving {', '.join(models)}", bold=True)
+        flags = [x for name in models for x in ("--model", name)]
+        invoke(plan, "serve", *flags, "--port", str(plan.port))
 
 
 @click.command(
@@ -180,6 +264,7 @@ def run(plan: Plan) -> None:
   cuvee quickstart                         # about 10 minutes of training, then serves on :8000
   cuvee quickstart --time-budget 30m --name mine
   cuvee quickstart --no-serve              # stop after indexing (for scripts)
+  cuvee quickstart --preference            # then pairs from its own answers and DPO (~20 min more)
 
 Every step is skipped when its result is already there: running it again goes straight to
 serving."""
@@ -198,17 +283,48 @@ serving."""
 )
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
 @click.option("--no-serve", is_flag=True, help="Do everything but start the server.")
+@click.option(
+    "--preference",
+    is_flag=True,
+    help="After the fine-tune, build preference pairs from its own answers (scored by checks, "
+    "no judge) and DPO-tune it into NAME-dpo.",
+)
+@click.option(
+    "--preference-budget",
+    default="10m",
+    show_default=True,
+    help="DPO training time (after the pairs and the one reference pass).",
+)
+@click.option(
+    "--pair-prompts",
+    type=click.IntRange(1),
+    default=PAIR_PROMPTS,
+    show_default=True,
+    help="Starter prompts the fine-tune answers (4 times each) for --preference's pairs.",
+)
 @click.pass_obj
-def quickstart(settings: Settings, time_budget, name, base, eval_limit, port, no_serve) -> None:
+def quickstart(
+    settings: Settings,
+    time_budget,
+    name,
+    base,
+    eval_limit,
+    port,
+    no_serve,
+    preference,
+    preference_budget,
+    pair_prompts,
+) -> None:
     """The whole recipe on this machine: pull the base model, fine-tune it on the bundled
     starter set within --time-budget, compare base and fine-tune, export to GGUF, index the
     bundled documents, and serve both models through the OpenAI-compatible API."""
     from cuvee.train.recipe import parse_duration
 
-    try:
-        parse_duration(time_budget)  # a bad budget fails before anything runs
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--time-budget") from exc
+    for flag, value in (("--time-budget", time_budget), ("--preference-budget", preference_budget)):
+        try:
+            parse_duration(value)  # a bad budget fails before anything runs
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint=flag) from exc
     run(
         Plan(
             settings=settings,
@@ -218,5 +334,8 @@ def quickstart(settings: Settings, time_budget, name, base, eval_limit, port, no
             eval_limit=eval_limit,
             port=port,
             serve=not no_serve,
+            preference=preference,
+            preference_budget=preference_budget,
+            pair_prompts=pair_prompts,
         )
     )

@@ -66,3 +66,14 @@ def write_heldout_suite(path: Path) -> int:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), "utf-8")
     return len(rows)
+
+
+def write_split(path: Path, split: str = "train") -> int:
+    """The records of one split as OpenAI-format JSONL with the set's licence in the sidecar:
+    what `cuvee data augment` and `cuvee data pairs` read (`cuvee quickstart --preference`).
+    Returns the number of records."""
+    from cuvee.data.writers import write_jsonl, write_sidecar
+
+    count = write_jsonl(load_starter(split), path, "openai")
+    write_sidecar(path, licence=LICENCE, source=f"cuvee starter set ({split} split)")
+    return count
