@@ -677,3 +677,25 @@ def test_gradient_checkpointing_recomputes_layers_and_changes_no_loss(
     # the reference pass (DPO) runs without gradients and is not recomputed
     assert recomputed_calls > plain_calls
     assert len(plain) == 3
+
+
+def test_the_reference_pass_counts_in_the_runs_time(setup, monkeypatch) -> None:
+    """The one-off reference pass is part of what the run costs: its wall time, cost and time
+    budget include it (a slow pass is simulated with a pause)."""
+    import time
+
+    from cuvee.train import preference
+    from cuvee.train.loop import train
+
+    real = preference.reference_logprobs
+
+    def slow(*args, **kwargs):
+        time.sleep(0.6)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(preference, "reference_logprobs", slow)
+    settings, store, data = setup
+    result = train(settings, _recipe(data, max_steps=1))
+    assert result.summary["wall_time_s"] >= 1.2  # two passes: training and held-out answers
+    card = (store.get("preferred").path / "MODEL_CARD.md").read_text()
+    assert "counted in the run's time" in card

@@ -164,7 +164,11 @@ def preference_section(
         against = (
             f"against the parent model `{reference['parent']}`, whose log-probabilities of the "
             f"{reference['answers']} answers were computed once before training"
-            + (f" (in {reference['seconds']:.0f} s)" if reference.get("seconds") else "")
+            + (
+                f" (in {reference['seconds']:.0f} s, counted in the run's time)"
+                if reference.get("seconds")
+                else ""
+            )
             + " and cached with the run (no second model held in memory)"
         )
     else:

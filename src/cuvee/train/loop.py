@@ -119,10 +119,15 @@ def _train(
     torch.manual_seed(recipe.seed)  # before the model is built: the adapters start random
     run = _set_up(settings, store, recipe, dist, parallel, resume_dir)
     # before a checkpoint's weights are loaded: the model is still its parent here
+    started = time.perf_counter()
     run.objective.before_training(run, display)
+    # that work (preference tuning's reference pass) counts in the time budget, the wall time
+    # and the cost, as the held-out pass before the first step does
+    before_s = time.perf_counter() - started
     state = _starting_state(run, resuming=resume_dir is not None, display=display)
     meter = Meter(
-        price_per_hour(run.device.type, run.dist.world, settings), elapsed_before=state.elapsed_s
+        price_per_hour(run.device.type, run.dist.world, settings),
+        elapsed_before=state.elapsed_s + before_s,
     )
     trackers = open_trackers(run.run_dir, recipe.report_to, recipe.resolved()) if run.main else []
     display.message(_opening_line(run))

@@ -185,7 +185,7 @@ class Preference:
         else:
             display.message(
                 f"computing the parent's log-probabilities of {answers} answers, once "
-                "(before the steps and their time budget)"
+                "(before the steps, within the time budget)"
             )
             started = time.perf_counter()
             args = (run.recipe.batch_size, run.device, run.autocast)
@@ -204,7 +204,7 @@ class Preference:
             how = f"computed in {took:.1f} s"
         run.prepared.train_rows = with_reference(run.prepared.train_rows, cached["train"])
         run.prepared.eval_rows = with_reference(run.prepared.eval_rows, cached["eval"])
-        # not in the run's wall time or cost, which count the training steps
+        # counted in the run's time budget, wall time and cost (loop.py measures it)
         self.reference = {
             "parent": run.recipe.base,
             "answers": answers,
