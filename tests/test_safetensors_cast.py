@@ -43,6 +43,7 @@ def test_cast_while_reading_equals_transformers_loader(request, fixture, monkeyp
     if theirs.config.tie_word_embeddings:
         assert ours.get_output_embeddings().weight is ours.get_input_embeddings().weight
     assert ours.generation_config.eos_token_id == theirs.generation_config.eos_token_id
+    assert ours.config._name_or_path == theirs.config._name_or_path == str(directory)
     ids = torch.tensor([[2, 5, 9, 11]])
     with torch.no_grad():
         assert torch.equal(ours(ids).logits, theirs(ids).logits)

@@ -103,4 +103,6 @@ def _cast_while_reading(cls, path: Path, config, dtype):
     )
     if (path / "generation_config.json").is_file():
         model.generation_config = GenerationConfig.from_pretrained(str(path))
+    # where it came from, as a load from the directory records it (peft reads it when saving)
+    model.config._name_or_path = model.name_or_path = str(path)
     return model
