@@ -156,7 +156,7 @@ def _reference_formula(name: str, pol, ref, tokens, labels, r: Recipe) -> torch.
     pc, pr, rc, rr = pol[:, 0], pol[:, 1], ref[:, 0], ref[:, 1]
     nc, nr = tokens[:, 0], tokens[:, 1]
     if name == "sigmoid":
-        return -F.logsigmoid(beta * ((pc - rc) - (pr - rr)))
+        return -F.logsigmoid(beta * ((pc - rc) - (pr - rr))) - r.nll_weight * pc / nc
     if name == "ipo":
         return ((pc - rc) / nc - (pr - rr) / nr - 1 / (2 * beta)) ** 2
     if name == "simpo":
@@ -177,7 +177,7 @@ def _reference_formula(name: str, pol, ref, tokens, labels, r: Recipe) -> torch.
 
 
 _RECIPES = {
-    "sigmoid": dict(method="dpo", loss_type="sigmoid", beta=0.3),
+    "sigmoid": dict(method="dpo", loss_type="sigmoid", beta=0.3, nll_weight=0.7),
     "ipo": dict(method="dpo", loss_type="ipo", beta=0.2),
     "simpo": dict(method="dpo", loss_type="simpo"),
     "orpo": dict(method="orpo", orpo_lambda=0.25),
@@ -699,3 +699,10 @@ def test_the_reference_pass_counts_in_the_runs_time(setup, monkeypatch) -> None:
     assert result.summary["wall_time_s"] >= 1.2  # two passes: training and held-out answers
     card = (store.get("preferred").path / "MODEL_CARD.md").read_text()
     assert "counted in the run's time" in card
+
+
+def test_nll_weight_is_dpos_only() -> None:
+    assert Recipe(method="dpo", loss_type="ipo", nll_weight=1.0).nll_weight == 1.0
+    for method in ("kto", "orpo", "sft"):
+        with pytest.raises(ValueError, match="nll_weight is DPO's"):
+            Recipe(method=method, nll_weight=0.5)

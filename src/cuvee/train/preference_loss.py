@@ -12,6 +12,9 @@ answer, ``rc``/``rr`` the reference's, ``avg`` a log-probability divided by its 
 - simpo (Meng et al. 2024), no reference: ``-logsigmoid(beta * (avg pc - avg pr) - gamma)``
 - orpo (Hong et al. 2024), no reference: ``-avg pc - lambda * logsigmoid(odds(avg pc) -
   odds(avg pr))`` with ``odds(a) = a - log(1 - exp(a))``
+- each DPO loss (sigmoid, ipo, simpo) with ``nll_weight`` ``w`` adds ``w * -avg pc`` (RPO, Pang
+  et al. 2024: the chosen answer kept likely, where DPO alone lowers both answers and drifts into
+  long, repeating ones); its ``nll`` is reported either way
 - kto (Ethayarajh et al. 2024): with ``z = max(0, mean(p' - r'))`` over the micro-batch's
   mismatched completions (no gradient through it), a desirable completion costs
   ``w_d * (1 - sigmoid(beta * ((pc - rc) - z)))``, an undesirable one
@@ -56,6 +59,7 @@ class Knobs:
     lam: float
     desirable_weight: float
     undesirable_weight: float
+    nll_weight: float = 0.0
 
     @classmethod
     def of(cls, recipe: Recipe) -> Knobs:
@@ -65,6 +69,7 @@ class Knobs:
             lam=recipe.orpo_lambda,
             desirable_weight=recipe.kto_desirable_weight,
             undesirable_weight=recipe.kto_undesirable_weight,
+            nll_weight=recipe.nll_weight,
         )
 
 
@@ -103,6 +108,20 @@ def ipo_loss(a: Answers, k: Knobs) -> tuple[torch.Tensor, Stats]:
 def simpo_loss(a: Answers, k: Knobs) -> tuple[torch.Tensor, Stats]:
     rewards = k.beta * a.avg
     return -F.logsigmoid(rewards[:, 0] - rewards[:, 1] - k.gamma), _pair_stats(rewards, a, False)
+
+
+def _with_nll(
+    loss: Callable[[Answers, Knobs], tuple[torch.Tensor, Stats]],
+) -> Callable[[Answers, Knobs], tuple[torch.Tensor, Stats]]:
+    """A pair loss plus ``nll_weight`` times the chosen answer's per-token NLL (RPO)."""
+
+    def with_nll(a: Answers, k: Knobs) -> tuple[torch.Tensor, Stats]:
+        losses, stats = loss(a, k)
+        nll = -a.avg[:, 0]
+        stats["nll"] = _mean_of(nll)
+        return (losses + k.nll_weight * nll if k.nll_weight else losses), stats
+
+    return with_nll
 
 
 def _log_odds(avg: torch.Tensor) -> torch.Tensor:
@@ -152,9 +171,9 @@ class PreferenceLossSpec:
 
 _PAIR = ("rewards_chosen", "rewards_rejected", "margin", "accuracy")
 LOSSES: dict[str, PreferenceLossSpec] = {
-    "sigmoid": PreferenceLossSpec(sigmoid_loss, True, (*_PAIR, "drift")),
-    "ipo": PreferenceLossSpec(ipo_loss, True, (*_PAIR, "drift")),
-    "simpo": PreferenceLossSpec(simpo_loss, False, _PAIR),
+    "sigmoid": PreferenceLossSpec(_with_nll(sigmoid_loss), True, (*_PAIR, "drift", "nll")),
+    "ipo": PreferenceLossSpec(_with_nll(ipo_loss), True, (*_PAIR, "drift", "nll")),
+    "simpo": PreferenceLossSpec(_with_nll(simpo_loss), False, (*_PAIR, "nll")),
     "orpo": PreferenceLossSpec(orpo_loss, False, (*_PAIR, "nll")),
     "kto": PreferenceLossSpec(
         kto_loss, True, ("rewards_desirable", "rewards_undesirable", "kl", "accuracy", "drift")

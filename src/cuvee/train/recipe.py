@@ -126,6 +126,12 @@ class Recipe(BaseModel):
     simpo_gamma: float = Field(
         1.0, ge=0, description="SimPO's target reward margin (the paper: gamma/beta about 0.5)."
     )
+    nll_weight: float = Field(
+        0.0,
+        ge=0,
+        description="DPO: add this times the chosen answer's per-token NLL to the loss (RPO; "
+        "TRL's rpo_alpha, LLaMA-Factory's pref_ftx), keeping chosen answers likely.",
+    )
     orpo_lambda: float = Field(
         0.1, gt=0, description="ORPO's weight of the odds-ratio term beside the NLL (paper: 0.1)."
     )
@@ -221,6 +227,15 @@ class Recipe(BaseModel):
         if not value:
             raise ValueError("give at least one module name, or all-linear")
         return value
+
+    @model_validator(mode="after")
+    def _nll_for_dpo(self) -> Recipe:
+        if self.nll_weight and self.method != "dpo":
+            raise ValueError(
+                f"nll_weight is DPO's (method {self.method}: orpo has its own NLL term, kto "
+                "and sft none to add)"
+            )
+        return self
 
     @property
     def time_budget_s(self) -> float | None:
