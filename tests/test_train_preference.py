@@ -382,7 +382,7 @@ def test_cli_dpo_registers_a_model_whose_card_shows_the_preference_and_the_licen
     _settings, store, data = setup
     args = ["train", "--base", "tiny", "--data", str(data), "--name", "dpo-model"]
     args += ["--method", "dpo", "--max-steps", "3", "--seq-len", "48", "--batch-size", "2"]
-    code, out, err = run_cli(capsys, *args, "--eval-split", "0.2", "--json")
+    code, out, err = run_cli(capsys, *args, "--eval-split", "0.2", "--nll-weight", "0.5", "--json")
     assert code == 0, err
     summary = json.loads(out)
     assert summary["method"] == "dpo" and summary["commercial_use"] is False
@@ -394,6 +394,8 @@ def test_cli_dpo_registers_a_model_whose_card_shows_the_preference_and_the_licen
     card = (store.get("dpo-model").path / "MODEL_CARD.md").read_text()
     for needle in ("## Preference tuning", "DPO", "reward accuracy", "margin", "CC-BY-NC-4.0"):
         assert needle in card, needle
+    assert "plus 0.5 x the chosen answers' NLL per token (RPO)" in card
+    assert "NLL of chosen answers" in card
     code, out, _ = run_cli(capsys, "models", "show", "dpo-model")
     assert code == 0 and "dpo (sigmoid) on lora" in out
 

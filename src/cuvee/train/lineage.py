@@ -178,7 +178,13 @@ def preference_section(
     lines = [
         "## Preference tuning",
         "",
-        f"- objective: {_LOSS_NAMES.get(loss, loss)}, beta {preference['beta']}, {against}",
+        f"- objective: {_LOSS_NAMES.get(loss, loss)}, beta {preference['beta']}"
+        + (
+            f", plus {recipe['nll_weight']} x the chosen answers' NLL per token (RPO)"
+            if recipe.get("nll_weight")
+            else ""
+        )
+        + f", {against}",
         f"- training examples: {_examples_text(examples)}",
         f"- preference data licence: {', '.join(licences)}",
         "",
