@@ -14,9 +14,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
-
 from cuvee.serve.gateway.config import Upstream
+from cuvee.serve.gateway.http import Client, Response, TransportError, client_for
 
 
 class TargetFailed(Exception):
@@ -27,18 +26,22 @@ class TargetFailed(Exception):
         self.retry_after = retry_after
 
 
-def _retry_after(response: httpx.Response) -> float | None:
+def _retry_after(response: Response) -> float | None:
     try:
         return float(response.headers.get("retry-after", ""))
     except ValueError:
         return None
 
 
-def _check(response: httpx.Response) -> None:
+def _check(response: Response) -> None:
     if response.status_code == 429:
         raise TargetFailed("429 too many requests", 429, _retry_after(response))
     if response.status_code >= 500:
         raise TargetFailed(f"HTTP {response.status_code}", response.status_code)
+
+
+def _failed(exc: BaseException) -> TargetFailed:
+    return TargetFailed(f"{type(exc).__name__}: {exc}".rstrip(": "))
 
 
 @dataclass
@@ -49,28 +52,34 @@ class Answer:
     body: Any
 
 
+def _encode(body: dict[str, Any]) -> bytes:
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+
+
 class UpstreamClient:
     def __init__(self, upstream: Upstream) -> None:
         self.upstream = upstream
-        self._client: httpx.AsyncClient | None = None
+        self._client: Client | None = None
         self._slots: asyncio.Semaphore | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def _bind(self) -> None:
-        """The connection pool and the concurrency cap belong to one event loop: made on first
+        """The connections and the concurrency cap belong to one event loop: made on first
         use in the server's (a test client may run several loops, one after another)."""
         loop = asyncio.get_running_loop()
         if self._loop is not loop:
             t = self.upstream.timeouts
-            self._client = httpx.AsyncClient(
-                timeout=httpx.Timeout(connect=t.connect, read=t.between_chunks, write=30, pool=30),
-                limits=httpx.Limits(max_connections=self.upstream.max_concurrency),
+            self._client = client_for(
+                self.upstream.base_url,
+                connect_timeout=t.connect,
+                read_timeout=t.between_chunks,
+                max_connections=self.upstream.max_concurrency,
             )
             self._slots = asyncio.Semaphore(self.upstream.max_concurrency)
             self._loop = loop
 
     @property
-    def client(self) -> httpx.AsyncClient:
+    def client(self) -> Client:
         self._bind()
         assert self._client is not None
         return self._client
@@ -87,13 +96,12 @@ class UpstreamClient:
     async def complete(self, path: str, body: dict[str, Any]) -> Answer:
         url = self.upstream.url(path, body.get("model"))
         try:
-            async with self.slots:
-                response = await asyncio.wait_for(
-                    self.client.post(url, json=body, headers=self._headers()),
-                    self.upstream.timeouts.first_token,
+            async with self.slots, asyncio.timeout(self.upstream.timeouts.first_token):
+                response = await self.client.request(
+                    "POST", url, body=_encode(body), headers=self._headers()
                 )
-        except (httpx.TransportError, TimeoutError) as exc:
-            raise TargetFailed(f"{type(exc).__name__}: {exc}".rstrip(": ")) from None
+        except (TransportError, TimeoutError) as exc:
+            raise _failed(exc) from None
         _check(response)
         try:
             return Answer(response.status_code, response.json())
@@ -109,36 +117,42 @@ class UpstreamClient:
         Everything that fails before the first event is a TargetFailed; after it, the
         iterator raises it."""
         url = self.upstream.url(path, body.get("model"))
-        context = self.client.stream("POST", url, json=body, headers=self._headers())
         await self.slots.acquire()
+        response: Response | None = None
         try:
-            response = await asyncio.wait_for(
-                context.__aenter__(), self.upstream.timeouts.first_token
-            )
-            if response.status_code != 200:
-                await response.aread()
-                await context.__aexit__(None, None, None)
-                _check(response)
-                raise UpstreamError(response.status_code, _json_or_text(response))
-            reader = _EventReader(response.aiter_text())
-            head = await asyncio.wait_for(reader.first(), self.upstream.timeouts.first_token)
-        except (httpx.TransportError, TimeoutError) as exc:
+            async with asyncio.timeout(self.upstream.timeouts.first_token):
+                response = await self.client.request(
+                    "POST", url, body=_encode(body), headers=self._headers(), stream=True
+                )
+                if response.status_code != 200:
+                    await response.aread()
+                    await response.aclose()
+                    _check(response)
+                    raise UpstreamError(response.status_code, _json_or_text(response))
+                reader = _EventReader(response.aiter_text())
+                head = await reader.first()
+        except (TransportError, TimeoutError) as exc:
             self.slots.release()
-            raise TargetFailed(f"{type(exc).__name__}: {exc}".rstrip(": ")) from None
+            if response is not None:
+                await response.aclose()
+            raise _failed(exc) from None
         except BaseException:
             self.slots.release()
+            if response is not None:
+                await response.aclose()
             raise
         if not head:
             self.slots.release()
-            await context.__aexit__(None, None, None)
+            await response.aclose()
             raise TargetFailed("the stream ended before its first event")
+        opened = response
 
         async def rest() -> AsyncIterator[list[str]]:
             try:
                 while True:
                     try:
                         batch = await reader.next()
-                    except (httpx.TransportError, httpx.StreamError) as exc:
+                    except TransportError as exc:
                         raise TargetFailed(f"the stream broke: {type(exc).__name__}") from None
                     if batch is None:
                         return
@@ -149,17 +163,18 @@ class UpstreamClient:
                     yield batch
             finally:
                 self.slots.release()
-                await context.__aexit__(None, None, None)
+                await opened.aclose()
 
         return head, rest()
 
     async def alive(self) -> bool:
         """The health check: does the upstream answer its ``/models``?"""
         try:
-            response = await self.client.get(
-                self.upstream.url("/models"), headers=self._headers(), timeout=5
-            )
-        except httpx.HTTPError:
+            async with asyncio.timeout(5):
+                response = await self.client.request(
+                    "GET", self.upstream.url("/models"), headers=self._headers()
+                )
+        except (TransportError, TimeoutError):
             return False
         return response.status_code < 500
 
@@ -177,10 +192,10 @@ class UpstreamError(Exception):
         self.body = body
 
 
-def _json_or_text(response: httpx.Response) -> Any:
+def _json_or_text(response: Response) -> Any:
     try:
         return response.json()
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, UnicodeDecodeError):
         return {"error": {"message": response.text[:500], "type": "upstream_error"}}
 
 
@@ -231,10 +246,8 @@ class _EventReader:
                 return head
 
     async def drain(self, timeout: float) -> None:
-        async def rest() -> None:
-            async for _ in self.texts:
-                pass
-
         # an upstream that keeps the stream open after [DONE]: its connection is closed
-        with contextlib.suppress(TimeoutError, httpx.TransportError, httpx.StreamError):
-            await asyncio.wait_for(rest(), min(timeout, _DRAIN_S))
+        with contextlib.suppress(TimeoutError, TransportError):
+            async with asyncio.timeout(min(timeout, _DRAIN_S)):
+                async for _ in self.texts:
+                    pass
