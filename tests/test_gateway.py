@@ -34,13 +34,15 @@ TOKENS = 6
 
 class FakeUpstream:
     """An OpenAI-compatible server with knobs: ``status`` (answer every request with it),
-    ``retry_after``, ``cut_after`` (a stream stops after that many tokens, without [DONE])."""
+    ``retry_after``, ``cut_after`` (a stream stops after that many tokens, without [DONE]),
+    ``reset_after`` (the connection drops after that many tokens, mid-body)."""
 
     def __init__(self, name: str) -> None:
         self.name = name
         self.status: int | None = None
         self.retry_after: str | None = None
         self.cut_after: int | None = None
+        self.reset_after: int | None = None
         self.comments = False  # SSE comment lines before the first chunk and after the second
         self.seen: list[dict[str, Any]] = []
         self.app = FastAPI()
@@ -89,7 +91,9 @@ class FakeUpstream:
             yield chunk({"role": "assistant", "content": ""})
             for i, word in enumerate(words):
                 if self.cut_after is not None and i >= self.cut_after:
-                    return  # the connection ends mid-answer
+                    return  # the body ends mid-answer
+                if self.reset_after is not None and i >= self.reset_after:
+                    raise ConnectionResetError("fault: the connection drops mid-body")
                 yield chunk({"content": word})
                 if self.comments and i == 1:
                     yield ": keep-alive\n\n"
@@ -249,9 +253,10 @@ def test_nothing_to_serve_is_an_explicit_503(upstreams) -> None:
     assert "down/m" in error["message"] and "b/m" in error["message"]
 
 
-def test_a_stream_cut_after_tokens_ends_as_an_error_never_as_a_stop(upstreams) -> None:
+@pytest.mark.parametrize("fault", ["cut_after", "reset_after"])
+def test_a_stream_cut_after_tokens_ends_as_an_error_never_as_a_stop(upstreams, fault) -> None:
     a, _ = upstreams["a"]
-    a.cut_after = 3
+    setattr(a, fault, 3)
     app, _ = gateway_app(config_of(upstreams, {"assistant": {"targets": ["a/m", "b/m"]}}))
     r = ask(TestClient(app), "assistant", stream=True)
     events = events_of(r)
@@ -265,12 +270,13 @@ def test_a_stream_cut_after_tokens_ends_as_an_error_never_as_a_stop(upstreams) -
     assert text == "t0 t1 t2 "
 
 
+@pytest.mark.parametrize("fault", ["cut_after", "reset_after"])
 def test_a_stream_broken_on_one_replica_goes_on_on_the_other_without_gap_or_repeat(
-    upstreams,
+    upstreams, fault
 ) -> None:
     a, _ = upstreams["a"]
     b, _ = upstreams["b"]
-    a.cut_after = 3
+    setattr(a, fault, 3)
     routes = {"assistant": {"policy": "balance", "targets": ["a/m", "b/m"]}}
     extra = {"b": {"kind": "vllm"}}
     app, _ = gateway_app(config_of(upstreams, routes, **extra))

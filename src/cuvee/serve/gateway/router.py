@@ -309,12 +309,17 @@ class Gateway:
                                 ):
                                     continue  # the replica's opening (role) chunk: sent already
                                 text, tokens = text + piece, tokens + bool(piece)
+                                last = chunk
+                                ends = _ends(chunk)
+                                if not ends and chunk.get("model", public) == public:
+                                    # nothing to change: the upstream's own bytes go on
+                                    out.append(f"data: {payload}\n\n".encode())
+                                    continue
                                 if "model" in chunk:
                                     chunk["model"] = public
-                                if _ends(chunk):
+                                if ends:
                                     served = {"served_by": current.label, "attempts": attempts}
                                     chunk["cuvee"] = served
-                                last = chunk
                                 out.append(sse(chunk))
                             if out:
                                 yield b"".join(out)
