@@ -268,3 +268,39 @@ def test_the_plain_client_is_for_http_without_a_proxy(monkeypatch) -> None:
     monkeypatch.setenv("no_proxy", "localhost,127.0.0.1")
     assert isinstance(client_for("http://10.0.0.5:8000/v1", **kw), HttpxClient)
     assert isinstance(client_for("http://127.0.0.1:8000/v1", **kw), PlainClient)
+
+
+def test_a_settled_stream_gives_its_connection_back_when_the_body_ends_and_not_before() -> None:
+    async def handler(reader, writer, n) -> None:
+        while True:
+            line, _, _ = await read_request(reader)
+            writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+            writer.write(b"e\r\ndata: [DONE]\n\n\r\n")
+            await writer.drain()
+            if "never" in line:
+                await asyncio.sleep(10)  # the body never ends
+            await asyncio.sleep(0.05)
+            writer.write(b"0\r\n\r\n")
+            await writer.drain()
+
+    async def main() -> None:
+        server = Server(handler)
+        async with server as url:
+            c = client()
+            r = await c.request("POST", url + "/late", body=b"{}", stream=True)
+            assert await r.aiter_bytes().__anext__() == b"data: [DONE]\n\n"
+            await r.settle(5)
+            await r.aclose()
+            assert not r.complete  # settling did not wait for the body's end
+            await asyncio.sleep(0.2)
+            await c.request("POST", url + "/late", body=b"{}")
+            assert server.connections == 1  # the first connection was reused
+            r = await c.request("POST", url + "/never", body=b"{}", stream=True)
+            await r.settle(5)
+            await r.aclose()
+            await asyncio.sleep(0.4)  # past the settling time
+            assert not r._conn.usable
+            await (await c.request("POST", url + "/late", body=b"{}")).aclose()
+            assert server.connections == 2
+
+    asyncio.run(main())

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import codecs
 import collections
+import contextlib
 import json
 import urllib.request
 import zlib
@@ -53,6 +54,12 @@ class Response(Protocol):
     @property
     def text(self) -> str: ...
     def aiter_text(self) -> AsyncIterator[str]: ...
+    async def settle(self, timeout: float) -> None:
+        """The payload is over (a stream's ``[DONE]``), only the body's end is to come: give
+        it up to ``timeout`` seconds (at most ``SETTLE_S``) to arrive, so that the
+        connection can be reused, instead of closing it."""
+        ...
+
     async def aclose(self) -> None: ...
 
 
@@ -96,6 +103,10 @@ def client_for(
     )
 
 
+# How long the end of a body is awaited after its payload: an upstream that ends its body at once
+# takes a millisecond; one that keeps the stream open has its connection closed instead.
+SETTLE_S = 0.25
+
 # A response's body held in memory before the socket stops being read (a slow reader of a fast
 # upstream): reading resumes once the reader has taken it below half of this.
 _HIGH_WATER = 1 << 20
@@ -120,6 +131,7 @@ class PlainResponse:
         self._waiter: asyncio.Future[None] | None = None
         self._decoder: Any = None  # zlib decompressor for a gzip or deflate body
         self._content: bytes | None = None
+        self._settling: asyncio.TimerHandle | None = None
 
     # called by the connection, from the parser's callbacks
 
@@ -142,6 +154,8 @@ class PlainResponse:
         self._wake()
 
     def _feed(self, data: bytes) -> None:
+        if self._settling is not None:
+            return  # nobody reads it any more
         if self._decoder is not None:
             data = self._decoder.decompress(data)
             if not data:
@@ -153,6 +167,8 @@ class PlainResponse:
         self._wake()
 
     def _finish(self) -> None:
+        if self._settling is not None:
+            self._settling.cancel()
         if self._decoder is not None:
             tail = self._decoder.flush()
             if tail:
@@ -240,9 +256,25 @@ class PlainResponse:
         assert self._content is not None, "aread() first"
         return json.loads(self._content)
 
-    async def aclose(self) -> None:
-        """Done with the response: a connection still reading it cannot be reused."""
+    async def settle(self, timeout: float) -> None:
+        """Returns at once: the connection goes back to its pool when the body's end arrives,
+        or is closed if it has not within the time."""
+        if self.complete or self._settling is not None:
+            return
+        self._chunks.clear()
+        self._buffered = 0
+        self._conn.resume()
+        self._settling = self._conn.loop.call_later(min(timeout, SETTLE_S), self._give_up)
+
+    def _give_up(self) -> None:
         if not self.complete:
+            self._fail(RemoteProtocolError("the body did not end"))
+            self._conn.abort()
+
+    async def aclose(self) -> None:
+        """Done with the response: a connection still reading it cannot be reused (unless
+        the response is settling)."""
+        if not self.complete and self._settling is None:
             self._fail(RemoteProtocolError("closed before the end of the response"))
             self._conn.abort()
 
@@ -453,6 +485,7 @@ class HttpxResponse:
         self._context = context
         self.status_code = response.status_code
         self.headers = response.headers
+        self._texts: AsyncIterator[str] | None = None
 
     async def aread(self) -> bytes:
         with _mapped():
@@ -465,10 +498,24 @@ class HttpxResponse:
     def json(self) -> Any:
         return self._response.json()
 
-    async def aiter_text(self) -> AsyncIterator[str]:
+    def aiter_text(self) -> AsyncIterator[str]:
+        """One iterator over the body: httpx reads a stream once."""
+        if self._texts is None:
+            self._texts = self._text_of()
+        return self._texts
+
+    async def _text_of(self) -> AsyncIterator[str]:
         with _mapped():
             async for text in self._response.aiter_text():
                 yield text
+
+    async def settle(self, timeout: float) -> None:
+        """Reads the body to its end, for at most the time (httpx reuses a connection only
+        when its body was read)."""
+        with contextlib.suppress(TimeoutError, TransportError):
+            async with asyncio.timeout(min(timeout, SETTLE_S)):
+                async for _ in self.aiter_text():
+                    pass
 
     async def aclose(self) -> None:
         if self._context is not None:

@@ -8,7 +8,6 @@ bad request would be a 400 anywhere), goes back to the client as the upstream ga
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -157,9 +156,9 @@ class UpstreamClient:
                     if batch is None:
                         return
                     if "[DONE]" in batch:
-                        # read the body to its end before the client stops reading, so the
-                        # connection goes back to the pool instead of being closed
-                        await reader.drain(self.upstream.timeouts.between_chunks)
+                        # the body's end is still to come: let it, so that the connection
+                        # goes back to the pool instead of being closed
+                        await opened.settle(self.upstream.timeouts.between_chunks)
                     yield batch
             finally:
                 self.slots.release()
@@ -197,12 +196,6 @@ def _json_or_text(response: Response) -> Any:
         return response.json()
     except (json.JSONDecodeError, UnicodeDecodeError):
         return {"error": {"message": response.text[:500], "type": "upstream_error"}}
-
-
-# How long the end of a stream's body is awaited after its [DONE] (the client waits for it): an
-# upstream that closes its body at once takes a millisecond; one that keeps the stream open has
-# its connection closed instead of reused.
-_DRAIN_S = 0.25
 
 
 class _EventReader:
@@ -244,10 +237,3 @@ class _EventReader:
             head += batch
             if any(not event.startswith(":") for event in batch):
                 return head
-
-    async def drain(self, timeout: float) -> None:
-        # an upstream that keeps the stream open after [DONE]: its connection is closed
-        with contextlib.suppress(TimeoutError, TransportError):
-            async with asyncio.timeout(min(timeout, _DRAIN_S)):
-                async for _ in self.texts:
-                    pass
