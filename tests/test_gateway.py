@@ -43,6 +43,9 @@ class FakeUpstream:
         self.retry_after: str | None = None
         self.cut_after: int | None = None
         self.reset_after: int | None = None
+        # going on from an assistant message, first write again its trailing whitespace (what a
+        # model does when its chat template trimmed the message it continues)
+        self.rewrites_trimmed = False
         self.comments = False  # SSE comment lines before the first chunk and after the second
         self.seen: list[dict[str, Any]] = []
         self.app = FastAPI()
@@ -61,6 +64,9 @@ class FakeUpstream:
         if messages and messages[-1].get("role") == "assistant":
             start = len(messages[-1]["content"].split())
         words = [f"t{i} " for i in range(start, TOKENS)]
+        if start and self.rewrites_trimmed:
+            given = messages[-1]["content"]
+            words.insert(0, given[len(given.rstrip()) :])
         if not body.get("stream"):
             return {
                 "id": "up-1",
@@ -300,6 +306,23 @@ def test_a_stream_broken_on_one_replica_goes_on_on_the_other_without_gap_or_repe
     resumed = b.seen[-1]
     assert resumed["messages"][-1] == {"role": "assistant", "content": "t0 t1 t2 "}
     assert resumed["continue_final_message"] is True and resumed["max_tokens"] == 47
+
+
+@pytest.mark.parametrize("kind", ["vllm", "cuvee"])
+def test_whitespace_a_trimming_replica_writes_again_is_not_passed_on_twice(upstreams, kind) -> None:
+    a, _ = upstreams["a"]
+    b, _ = upstreams["b"]
+    a.cut_after = 3  # "t0 t1 t2 " sent: the answer so far ends with a space
+    b.rewrites_trimmed = True  # b starts its continuation with that space again
+    routes = {"assistant": {"policy": "balance", "targets": ["a/m", "b/m"]}}
+    app, _ = gateway_app(config_of(upstreams, routes, b={"kind": kind}))
+    events = events_of(ask(TestClient(app), "assistant", stream=True))
+    chunks = [c for c in events if isinstance(c, dict) and c.get("choices")]
+    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks)
+    if kind == "vllm":  # a chat template trims: the space written again is dropped
+        assert text == "".join(f"t{i} " for i in range(TOKENS))
+    else:  # cuvee goes on after the last character: what it writes is passed on
+        assert text == "t0 t1 t2  t3 t4 t5 "
 
 
 def test_unknown_fields_reach_the_upstream_unchanged_and_the_model_is_renamed(upstreams) -> None:

@@ -360,11 +360,13 @@ class LlamaCppEngine:
         except TemplateError as exc:
             raise ConfigError(f"the chat template refused the messages: {exc}") from exc
         if going_on:
+            # the answer so far exactly as it was written, its leading and trailing
+            # whitespace included (templates trim a message): the model goes on after its
+            # last character, so a resumed stream neither drops nor repeats a space or line
             assert isinstance(content, str)
-            kept = content.rstrip()  # templates may trim a message
-            cut = text.rfind(kept)
-            if cut >= 0:
-                text = text[: cut + len(kept)]
+            start = text.rfind(content.strip())
+            if start >= 0:
+                text = text[:start] + content
         return text
 
     def tokenize(self, text: str) -> list[int]:

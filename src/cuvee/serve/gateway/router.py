@@ -265,6 +265,7 @@ class Gateway:
             events = events_of(first, rest)
             last: dict | None = None
             text, tokens, resumed = "", 0, False
+            owed = ""  # whitespace sent already that a resumed replica may write again
             part_usage, part_tokens = None, 0
 
             def part_done() -> None:
@@ -301,6 +302,10 @@ class Gateway:
                                     if not client_usage and not chunk.get("choices"):
                                         continue  # asked for the budget, not by the client
                                 part_tokens += bool(piece)
+                                trimmed = False
+                                if owed and piece:
+                                    piece, owed = _unowed(chunk, piece, owed)
+                                    trimmed = True
                                 if (
                                     resumed
                                     and not piece
@@ -311,7 +316,7 @@ class Gateway:
                                 text, tokens = text + piece, tokens + bool(piece)
                                 last = chunk
                                 ends = _ends(chunk)
-                                if not ends and chunk.get("model", public) == public:
+                                if not (ends or trimmed) and chunk.get("model", public) == public:
                                     # nothing to change: the upstream's own bytes go on
                                     out.append(f"data: {payload}\n\n".encode())
                                     continue
@@ -340,12 +345,22 @@ class Gateway:
                         current, head, tail = following
                         self.in_flight[current.label] = self.in_flight.get(current.label, 0) + 1
                         events, resumed = events_of(head, tail), True
+                        # a chat template trims the answer it is asked to go on with: whitespace
+                        # sent last may come again, and is not passed on twice
+                        owed = text[len(text.rstrip()) :] if self._trims(current) else ""
             finally:
                 if part_usage is not None or part_tokens:  # the client left part-way
                     part_done()
                 self.in_flight[current.label] -= 1
 
         return EventStreamResponse(body(), lambda: None)
+
+    def _trims(self, target: Target) -> bool:
+        """Does the replica lose the trailing whitespace of an answer it goes on with? cuvee's
+        engines go on after its last character; a chat template elsewhere trims it."""
+        if target.upstream is None:
+            return False
+        return self.clients[target.upstream].upstream.kind != "cuvee"
 
     async def _resume(
         self,
@@ -537,6 +552,27 @@ def _piece(chunk: dict) -> str:
                 out += delta.get("content") or ""
             out += choice.get("text") or ""
     return out
+
+
+def _unowed(chunk: dict, piece: str, owed: str) -> tuple[str, str]:
+    """Drop from the start of a one-choice ``chunk`` the whitespace that repeats ``owed`` (sent
+    already); the piece that is left, and what is still owed (nothing once the text
+    diverges)."""
+    same = 0
+    while same < min(len(piece), len(owed)) and piece[same] == owed[same]:
+        same += 1
+    choices = chunk.get("choices") or []
+    if not same or len(choices) != 1 or not isinstance(choices[0], dict):
+        return piece, ""
+    choice = choices[0]
+    delta = choice.get("delta")
+    if isinstance(delta, dict) and isinstance(delta.get("content"), str):
+        delta["content"] = delta["content"][same:]
+    elif isinstance(choice.get("text"), str):
+        choice["text"] = choice["text"][same:]
+    else:
+        return piece, ""
+    return piece[same:], owed[same:] if same == len(piece) else ""
 
 
 def _continuation(
