@@ -294,8 +294,10 @@ class Gateway:
                                 except json.JSONDecodeError:
                                     chunk = None
                                 if not isinstance(chunk, dict):
-                                    out.append(sse(payload))
-                                    continue
+                                    # not a chunk a client could read: the stream is broken here
+                                    if out:
+                                        yield b"".join(out)
+                                    raise TargetFailed(f"a malformed chunk: {payload[:80]!r}")
                                 piece = _piece(chunk)
                                 if isinstance(chunk.get("usage"), dict):
                                     part_usage = chunk["usage"]
