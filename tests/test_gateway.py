@@ -5,10 +5,16 @@ their own log of what they were sent."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import os
 import socket
+import subprocess
+import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -30,12 +36,20 @@ from helpers import uvicorn_in_thread
 from test_serve import Fakes, assert_error
 
 TOKENS = 6
+WANT = "".join(f"t{i} " for i in range(TOKENS))  # the whole answer of a fake upstream
+# the fake's stream goes silent here (until the client leaves or the test ends)
+_STALL = object()
+# small timeouts: a silent upstream is given up on at once
+FAST = {"timeouts": {"connect": 1, "first_token": 0.5, "between_chunks": 0.5}}
 
 
 class FakeUpstream:
     """An OpenAI-compatible server with knobs: ``status`` (answer every request with it),
     ``retry_after``, ``cut_after`` (a stream stops after that many tokens, without [DONE]),
-    ``reset_after`` (the connection drops after that many tokens, mid-body)."""
+    ``reset_after`` (the connection drops after that many tokens, mid-body), ``hang_first`` (no
+    first token ever), ``delay_first`` (seconds before the first token), ``stall_after`` (a
+    stream goes silent after that many tokens, the connection open), ``malformed_after`` (a
+    ``data:`` line that is no chunk, ``malformed``, after that many tokens)."""
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -47,6 +61,13 @@ class FakeUpstream:
         # model does when its chat template trimmed the message it continues)
         self.rewrites_trimmed = False
         self.comments = False  # SSE comment lines before the first chunk and after the second
+        # accept the request, then send no token at all (a stream: its headers, then nothing)
+        self.hang_first = False
+        self.delay_first = 0.0  # seconds before the first token (a stream: after its headers)
+        self.stall_after: int | None = None  # a stream goes silent after that many tokens
+        self.malformed_after: int | None = None  # a line that is no chunk after that many tokens
+        self.malformed = "{not json"  # ... this one (then the rest of the answer, as if nothing)
+        self.released = threading.Event()  # ends every hang: the test is over
         self.seen: list[dict[str, Any]] = []
         self.app = FastAPI()
         self.app.post("/v1/chat/completions")(self.chat)
@@ -54,6 +75,10 @@ class FakeUpstream:
     async def chat(self, request: Request):
         body = await request.json()
         self.seen.append(body)
+        if self.hang_first and not body.get("stream"):
+            await self._hang(request)
+        if self.delay_first and not body.get("stream"):
+            await asyncio.sleep(self.delay_first)
         if self.status is not None:
             headers = {"retry-after": self.retry_after} if self.retry_after else {}
             error = {"error": {"message": f"{self.name} says {self.status}", "type": "x"}}
@@ -91,7 +116,9 @@ class FakeUpstream:
             }
             return f"data: {json.dumps(payload)}\n\n"
 
-        def events() -> Iterator[str]:
+        def events() -> Iterator[Any]:
+            if self.hang_first:
+                yield _STALL
             if self.comments:
                 yield ": processing\n\n"
             yield chunk({"role": "assistant", "content": ""})
@@ -100,6 +127,10 @@ class FakeUpstream:
                     return  # the body ends mid-answer
                 if self.reset_after is not None and i >= self.reset_after:
                     raise ConnectionResetError("fault: the connection drops mid-body")
+                if self.stall_after is not None and i >= self.stall_after:
+                    yield _STALL
+                if self.malformed_after is not None and i == self.malformed_after:
+                    yield f"data: {self.malformed}\n\n"
                 yield chunk({"content": word})
                 if self.comments and i == 1:
                     yield ": keep-alive\n\n"
@@ -111,7 +142,24 @@ class FakeUpstream:
                 yield f"data: {json.dumps(payload)}\n\n"
             yield "data: [DONE]\n\n"
 
-        return StreamingResponse(events(), media_type="text/event-stream")
+        async def stalling() -> AsyncIterator[str]:
+            await asyncio.sleep(self.delay_first)
+            for event in events():
+                if event is _STALL:
+                    await self._hang(request)
+                    return
+                yield event
+
+        stalls = self.hang_first or self.stall_after is not None or self.delay_first
+        return StreamingResponse(stalling() if stalls else events(), media_type="text/event-stream")
+
+    async def _hang(self, request: Request) -> None:
+        """Send nothing until the client leaves or the test ends (30 s at most)."""
+        deadline = time.monotonic() + 30
+        while not self.released.is_set() and time.monotonic() < deadline:
+            if await request.is_disconnected():
+                return
+            await asyncio.sleep(0.02)
 
 
 def free_port() -> int:
@@ -128,6 +176,7 @@ def upstreams() -> Iterator[dict[str, tuple[FakeUpstream, str]]]:
         for name in ("a", "b"):
             fake = FakeUpstream(name)
             out[name] = (fake, stack.enter_context(uvicorn_in_thread(fake.app)) + "/v1")
+            stack.callback(fake.released.set)  # a hang ends before its server stops
         out["down"] = (None, f"http://127.0.0.1:{free_port()}/v1")
         yield out
 
@@ -727,3 +776,340 @@ def test_sse_comments_pass_through_a_stream_unchanged(upstreams) -> None:
     assert lines[0] == ": processing" and ": keep-alive" in lines
     text, reasons = _stream_text(events_of(r))
     assert text == "".join(f"t{i} " for i in range(TOKENS)) and reasons[-1] == "stop"
+
+
+# -- failure modes -----------------------------------------------------------------------------
+
+
+def test_an_upstream_that_never_sends_a_first_token_is_timed_out_and_the_next_serves(
+    upstreams,
+) -> None:
+    a, _ = upstreams["a"]
+    b, _ = upstreams["b"]
+    a.hang_first = True
+    # between_chunks is long: what gives a up is the first-token timeout
+    slow_reads = {"timeouts": {"connect": 1, "first_token": 0.5, "between_chunks": 5}}
+    routes = {"assistant": {"targets": ["a/m", "b/m"]}}
+    app, _ = gateway_app(config_of(upstreams, routes, a=slow_reads))
+    with TestClient(app) as client:
+        r = ask(client, "assistant")
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["choices"][0]["message"]["content"] == WANT
+        assert body["cuvee"]["served_by"] == "b/m" and r.headers["x-cuvee-served-by"] == "b/m"
+        (attempt,) = body["cuvee"]["attempts"]
+        assert attempt["target"] == "a/m" and "Timeout" in attempt["error"]
+        # a stream: a sends its headers, then nothing
+        r = ask(client, "assistant", stream=True)
+        assert r.status_code == 200, r.text
+        events = events_of(r)
+        text, reasons = _stream_text(events)
+        assert text == WANT and reasons[-1] == "stop" and "error" not in reasons
+        assert events[-1] == "[DONE]"
+        final = events[-2]["cuvee"]
+        assert final["served_by"] == "b/m"
+        (attempt,) = final["attempts"]
+        assert attempt["target"] == "a/m" and "Timeout" in attempt["error"]
+    assert len(a.seen) == 2 and len(b.seen) == 2  # a was asked each time, and b answered
+
+
+def test_a_stream_that_stalls_between_chunks_goes_on_on_a_replica(upstreams) -> None:
+    a, _ = upstreams["a"]
+    b, _ = upstreams["b"]
+    a.stall_after = 3  # t0 t1 t2, then silence with the connection open
+    routes = {"assistant": {"policy": "balance", "targets": ["a/m", "b/m"]}}
+    app, _ = gateway_app(config_of(upstreams, routes, a=FAST, b={"kind": "vllm"}))
+    with TestClient(app) as client:
+        r = ask(client, "assistant", stream=True, max_tokens=50)
+    events = events_of(r)
+    text, reasons = _stream_text(events)
+    assert text == WANT  # no gap, no repeat
+    assert events[-1] == "[DONE]" and reasons[-1] == "stop" and "error" not in reasons
+    final = events[-2]["cuvee"]
+    assert final["served_by"] == "b/m"
+    (attempt,) = final["attempts"]
+    assert attempt["target"] == "a/m" and "broke after 3 tokens" in attempt["error"]
+    assert "Timeout" in attempt["error"]
+    assert b.seen[-1]["messages"][-1] == {"role": "assistant", "content": "t0 t1 t2 "}
+    assert b.seen[-1]["max_tokens"] == 47
+    # neither replica is left counted as busy (balance orders by it)
+    assert app.state.cuvee.extra["gateway"].in_flight == {"a/m": 0, "b/m": 0}
+
+
+@pytest.mark.parametrize(
+    "targets", [["a/m"], ["a/m", "b/m"], ["a/m", "fake"]], ids=["alone", "fallback", "cross-model"]
+)
+def test_a_stream_that_stalls_without_a_replica_ends_as_an_error(upstreams, targets) -> None:
+    a, _ = upstreams["a"]
+    b, _ = upstreams["b"]
+    a.stall_after = 3
+    app, _ = gateway_app(config_of(upstreams, {"assistant": {"targets": targets}}, a=FAST))
+    with TestClient(app) as client:
+        r = ask(client, "assistant", stream=True)
+    events = events_of(r)
+    text, reasons = _stream_text(events)
+    assert text == "t0 t1 t2 " and events[-1] == "[DONE]"
+    assert reasons[-1] == "error" and "stop" not in reasons and "length" not in reasons
+    last = events[-2]
+    assert last["error"]["code"] == "upstream_broke" and last["cuvee"]["served_by"] == "a/m"
+    assert "Timeout" in last["cuvee"]["attempts"][-1]["error"]
+    assert b.seen == []  # another model never goes on with a's answer
+
+
+def _no_malformed_line(response, malformed: str) -> None:
+    """Every ``data:`` line the client got is JSON or [DONE]; the upstream's broken line is not
+    among them, nor in any text."""
+    for line in response.text.splitlines():
+        assert line != f"data: {malformed}"
+        if line.startswith("data: ") and line != "data: [DONE]":
+            assert isinstance(json.loads(line[6:]), dict), line
+    text, _ = _stream_text(events_of(response))
+    assert malformed not in text
+
+
+@pytest.mark.parametrize("malformed", ["{not json", "[1, 2]", '"a string"'])
+def test_a_malformed_chunk_breaks_the_stream_and_a_replica_goes_on(upstreams, malformed) -> None:
+    a, _ = upstreams["a"]
+    b, _ = upstreams["b"]
+    a.malformed_after, a.malformed = 2, malformed  # then t2..t5 and [DONE] from a, as if fine
+    routes = {"assistant": {"policy": "balance", "targets": ["a/m", "b/m"]}}
+    app, _ = gateway_app(config_of(upstreams, routes, a=FAST, b={"kind": "vllm"}))
+    with TestClient(app) as client:
+        r = ask(client, "assistant", stream=True, max_tokens=50)
+    _no_malformed_line(r, malformed)
+    events = events_of(r)
+    text, reasons = _stream_text(events)
+    assert text == WANT and reasons[-1] == "stop" and "error" not in reasons
+    final = events[-2]["cuvee"]
+    assert final["served_by"] == "b/m"  # not a's own rest of the answer
+    (attempt,) = final["attempts"]
+    assert attempt["target"] == "a/m" and "broke after 2 tokens" in attempt["error"]
+    assert "malformed" in attempt["error"]
+    assert b.seen[-1]["messages"][-1] == {"role": "assistant", "content": "t0 t1 "}
+
+
+@pytest.mark.parametrize("targets", [["a/m"], ["a/m", "b/m"]], ids=["alone", "fallback"])
+def test_a_malformed_chunk_without_a_replica_ends_the_stream_as_an_error(
+    upstreams, targets
+) -> None:
+    a, _ = upstreams["a"]
+    b, _ = upstreams["b"]
+    a.malformed_after = 2
+    app, _ = gateway_app(config_of(upstreams, {"assistant": {"targets": targets}}, a=FAST))
+    with TestClient(app) as client:
+        r = ask(client, "assistant", stream=True)
+    _no_malformed_line(r, a.malformed)
+    events = events_of(r)
+    text, reasons = _stream_text(events)
+    assert text == "t0 t1 " and events[-1] == "[DONE]"  # nothing of a's after the broken line
+    assert reasons[-1] == "error" and "stop" not in reasons
+    last = events[-2]
+    assert last["error"]["code"] == "upstream_broke" and last["cuvee"]["served_by"] == "a/m"
+    assert b.seen == []
+
+
+@contextlib.contextmanager
+def _serving_on(app, port: int) -> Iterator[None]:
+    """Serve ``app`` with uvicorn on ``port`` (a fixed one) in a thread until the block ends."""
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, name="uvicorn-fixed-port", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, f"no server on {port}"
+        time.sleep(0.02)
+    try:
+        yield
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        assert not thread.is_alive(), "the server did not stop"
+
+
+def test_an_upstream_stopped_and_started_again_on_its_port_is_used_again(upstreams) -> None:
+    port = free_port()
+    c = FakeUpstream("c")
+    c.app.get("/v1/models")(lambda: {"object": "list", "data": []})  # its health check
+    fakes = {"c": (c, f"http://127.0.0.1:{port}/v1"), "b": upstreams["b"]}
+    quick = {**FAST, "cooldown": {"failures": 1, "window": 60, "seconds": 0.05}}
+    app, _ = gateway_app(config_of(fakes, {"assistant": {"targets": ["c/m", "b/m"]}}, c=quick))
+
+    def up(client) -> str:
+        return client.get("/metrics").text.split('cuvee_gateway_target_up{target="c"} ')[1][:3]
+
+    def stream_served(client) -> dict[str, Any]:
+        events = events_of(ask(client, "assistant", stream=True))
+        text, reasons = _stream_text(events)
+        assert text == WANT and reasons[-1] == "stop" and events[-1] == "[DONE]"
+        return events[-2]["cuvee"]
+
+    with TestClient(app) as client:  # one event loop: the health check runs in it
+        with _serving_on(c.app, port):
+            assert ask(client, "assistant").json()["cuvee"] == {"served_by": "c/m", "attempts": []}
+            assert stream_served(client) == {"served_by": "c/m", "attempts": []}
+        # c is gone (its kept-alive connection closed with it): b serves
+        r = ask(client, "assistant")
+        assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == WANT
+        (attempt,) = r.json()["cuvee"]["attempts"]
+        assert attempt["target"] == "c/m" and "Connect" in attempt["error"]
+        assert r.json()["cuvee"]["served_by"] == "b/m"
+        assert up(client) == "0.0"
+        # cooled down: b first, c not even tried, streamed or whole
+        assert stream_served(client) == {"served_by": "b/m", "attempts": []}
+        assert ask(client, "assistant").json()["cuvee"] == {"served_by": "b/m", "attempts": []}
+        asked = len(c.seen)
+        with _serving_on(c.app, port):  # the same port again
+            deadline = time.monotonic() + 10
+            while up(client) != "1.0":
+                assert time.monotonic() < deadline, "the health check never brought c back"
+                time.sleep(0.02)
+            assert ask(client, "assistant").json()["cuvee"] == {"served_by": "c/m", "attempts": []}
+            assert stream_served(client) == {"served_by": "c/m", "attempts": []}
+        assert len(c.seen) == asked + 2
+
+
+@pytest.fixture
+def real_upstream(tiny_spm_gemma_dir: Path, tmp_path: Path) -> Iterator[str]:
+    """A second `cuvee serve` process serving the tiny model ``tg`` (exported to GGUF, run by
+    llama.cpp) on a loopback port; its /v1 URL."""
+    pytest.importorskip("llama_cpp")
+    from cuvee.export.formats import export
+    from cuvee.progress import SilentReporter
+    from helpers import store_tiny
+
+    settings, store = store_tiny(tiny_spm_gemma_dir, name="tg")  # the test's own CUVEE_HOME
+    export(settings, store, "tg", "gguf", quant="f32", reporter=SilentReporter())
+    port = free_port()
+    log = tmp_path / "upstream.log"
+    command = [sys.executable, "-m", "cuvee", "serve", "--port", str(port), "--model", "tg",
+               "--threads", "1", "--drain-timeout", "0"]  # fmt: skip
+    with log.open("w") as err:
+        proc = subprocess.Popen(
+            command, env=dict(os.environ), stdout=subprocess.DEVNULL, stderr=err
+        )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, log.read_text()
+            try:
+                if httpx.get(base + "/ready", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "cuvee serve never got ready: " + log.read_text()
+            time.sleep(0.1)
+        yield base + "/v1"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def test_a_real_cuvee_serve_upstream_answers_behind_a_route(upstreams, real_upstream) -> None:
+    fakes = {"down": upstreams["down"], "real": (None, real_upstream)}
+    extra = {"down": {"models": ["tg"]}, "real": {"kind": "cuvee", "models": ["tg"]}}
+    app, _ = gateway_app(
+        config_of(fakes, {"assistant": {"targets": ["down/tg", "real/tg"]}}, **extra)
+    )
+    asked = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 8, "temperature": 0}
+    direct = httpx.post(
+        real_upstream + "/chat/completions", json={"model": "tg", **asked}, timeout=60
+    )
+    assert direct.status_code == 200, direct.text
+    expected = direct.json()["choices"][0]["message"]["content"]
+    assert expected and direct.json()["usage"]["completion_tokens"] >= 1
+    with TestClient(app) as client:
+        r = client.post("/v1/chat/completions", json={"model": "assistant", **asked})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["model"] == "assistant" and r.headers["x-cuvee-served-by"] == "real/tg"
+        assert body["choices"][0]["message"]["content"] == expected  # greedy: the same answer
+        assert body["usage"] == direct.json()["usage"]
+        assert body["cuvee"]["served_by"] == "real/tg"
+        (attempt,) = body["cuvee"]["attempts"]
+        assert attempt["target"] == "down/tg" and "Connect" in attempt["error"]
+        r = client.post(
+            "/v1/chat/completions", json={"model": "assistant", "stream": True, **asked}
+        )
+        assert r.status_code == 200, r.text
+    events = events_of(r)
+    text, reasons = _stream_text(events)
+    assert text == expected and events[-1] == "[DONE]"
+    assert reasons[-1] == direct.json()["choices"][0]["finish_reason"]
+    assert "error" not in reasons
+    assert all(e["model"] == "assistant" for e in events if isinstance(e, dict))
+    assert events[-2]["cuvee"]["served_by"] == "real/tg"
+    assert [a["target"] for a in events[-2]["cuvee"]["attempts"]] == ["down/tg"]
+
+
+@pytest.mark.parametrize("fault", ["cut_after", "reset_after"])
+def test_the_openai_client_streams_through_a_resume_on_a_replica(upstreams, fault) -> None:
+    from openai import OpenAI
+
+    a, _ = upstreams["a"]
+    b, _ = upstreams["b"]
+    setattr(a, fault, 3)
+    routes = {"assistant": {"policy": "balance", "targets": ["a/m", "b/m"]}}
+    app, _ = gateway_app(config_of(upstreams, routes, b={"kind": "vllm"}))
+    with uvicorn_in_thread(app) as base:
+        client = OpenAI(
+            base_url=base + "/v1", api_key="none", http_client=httpx.Client(), max_retries=0
+        )
+        stream = client.chat.completions.create(
+            model="assistant", messages=[{"role": "user", "content": "Hi"}], stream=True
+        )
+        chunks = list(stream)  # no exception
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == WANT
+    reasons = [c.choices[0].finish_reason for c in chunks if c.choices]
+    assert [r for r in reasons if r] == ["stop"]
+    assert chunks[-1].model_extra["cuvee"]["served_by"] == "b/m"
+    assert len(a.seen) == 1 and b.seen[-1]["messages"][-1]["content"] == "t0 t1 t2 "
+
+
+def test_the_openai_client_raises_on_a_stream_broken_without_a_replica(upstreams) -> None:
+    import openai
+
+    a, _ = upstreams["a"]
+    a.cut_after = 3
+    app, _ = gateway_app(config_of(upstreams, {"assistant": {"targets": ["a/m", "b/m"]}}))
+    got = []
+    with uvicorn_in_thread(app) as base:
+        client = openai.OpenAI(
+            base_url=base + "/v1", api_key="none", http_client=httpx.Client(), max_retries=0
+        )
+        stream = client.chat.completions.create(
+            model="assistant", messages=[{"role": "user", "content": "Hi"}], stream=True
+        )
+        with pytest.raises(openai.APIError, match="broke after tokens") as info:
+            for c in stream:
+                got.append(c)
+    assert "".join(c.choices[0].delta.content or "" for c in got if c.choices) == "t0 t1 t2 "
+    assert not any(c.choices and c.choices[0].finish_reason for c in got)  # never a "stop"
+    assert info.value.body["code"] == "upstream_broke"
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+def test_a_slow_first_token_within_the_first_token_timeout_is_waited_for(upstreams, stream) -> None:
+    a, _ = upstreams["a"]
+    a.delay_first = 1.0  # longer than between_chunks, well within first_token
+    timeouts = {"timeouts": {"connect": 1, "first_token": 10, "between_chunks": 0.3}}
+    routes = {"assistant": {"targets": ["a/m", "b/m"]}}
+    app, _ = gateway_app(config_of(upstreams, routes, a=timeouts))
+    with TestClient(app) as client:
+        r = ask(client, "assistant", stream=stream)
+    assert r.status_code == 200, r.text
+    if stream:
+        events = events_of(r)
+        assert _stream_text(events)[0] == WANT
+        cuvee = events[-2]["cuvee"]
+    else:
+        assert r.json()["choices"][0]["message"]["content"] == WANT
+        cuvee = r.json()["cuvee"]
+    assert cuvee == {"served_by": "a/m", "attempts": []}
