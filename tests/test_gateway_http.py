@@ -304,3 +304,53 @@ def test_a_settled_stream_gives_its_connection_back_when_the_body_ends_and_not_b
             assert server.connections == 2
 
     asyncio.run(main())
+
+
+def _httpx(read_timeout: float = 5) -> HttpxClient:
+    return HttpxClient(connect_timeout=2, read_timeout=read_timeout, max_connections=4)
+
+
+@pytest.mark.parametrize("make", [client, _httpx], ids=["plain", "httpx"])
+def test_the_read_timeout_counts_between_chunks_not_before_the_first(make) -> None:
+    """A long wait for the first token (a prefill) is the caller's first-token deadline to
+    judge, not a stall; silence after the body has started is."""
+
+    async def handler(reader, writer, n) -> None:
+        await read_request(reader)
+        await asyncio.sleep(0.5)  # headers and first chunk late: over the read timeout
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + b"2\r\nhi\r\n")
+        await writer.drain()
+        await asyncio.sleep(5)  # then silence
+
+    async def main() -> None:
+        async with Server(handler) as url:
+            c = make(read_timeout=0.2)
+            r = await c.request("POST", url + "/x", body=b"{}", stream=True)
+            texts = r.aiter_text()
+            assert await texts.__anext__() == "hi"
+            with pytest.raises(ReadTimeout):
+                await texts.__anext__()
+            await r.aclose()
+            await c.aclose()
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("make", [client, _httpx], ids=["plain", "httpx"])
+def test_both_clients_answer_the_same_and_fail_the_same(make) -> None:
+    async def handler(reader, writer, n) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 429 Too Many\r\nRetry-After: 7\r\nContent-Length: 9\r\n\r\n")
+        writer.write(b'{"e": 42}')
+        await writer.drain()
+
+    async def main() -> None:
+        async with Server(handler) as url:
+            c = make()
+            r = await c.request("POST", url + "/x", body=b"{}")
+            assert (r.status_code, r.headers["retry-after"], r.json()) == (429, "7", {"e": 42})
+            await c.aclose()
+        with pytest.raises(ConnectError):
+            await make().request("POST", url + "/x", body=b"{}")
+
+    asyncio.run(main())

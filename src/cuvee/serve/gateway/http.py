@@ -125,6 +125,7 @@ class PlainResponse:
         self.headers_done = False
         self.complete = False
         self.got_bytes = False  # any byte of the answer: a request that got none may be retried
+        self.body_started = False  # the read timeout runs from the first body byte on
         self._chunks: collections.deque[bytes] = collections.deque()
         self._buffered = 0
         self._error: BaseException | None = None
@@ -154,6 +155,7 @@ class PlainResponse:
         self._wake()
 
     def _feed(self, data: bytes) -> None:
+        self.body_started = True
         if self._settling is not None:
             return  # nobody reads it any more
         if self._decoder is not None:
@@ -193,15 +195,16 @@ class PlainResponse:
         )
 
     async def _wait(self) -> None:
-        """Until something arrives; a ReadTimeout (and the connection closed) after
-        ``read_timeout`` seconds of nothing."""
+        """Until something arrives; once the body has started, a ReadTimeout (and the
+        connection closed) after ``read_timeout`` seconds of nothing. Before it (the headers,
+        the first token) the caller's deadline rules: a long prefill is no stall."""
         if self._error is not None:
             raise self._error
         loop = self._conn.loop
         self._waiter = loop.create_future()
         timer = (
             loop.call_later(self._read_timeout, self._timed_out)
-            if self._read_timeout is not None
+            if self._read_timeout is not None and self.body_started
             else None
         )
         try:
@@ -480,9 +483,12 @@ class PlainClient:
 class HttpxResponse:
     """An httpx response behind the same interface, its errors mapped to this module's."""
 
-    def __init__(self, response: httpx.Response, context: Any = None) -> None:
+    def __init__(
+        self, response: httpx.Response, context: Any = None, read_timeout: float | None = None
+    ) -> None:
         self._response = response
         self._context = context
+        self._read_timeout = read_timeout
         self.status_code = response.status_code
         self.headers = response.headers
         self._texts: AsyncIterator[str] | None = None
@@ -505,9 +511,22 @@ class HttpxResponse:
         return self._texts
 
     async def _text_of(self) -> AsyncIterator[str]:
-        with _mapped():
-            async for text in self._response.aiter_text():
-                yield text
+        texts = self._response.aiter_text()
+        started = False
+        while True:
+            try:
+                with _mapped():
+                    if started and self._read_timeout is not None:
+                        async with asyncio.timeout(self._read_timeout):
+                            text = await anext(texts)
+                    else:
+                        text = await anext(texts)
+            except StopAsyncIteration:
+                return
+            except TimeoutError:
+                raise ReadTimeout(f"no answer for {self._read_timeout:g} s") from None
+            started = True
+            yield text
 
     async def settle(self, timeout: float) -> None:
         """Reads the body to its end, for at most the time (httpx reuses a connection only
@@ -544,10 +563,13 @@ class HttpxClient:
     def __init__(
         self, *, connect_timeout: float, read_timeout: float, max_connections: int
     ) -> None:
+        # httpx's read timeout would count from the request on; the time between chunks is
+        # kept by the responses instead, once the body has started
         self._client = httpx.AsyncClient(
-            timeout=httpx.Timeout(connect=connect_timeout, read=read_timeout, write=30, pool=30),
+            timeout=httpx.Timeout(connect=connect_timeout, read=None, write=30, pool=30),
             limits=httpx.Limits(max_connections=max_connections),
         )
+        self._read_timeout = read_timeout
 
     async def request(
         self,
@@ -567,7 +589,7 @@ class HttpxClient:
                     await self._client.request(method, url, content=body, headers=sent)
                 )
             context = self._client.stream(method, url, content=body, headers=sent)
-            return HttpxResponse(await context.__aenter__(), context)
+            return HttpxResponse(await context.__aenter__(), context, self._read_timeout)
 
     async def aclose(self) -> None:
         await self._client.aclose()

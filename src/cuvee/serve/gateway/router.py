@@ -293,7 +293,9 @@ class Gateway:
                                     chunk = json.loads(payload)
                                 except json.JSONDecodeError:
                                     chunk = None
-                                if not isinstance(chunk, dict):
+                                if not isinstance(chunk, dict) or not isinstance(
+                                    chunk.get("choices", []), list
+                                ):
                                     # not a chunk a client could read: the stream is broken here
                                     if out:
                                         yield b"".join(out)
