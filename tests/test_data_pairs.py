@@ -148,7 +148,7 @@ def test_pairs_are_kept_where_the_checks_disagree_and_read_back(
     assert code == 0, err
     summary = json.loads(stdout)
     assert (summary["prompts"], summary["samples"], summary["pairs"]) == (3, 12, 2)
-    assert summary["dropped"] == {"tie": 1, "too_few_answers": 0}
+    assert summary["dropped"] == {"tie": 1, "too_few_answers": 0, "longer_chosen": 0}
     assert summary["checkers"]["constraints"] == {"prompts": 1, "decided": 1}
     assert summary["checkers"]["stops"] == {"prompts": 3, "decided": 1}
     assert summary["checkers"]["rouge_l"]["prompts"] == 3  # scored, whatever the scores
@@ -347,6 +347,19 @@ def test_augment_variants_become_pairs_only_where_the_original_fails(
     )  # fmt: skip
     assert code == 0, err
     assert (json.loads(stdout)["prompts"], json.loads(stdout)["pairs"]) == (1, 1)
+    # the length check: 7 words against 7 passes at ratio 1 (7 <= 7 + 3), not at 0.5 (> 6.5)
+    for ratio, pairs_kept in (("1", 1), ("0.5", 0)):
+        code, stdout, err = run_cli(
+            capsys, "data", "pairs", "--from-augment", "--data", str(aug),
+            "--max-length-ratio", ratio, "-o", str(tmp_path / f"r{ratio}.jsonl"), "--json",
+        )  # fmt: skip
+        assert code == 0, err
+        summary = json.loads(stdout)
+        assert (summary["pairs"], summary["dropped"]["longer_chosen"]) == (
+            pairs_kept,
+            1 - pairs_kept,
+        )
+        assert len((tmp_path / f"r{ratio}.jsonl").read_text().splitlines()) == pairs_kept
 
     # variants alone: each original is found where `augmented_from` points
     alone = tmp_path / "variants.jsonl"
@@ -479,3 +492,17 @@ def test_checks_that_do_not_apply_are_left_out() -> None:
         context=("Signed, Ana Lima of the Larkspur team.",),
     )
     assert not VERIFIERS["quote"].applies(extracted)
+
+
+def test_length_balance_keeps_pairs_whose_chosen_answer_is_not_much_longer() -> None:
+    from cuvee.eval.preference_pairs import PairsSummary, length_balanced
+
+    def row(chosen: int, rejected: int) -> dict:
+        return {"chosen": " ".join(["w"] * chosen), "rejected": " ".join(["w"] * rejected)}
+
+    rows = [row(10, 10), row(15, 10), row(16, 10), row(3, 0), row(4, 0), row(2, 30)]
+    summary = PairsSummary(pairs=len(rows))
+    kept = length_balanced(rows, 1.2, summary)  # at most 1.2 x rejected + 3 words
+    assert kept == [rows[0], rows[1], rows[3], rows[5]]
+    assert (summary.pairs, summary.longer) == (4, 2)
+    assert summary.to_json()["dropped"]["longer_chosen"] == 2

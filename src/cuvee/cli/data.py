@@ -416,6 +416,14 @@ Example: cuvee data pairs --model quickstart --data aug.jsonl -k 4 -o pairs.json
     help="Keep a pair when the totals differ by this much.",
 )
 @click.option(
+    "--max-length-ratio",
+    type=click.FloatRange(min=0),
+    default=0,
+    show_default=True,
+    help="Drop a pair whose chosen answer has more than this times the rejected one's words "
+    "(+3): DPO learns length from pairs whose better answer is also the longer. 0: keep all.",
+)
+@click.option(
     "--check",
     "checks",
     multiple=True,
@@ -447,6 +455,7 @@ def pairs(
     limit: int | None,
     seed: int,
     margin: float,
+    max_length_ratio: float,
     checks: tuple[str, ...],
     from_augment: bool,
     output: Path,
@@ -530,6 +539,8 @@ def pairs(
         finally:
             backend.close()
 
+    if max_length_ratio:
+        kept = pp.length_balanced(kept, max_length_ratio, summary)
     declared = declaration.declared_by != "none"
     made_by = f"answers of model {model}" if model else "cuvee data augment variants"
     source = f"cuvee data pairs from {data_file.name} ({made_by})"
@@ -576,6 +587,11 @@ def _print_pairs_summary(report: dict, k: int | None) -> None:
     echo(
         f"pairs:      {report['pairs']} kept, {report['dropped']['tie']} dropped for a tie{tie}, "
         f"{report['dropped']['too_few_answers']} with too few distinct answers"
+        + (
+            f", {report['dropped']['longer_chosen']} with a much longer chosen answer"
+            if report["dropped"]["longer_chosen"]
+            else ""
+        )
     )
     if report["empty_answers"]:
         echo(f"empty:      {report['empty_answers']} answers (in no pair)")

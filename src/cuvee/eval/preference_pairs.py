@@ -50,6 +50,7 @@ class PairsSummary:
     pairs: int = 0
     ties: int = 0  # best and worst total closer than the margin
     too_few: int = 0  # fewer than two non-empty answers
+    longer: int = 0  # pairs whose chosen answer was too much longer than the rejected one
     empty: int = 0  # empty answers, in no pair and no KTO record
     skipped: Counter[str] = field(default_factory=Counter)  # records not used as prompts
     applied: Counter[str] = field(default_factory=Counter)  # prompts each check scored
@@ -63,7 +64,11 @@ class PairsSummary:
             "tokens": self.tokens,
             "sampling_seconds": round(self.seconds, 1),
             "pairs": self.pairs,
-            "dropped": {"tie": self.ties, "too_few_answers": self.too_few},
+            "dropped": {
+                "tie": self.ties,
+                "too_few_answers": self.too_few,
+                "longer_chosen": self.longer,
+            },
             "empty_answers": self.empty,
             "skipped_records": dict(self.skipped),
             "checkers": {
@@ -228,6 +233,30 @@ def choose_pair(
     if best.total - worst.total < margin or _same(best.answer.text, worst.answer.text):
         return "tie"
     return best, worst
+
+
+# A pair passes the length check when its chosen answer has at most ratio x the rejected one's
+# words plus this many (short answers differ by a few words without being "longer").
+LENGTH_SLACK_WORDS = 3
+
+
+def length_balanced(
+    rows: list[dict[str, Any]], ratio: float, summary: PairsSummary
+) -> list[dict[str, Any]]:
+    """The pairs whose chosen answer is not much longer than the rejected one (at most
+    ``ratio`` times its words, plus a few). Where the better answer is also the longer one,
+    DPO learns length as much as quality. In bench/pref_quality.py's pilot (seed 1, dev half),
+    DPO on every pair wrote answers 3.8x as long as the SFT baseline's; on these only (ratio
+    1.1), 1.9x, with prompt-level strict accuracy 0.477 -> 0.494."""
+    kept = []
+    for row in rows:
+        chosen, rejected = len(row["chosen"].split()), len(row["rejected"].split())
+        if chosen <= ratio * rejected + LENGTH_SLACK_WORDS:
+            kept.append(row)
+        else:
+            summary.longer += 1
+            summary.pairs -= 1
+    return kept
 
 
 def deciding(chosen: dict[str, float], rejected: dict[str, float]) -> list[str]:
