@@ -357,6 +357,31 @@ def test_a_stream_broken_on_one_replica_goes_on_on_the_other_without_gap_or_repe
     assert resumed["continue_final_message"] is True and resumed["max_tokens"] == 47
 
 
+@pytest.mark.parametrize("declared", [None, False, True])
+def test_a_replica_that_would_start_a_new_answer_is_not_asked_to_resume(upstreams, declared):
+    """An `openai`-kind replica (the OpenAI API, llama-cpp-python's server) answers a final
+    assistant message with a new answer: asked to resume, it would repeat what was sent. It
+    is skipped, and the stream ends with an error, unless the upstream declares it goes on."""
+    a, _ = upstreams["a"]
+    b, _ = upstreams["b"]
+    a.cut_after = 3
+    routes = {"assistant": {"policy": "balance", "targets": ["a/m", "b/m"]}}
+    extra = {} if declared is None else {"b": {"continues": declared}}
+    app, _ = gateway_app(config_of(upstreams, routes, **extra))
+    events = events_of(ask(TestClient(app), "assistant", stream=True, max_tokens=50))
+    text, reasons = _stream_text(events)
+    assert events[-1] == "[DONE]"
+    if declared:
+        assert text == "".join(f"t{i} " for i in range(TOKENS)) and reasons[-1] == "stop"
+        assert b.seen[-1]["messages"][-1] == {"role": "assistant", "content": "t0 t1 t2 "}
+        return
+    assert text == "t0 t1 t2 " and reasons[-1] == "error" and not b.seen
+    final = events[-2]
+    assert final["error"]["code"] == "upstream_broke"
+    skipped = final["cuvee"]["attempts"][-1]
+    assert skipped["target"] == "b/m" and "resume skipped: kind openai" in skipped["error"]
+
+
 @pytest.mark.parametrize("kind", ["vllm", "cuvee"])
 def test_whitespace_a_trimming_replica_writes_again_is_not_passed_on_twice(upstreams, kind) -> None:
     a, _ = upstreams["a"]
@@ -680,7 +705,8 @@ def test_a_replica_pool_under_a_fault_schedule_loses_no_request_and_no_token() -
     with ExitStack() as stack:
         fakes = _three_fakes(stack)
         routes = {"pool": {"policy": "balance", "targets": ["a/m", "b/m", "c/m"]}}
-        app, _ = gateway_app(config_of(fakes, routes))
+        goes_on = {name: {"continues": True} for name in fakes}  # the fakes go on with an answer
+        app, _ = gateway_app(config_of(fakes, routes, **goes_on))
         results = _under_faults(app, _schedule(fakes), 360)
         whole = _under_faults(app, _schedule(fakes), 60, stream=False)
     want = "".join(f"t{i} " for i in range(TOKENS))
@@ -1049,6 +1075,91 @@ def test_a_real_cuvee_serve_upstream_answers_behind_a_route(upstreams, real_upst
     assert all(e["model"] == "assistant" for e in events if isinstance(e, dict))
     assert events[-2]["cuvee"]["served_by"] == "real/tg"
     assert [a["target"] for a in events[-2]["cuvee"]["attempts"]] == ["down/tg"]
+
+
+@pytest.fixture
+def llama_cpp_server(tiny_spm_gemma_dir: Path, tmp_path: Path) -> Iterator[str]:
+    """llama-cpp-python's own OpenAI-compatible server (`python -m llama_cpp.server`; its
+    ``server`` extra is in cuvee's dev dependencies) on the tiny model's GGUF, as model id
+    ``tg``: its /v1 URL."""
+    pytest.importorskip("llama_cpp.server.app")
+    from cuvee.export.formats import export
+    from cuvee.progress import SilentReporter
+    from helpers import store_tiny
+
+    settings, store = store_tiny(tiny_spm_gemma_dir, name="tg")
+    gguf = export(settings, store, "tg", "gguf", quant="f32", reporter=SilentReporter())["path"]
+    port = free_port()
+    log = tmp_path / "llama-cpp-server.log"
+    command = [sys.executable, "-m", "llama_cpp.server", "--model", gguf,
+               "--model_alias", "tg", "--host", "127.0.0.1", "--port", str(port),
+               "--n_threads", "1", "--n_ctx", "512", "--chat_format", "gemma"]  # fmt: skip
+    with log.open("w") as err:
+        proc = subprocess.Popen(command, stdout=err, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}/v1"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, log.read_text()
+            try:
+                if httpx.get(base + "/models", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "not ready: " + log.read_text()
+            time.sleep(0.1)
+        yield base
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def test_llama_cpp_python_s_server_as_an_upstream(upstreams, llama_cpp_server) -> None:
+    """A real second implementation of the API behind a route: the answer of a fallback, whole
+    and streamed, is the server's own (greedy), and, as an `openai`-kind replica, it is not
+    asked to go on with a stream another replica broke."""
+    a, _ = upstreams["a"]
+    a.cut_after = 2
+    fakes = {"a": upstreams["a"], "down": upstreams["down"], "lcs": (None, llama_cpp_server)}
+    extra = {"down": {"models": ["tg"]}, "lcs": {"models": ["tg"]}}
+    routes = {
+        "assistant": {"targets": ["down/tg", "lcs/tg"]},
+        "pool": {"policy": "balance", "targets": ["a/m", "lcs/tg"]},
+    }
+    app, _ = gateway_app(config_of(fakes, routes, **extra))
+    asked = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 8, "temperature": 0}
+    direct = httpx.post(
+        llama_cpp_server + "/chat/completions", json={"model": "tg", **asked}, timeout=60
+    )
+    assert direct.status_code == 200, direct.text
+    expected = direct.json()["choices"][0]["message"]["content"]
+    assert direct.json()["usage"]["completion_tokens"] >= 1
+    with TestClient(app) as client:
+        r = client.post("/v1/chat/completions", json={"model": "assistant", **asked})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["model"] == "assistant" and body["cuvee"]["served_by"] == "lcs/tg"
+        assert body["choices"][0]["message"]["content"] == expected
+        assert body["usage"] == direct.json()["usage"]
+        assert [a["target"] for a in body["cuvee"]["attempts"]] == ["down/tg"]
+        r = client.post(
+            "/v1/chat/completions", json={"model": "assistant", "stream": True, **asked}
+        )
+        assert r.status_code == 200, r.text
+        events = events_of(r)
+        text, reasons = _stream_text(events)
+        assert text == expected and events[-1] == "[DONE]" and "error" not in reasons
+        assert reasons[-1] == direct.json()["choices"][0]["finish_reason"]
+        assert events[-2]["cuvee"]["served_by"] == "lcs/tg"
+        asked_before = len(a.seen)
+        events = events_of(ask(client, "pool", stream=True, max_tokens=8))
+    text, reasons = _stream_text(events)
+    assert len(a.seen) == asked_before + 1 and text == "t0 t1 " and reasons[-1] == "error"
+    assert "resume skipped: kind openai" in events[-2]["cuvee"]["attempts"][-1]["error"]
 
 
 @pytest.mark.parametrize("fault", ["cut_after", "reset_after"])

@@ -78,6 +78,10 @@ class Cooldown(BaseModel):
     seconds: float = Field(15.0, gt=0)
 
 
+# the kinds that go on with a final assistant message of a chat (see Upstream.continues)
+CONTINUING_KINDS = frozenset({"cuvee", "llama-server", "vllm"})
+
+
 class Upstream(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -99,6 +103,12 @@ class Upstream(BaseModel):
     # 400 comes back). A route skips an upstream that declares it lacks what a request needs.
     supports: list[Literal["tools", "json_schema", "logprobs"]] | None = None
     context_length: int | None = Field(None, ge=1)
+    # does it go on with a final assistant message instead of starting a new one (what a
+    # resume on a replica needs)? None: by kind. cuvee, llama-server (its assistant prefill)
+    # and vllm (asked with continue_final_message) do; the OpenAI API, and servers that copy
+    # it such as llama-cpp-python's, start a new answer, which would repeat what was sent;
+    # ollama is not assumed to either (declare continues: true once checked).
+    continues: bool | None = None
 
     @field_validator("base_url")
     @classmethod
@@ -112,6 +122,11 @@ class Upstream(BaseModel):
         if self.kind == "azure-openai" and not self.api_version:
             raise ValueError("an azure-openai upstream needs api_version, e.g. 2024-10-21")
         return self
+
+    def can_continue(self) -> bool:
+        if self.continues is not None:
+            return self.continues
+        return self.kind in CONTINUING_KINDS
 
     def api_key(self) -> str | None:
         """The key, read from the environment at each use (never stored in the config)."""

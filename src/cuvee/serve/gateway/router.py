@@ -392,6 +392,13 @@ class Gateway:
                     continue
                 return target, head, events
             client = self.clients[target.upstream]
+            if path.endswith("/chat/completions") and not client.upstream.can_continue():
+                reason = (
+                    f"resume skipped: kind {client.upstream.kind} starts a new answer instead of "
+                    "going on with the one sent (declare continues: true if it does not)"
+                )
+                attempts.append({"target": target.label, "error": reason})
+                continue
             body = _continuation(request, target, text, tokens, client.upstream.kind, path)
             try:
                 head, tail = await client.stream(path, body)
