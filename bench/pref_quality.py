@@ -22,6 +22,11 @@ half; the bundled ``instructions`` suite is reported too. Greedy decoding, the s
 limit. Answer length is the mean number of words of the answers on each half.
 
     python bench/pref_quality.py --seeds 1 2 [--sft-steps 60] [--dpo-steps 12] [--reuse]
+        [--max-length-ratio 1.1] [--nll-weight 1.0]
+
+``--max-length-ratio`` drops pairs whose chosen answer is much longer than the rejected one and
+``--nll-weight`` adds the chosen answers' NLL to the DPO loss (RPO); both were chosen on the
+``dev`` half (session 14: 1.1 and 1.0), so only the ``heldout`` half judges them.
 
 The last line printed is one JSON object: per seed and arm the four IFEval metrics on each
 half, the answer lengths, steps, pairs and wall times; ``dpo_beats_sft2`` per seed (prompt
@@ -191,6 +196,8 @@ def train_arms(seed: int, args: argparse.Namespace, work: Path, log: Path) -> di
                 str(args.pair_prompts),
                 "--seed",
                 str(seed),
+                "--max-length-ratio",
+                str(args.max_length_ratio),
                 "-o",
                 str(pairs),
                 "--json",
@@ -208,6 +215,8 @@ def train_arms(seed: int, args: argparse.Namespace, work: Path, log: Path) -> di
                     "--from-augment",
                     "--data",
                     str(prompts),
+                    "--max-length-ratio",
+                    str(args.max_length_ratio),
                     "-o",
                     str(augmented),
                     "--json",
@@ -231,6 +240,7 @@ def train_arms(seed: int, args: argparse.Namespace, work: Path, log: Path) -> di
             str(args.dpo_steps),
             "--epochs",
             "10",
+            *(["--nll-weight", str(args.nll_weight)] if args.nll_weight is not None else []),
             "--time-budget",
             "24h",
             "--force",
@@ -271,6 +281,15 @@ def main() -> None:
     parser.add_argument("-k", "--samples", type=int, default=4)
     parser.add_argument("--dpo-steps", type=int, default=12)
     parser.add_argument("--no-augment-pairs", dest="augment_pairs", action="store_false")
+    parser.add_argument(
+        "--max-length-ratio",
+        type=float,
+        default=0,
+        help="`cuvee data pairs --max-length-ratio` for both kinds of pairs (0: keep all)",
+    )
+    parser.add_argument(
+        "--nll-weight", type=float, help="the DPO run's nll_weight (default: the recipe's)"
+    )
     parser.add_argument(
         "--eval-source",
         type=Path,
