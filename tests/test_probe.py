@@ -200,3 +200,19 @@ def test_doctor_text_names_problems_with_their_fix(
     assert result.exit_code == 1
     assert "FAIL  embedding model" in result.output
     assert "fix: point CUVEE_EMBEDDING_MODEL" in result.output
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_doctor_says_in_which_precision_this_cpu_trains(
+    monkeypatch: pytest.MonkeyPatch, native: bool
+) -> None:
+    # torch computes bf16 on any CPU; what matters to a user is whether training uses it (only
+    # with AVX512-BF16 or AMX), since fp32 steps are several times slower than native bf16 ones.
+    from cuvee import doctor
+    from cuvee.train import throughput
+
+    monkeypatch.setattr(throughput, "bf16_supported", lambda device: native)
+    finding = doctor.check_torch(load_settings())
+    assert finding.details["cpu_bf16_native"] is native
+    assert finding.details["cpu_train_precision"] == ("bf16" if native else "fp32")
+    assert ("trains in fp32 on the CPU (no native bf16" in finding.summary) is not native

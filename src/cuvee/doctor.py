@@ -120,20 +120,31 @@ def check_torch(settings: Settings) -> Finding:
         )
     cuda_build = torch.version.cuda
     cuda_ok = bool(cuda_build) and torch.cuda.is_available()
+    from cuvee.train.throughput import bf16_supported
+
     try:
         x = torch.ones(4, 4, dtype=torch.bfloat16)
         bf16 = bool((x @ x).float().sum().item() == 64.0)
     except RuntimeError:
         bf16 = False
+    # torch computes bf16 on any CPU, but only AVX512-BF16 or AMX make it faster than fp32:
+    # elsewhere `precision: auto` trains in fp32, several times slower a step than with them
+    native = bf16_supported("cpu")
     details = {
         "version": torch.__version__,
         "build": f"CUDA {cuda_build}" if cuda_build else "CPU",
         "cuda_available": cuda_ok,
         "cpu_bf16": bf16,
+        "cpu_bf16_native": native,
+        "cpu_train_precision": "bf16" if native and bf16 else "fp32",
         "threads": torch.get_num_threads(),
     }
     summary = f"{torch.__version__}, {details['build']} build, {torch.get_num_threads()} threads"
-    summary += ", bf16 on the CPU" if bf16 else ", no bf16 on the CPU"
+    summary += (
+        ", trains in bf16 on the CPU (native)"
+        if native and bf16
+        else ", trains in fp32 on the CPU (no native bf16: AVX512-BF16 or AMX)"
+    )
     if cuda_build and not cuda_ok:
         return Finding(
             "torch",
