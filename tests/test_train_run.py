@@ -522,3 +522,14 @@ def test_mlflow_receives_the_metrics_when_asked(setup, monkeypatch) -> None:
     assert calls["params"][0]["lr"] == "0.01" and calls["runs"][-1] == "end"
     steps = [s for s, m in calls["metrics"] if "loss" in m]
     assert steps == [1, 2]
+
+
+def test_a_time_budget_that_fits_few_steps_says_so() -> None:
+    # a 10-minute quickstart on a 2-core CPU without native bf16 fits about 9 steps of 3,000
+    # tokens: the user is told, once, that the model will barely change, and what to do
+    from cuvee.train.loop import FEW_STEPS, few_steps_hint
+
+    assert "longer --time-budget" in few_steps_hint(9, 700)
+    assert "cuvee doctor" in few_steps_hint(FEW_STEPS - 1, 700)
+    assert few_steps_hint(FEW_STEPS, 700) == ""  # enough steps
+    assert few_steps_hint(9, 9) == ""  # the run is short anyway: the budget cut nothing

@@ -52,6 +52,20 @@ from cuvee.train.throughput import (
 )
 from cuvee.train.tracking import Tracker, check_trackers, open_trackers
 
+# a time budget that fits fewer optimizer steps than this (and fewer than the run would take
+# without it) gets a hint: a few LoRA steps leave the model nearly as it was
+FEW_STEPS = 30
+
+
+def few_steps_hint(planned: int, limit: int) -> str:
+    """What to add to a time budget's plan of ``planned`` steps (of ``limit`` without it)."""
+    if planned >= min(FEW_STEPS, limit):
+        return ""
+    return (
+        "; so few steps change the model little: give a longer --time-budget (`cuvee doctor` "
+        "says whether this CPU trains in bf16 or the slower fp32)"
+    )
+
 
 class Interrupted(CuveeError):
     """Training stopped on request; a checkpoint was saved."""
@@ -331,6 +345,7 @@ def _loop(
     Returns False when it stopped early on request (Ctrl-C, ``stop_after_step``), with a
     checkpoint of where it stopped."""
     recipe, budget = run.recipe, run.budget
+    warned_few = False
     with _CtrlC(display) as ctrl_c:
         display.start(state.total_steps, state.step)
         try:
@@ -347,9 +362,11 @@ def _loop(
                 plan = budget.replan(state.step, state.total_steps, state.warmup, meter.elapsed)
                 if plan is not None:
                     state.total_steps, state.warmup = plan.total_steps, plan.warmup
+                    hint = "" if warned_few else few_steps_hint(state.total_steps, budget.limit)
+                    warned_few = warned_few or bool(hint)
                     display.message(
                         f"time budget {recipe.time_budget}: {plan.per_step:.1f} s/step, "
-                        f"planning {state.total_steps} steps"
+                        f"planning {state.total_steps} steps{hint}"
                     )
 
                 metrics: dict[str, Any] = {
