@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -1014,23 +1013,29 @@ def real_upstream(tiny_spm_gemma_dir: Path, tmp_path: Path) -> Iterator[str]:
     log = tmp_path / "upstream.log"
     command = [sys.executable, "-m", "cuvee", "serve", "--port", str(port), "--model", "tg",
                "--threads", "1", "--drain-timeout", "0"]  # fmt: skip
-    with log.open("w") as err:
-        proc = subprocess.Popen(
-            command, env=dict(os.environ), stdout=subprocess.DEVNULL, stderr=err
-        )
     base = f"http://127.0.0.1:{port}"
+    with _server_process(command, base + "/ready", log):
+        yield base + "/v1"
+
+
+@contextlib.contextmanager
+def _server_process(command: list[str], ready_url: str, log: Path) -> Iterator[None]:
+    """A server process (its output in ``log``), from when ``ready_url`` answers 200 until
+    it is stopped."""
+    with log.open("w") as out:
+        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 120
         while True:
             assert proc.poll() is None, log.read_text()
             try:
-                if httpx.get(base + "/ready", timeout=2).status_code == 200:
+                if httpx.get(ready_url, timeout=2).status_code == 200:
                     break
             except httpx.HTTPError:
                 pass
-            assert time.monotonic() < deadline, "cuvee serve never got ready: " + log.read_text()
+            assert time.monotonic() < deadline, "never got ready: " + log.read_text()
             time.sleep(0.1)
-        yield base + "/v1"
+        yield
     finally:
         proc.terminate()
         try:
@@ -1094,28 +1099,9 @@ def llama_cpp_server(tiny_spm_gemma_dir: Path, tmp_path: Path) -> Iterator[str]:
     command = [sys.executable, "-m", "llama_cpp.server", "--model", gguf,
                "--model_alias", "tg", "--host", "127.0.0.1", "--port", str(port),
                "--n_threads", "1", "--n_ctx", "512", "--chat_format", "gemma"]  # fmt: skip
-    with log.open("w") as err:
-        proc = subprocess.Popen(command, stdout=err, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}/v1"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, log.read_text()
-            try:
-                if httpx.get(base + "/models", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "not ready: " + log.read_text()
-            time.sleep(0.1)
+    with _server_process(command, base + "/models", log):
         yield base
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def test_llama_cpp_python_s_server_as_an_upstream(upstreams, llama_cpp_server) -> None:
