@@ -20,8 +20,9 @@ The peers, each in its strongest configuration for this load:
   (run the `scripts/llama_cpp_wheel.py` of this repository: the path above is relative to it.)
 - `python -m llama_cpp.server --interrupt_requests False --flash_attn True` (one sequence at a
   time; requests queue instead of cutting the running one; flash attention as llama.cpp's
-  "auto" resolves on a CPU). It needs llama-cpp-python's server extras, which the project does
-  not depend on: `pip install --target DIR --no-deps pydantic-settings sse-starlette
+  "auto" resolves on a CPU). It needs llama-cpp-python's server extras, which are in the
+  project's dev dependencies (the gateway's tests run it as an upstream), so `make setup`'s venv
+  runs it. Elsewhere: `pip install --target DIR --no-deps pydantic-settings sse-starlette
   'starlette-context<0.4' ...` and `--llama-cpp-server-path DIR` puts DIR on that server's
   PYTHONPATH only (or install them into the interpreter named by `--llama-cpp-server-python`).
 
