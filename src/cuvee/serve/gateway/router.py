@@ -7,10 +7,12 @@ target is the server's own engine, through the same code as any local request. E
 says who served it: the ``cuvee`` object of the JSON body (or of the stream's last chunk) holds
 ``served_by`` and the ``attempts`` before it, and the ``x-cuvee-served-by`` header the target.
 
-A stream that breaks after tokens went out cannot move to another target without a gap or a
-repeat, so it ends with a chunk whose ``finish_reason`` is ``"error"`` and which carries an
-OpenAI-shaped ``error`` object, then ``[DONE]``: never a normal-looking end of a cut answer.
-When no target can serve, the client gets a 503 naming each attempt."""
+A stream that breaks after tokens went out goes on, in a ``balance`` route, on a spare replica
+that can continue an answer, asked for only what comes after the text sent (relay.py builds
+that request and the chunks that close a stream). Without one it ends with a chunk whose
+``finish_reason`` is ``"error"`` and which carries an OpenAI-shaped ``error`` object, then
+``[DONE]``: never a normal-looking end of a cut answer. When no target can serve, the client
+gets a 503 naming each attempt."""
 
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ from typing import Any
 from fastapi.responses import JSONResponse, Response
 
 from cuvee.serve import errors
+from cuvee.serve.gateway import relay
 from cuvee.serve.gateway.config import GatewayConfig, Upstream
 from cuvee.serve.gateway.health import Health
 from cuvee.serve.gateway.upstream import TargetFailed, UpstreamClient, UpstreamError
@@ -190,7 +193,7 @@ class Gateway:
                     continue
                 sent = {**body, "model": target.model}
                 if body.get("stream"):
-                    sent["stream_options"] = {**_options(body), "include_usage": True}
+                    sent["stream_options"] = {**relay.options(body), "include_usage": True}
                     first, rest = await client.stream(path, sent)
                     self.health.succeeded(target.upstream)
                     handed_over = True
@@ -251,7 +254,7 @@ class Gateway:
         gap, no repeat. Otherwise the stream ends as an error. Each target's usage chunk is
         reported to ``used`` (and passed on only when the client asked for usage); a part
         that ended without one counts its chunks, and the prompt at 4 bytes a token."""
-        client_usage = bool(_options(request).get("include_usage"))
+        client_usage = bool(relay.options(request).get("include_usage"))
 
         async def events_of(
             head: list[str], tail: AsyncIterator[list[str]]
@@ -285,7 +288,13 @@ class Gateway:
                                     continue
                                 if payload == "[DONE]":
                                     part_done()
-                                    out.append(sse(_served(last or {}, current, attempts, public)))
+                                    out.append(
+                                        sse(
+                                            relay.served(
+                                                last or {}, current.label, attempts, public
+                                            )
+                                        )
+                                    )
                                     out.append(sse("[DONE]"))
                                     yield b"".join(out)
                                     return
@@ -300,7 +309,7 @@ class Gateway:
                                     if out:
                                         yield b"".join(out)
                                     raise TargetFailed(f"a malformed chunk: {payload[:80]!r}")
-                                piece = _piece(chunk)
+                                piece = relay.piece_of(chunk)
                                 if isinstance(chunk.get("usage"), dict):
                                     part_usage = chunk["usage"]
                                     if not client_usage and not chunk.get("choices"):
@@ -308,18 +317,18 @@ class Gateway:
                                 part_tokens += bool(piece)
                                 trimmed = False
                                 if owed and piece:
-                                    piece, owed = _unowed(chunk, piece, owed)
+                                    piece, owed = relay.unowed(chunk, piece, owed)
                                     trimmed = True
                                 if (
                                     resumed
                                     and not piece
-                                    and not _ends(chunk)
+                                    and not relay.ends(chunk)
                                     and not chunk.get("usage")
                                 ):
                                     continue  # the replica's opening (role) chunk: sent already
                                 text, tokens = text + piece, tokens + bool(piece)
                                 last = chunk
-                                ends = _ends(chunk)
+                                ends = relay.ends(chunk)
                                 if not (ends or trimmed) and chunk.get("model", public) == public:
                                     # nothing to change: the upstream's own bytes go on
                                     out.append(f"data: {payload}\n\n".encode())
@@ -342,7 +351,11 @@ class Gateway:
                             path, request, spare, text, tokens, attempts, local
                         )
                         if following is None:
-                            yield sse(_broken(last or {}, public, current, exc.reason, attempts))
+                            yield sse(
+                                relay.broken(
+                                    last or {}, public, current.label, exc.reason, attempts
+                                )
+                            )
                             yield sse("[DONE]")
                             return
                         self.in_flight[current.label] -= 1
@@ -382,7 +395,7 @@ class Gateway:
         while spare:
             target = spare.pop(0)
             if target.upstream is None:
-                body = _continuation(request, target, text, tokens, "cuvee", path)
+                body = relay.continuation(request, target.model, text, tokens, "cuvee", path)
                 try:
                     events = _payloads(await local(target.model, body))
                     head = await anext(events)
@@ -399,7 +412,9 @@ class Gateway:
                 )
                 attempts.append({"target": target.label, "error": reason})
                 continue
-            body = _continuation(request, target, text, tokens, client.upstream.kind, path)
+            body = relay.continuation(
+                request, target.model, text, tokens, client.upstream.kind, path
+            )
             try:
                 head, tail = await client.stream(path, body)
             except (TargetFailed, UpstreamError) as exc:
@@ -469,7 +484,7 @@ def _tagged(response: Response, target: Target, attempts: list, public: str) -> 
         async for piece in original:
             data = piece if isinstance(piece, bytes) else piece.encode()
             if data.startswith(b"data: [DONE]"):
-                yield sse(_served({}, target, attempts, public))
+                yield sse(relay.served({}, target.label, attempts, public))
             yield piece
 
     response.body_iterator = tagged()
@@ -513,11 +528,6 @@ def _rendezvous(session: str, label: str) -> int:
     return int.from_bytes(digest, "big")
 
 
-def _options(body: dict[str, Any]) -> dict[str, Any]:
-    options = body.get("stream_options")
-    return options if isinstance(options, dict) else {}
-
-
 def _prompt_size(body: dict[str, Any]) -> int:
     """A prompt's tokens, roughly (4 bytes a token), where an upstream does not say."""
     return len(json.dumps(body.get("messages") or body.get("prompt") or "")) // 4
@@ -551,87 +561,3 @@ def _lacking(upstream: Upstream, body: dict[str, Any]) -> str | None:
                 f"{upstream.context_length}"
             )
     return None
-
-
-def _piece(chunk: dict) -> str:
-    """The text a chunk adds (chat delta content, or a completion's text)."""
-    out = ""
-    for choice in chunk.get("choices") or []:
-        if isinstance(choice, dict):
-            delta = choice.get("delta")
-            if isinstance(delta, dict):
-                out += delta.get("content") or ""
-            out += choice.get("text") or ""
-    return out
-
-
-def _unowed(chunk: dict, piece: str, owed: str) -> tuple[str, str]:
-    """Drop from the start of a one-choice ``chunk`` the whitespace that repeats ``owed`` (sent
-    already); the piece that is left, and what is still owed (nothing once the text
-    diverges)."""
-    same = 0
-    while same < min(len(piece), len(owed)) and piece[same] == owed[same]:
-        same += 1
-    choices = chunk.get("choices") or []
-    if not same or len(choices) != 1 or not isinstance(choices[0], dict):
-        return piece, ""
-    choice = choices[0]
-    delta = choice.get("delta")
-    if isinstance(delta, dict) and isinstance(delta.get("content"), str):
-        delta["content"] = delta["content"][same:]
-    elif isinstance(choice.get("text"), str):
-        choice["text"] = choice["text"][same:]
-    else:
-        return piece, ""
-    return piece[same:], owed[same:] if same == len(piece) else ""
-
-
-def _continuation(
-    request: dict[str, Any], target: Target, text: str, tokens: int, kind: str, path: str
-) -> dict[str, Any]:
-    """The request that asks a replica to go on from ``text``: the answer so far as an
-    assistant message to continue (vLLM needs ``continue_final_message``), or, for a
-    completion, appended to the prompt; the token limit less what was sent."""
-    body = {**request, "model": target.model}
-    body["stream_options"] = {**_options(request), "include_usage": True}
-    if path.endswith("/chat/completions"):
-        body["messages"] = [*request.get("messages", []), {"role": "assistant", "content": text}]
-        if kind == "vllm":
-            body["continue_final_message"] = True
-            body["add_generation_prompt"] = False
-    elif isinstance(request.get("prompt"), str):
-        body["prompt"] = request["prompt"] + text
-    for limit in ("max_tokens", "max_completion_tokens"):
-        if isinstance(request.get(limit), int):
-            body[limit] = max(1, request[limit] - tokens)
-    return body
-
-
-def _ends(chunk: dict) -> bool:
-    return any(c.get("finish_reason") for c in chunk.get("choices") or [] if isinstance(c, dict))
-
-
-def _served(last: dict, target: Target, attempts: list, public: str) -> dict[str, Any]:
-    """A last, empty chunk saying who served the stream (the upstream's own chunks pass as
-    they came)."""
-    return {
-        "id": last.get("id", "chatcmpl-gateway"),
-        "object": last.get("object", "chat.completion.chunk"),
-        "created": last.get("created", int(time.time())),
-        "model": public,
-        "choices": [],
-        "cuvee": {"served_by": target.label, "attempts": attempts},
-    }
-
-
-def _broken(last: dict, public: str, target: Target, reason: str, attempts: list) -> dict:
-    message = f"The stream from {target.label} broke after tokens were sent ({reason})."
-    return {
-        "id": last.get("id", "chatcmpl-gateway"),
-        "object": last.get("object", "chat.completion.chunk"),
-        "created": last.get("created", int(time.time())),
-        "model": public,
-        "choices": [{"index": 0, "delta": {}, "finish_reason": "error"}],
-        "error": errors.error_body(message, type="server_error", code="upstream_broke")["error"],
-        "cuvee": {"served_by": target.label, "attempts": attempts},
-    }
