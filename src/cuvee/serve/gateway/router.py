@@ -408,7 +408,7 @@ class Gateway:
             if path.endswith("/chat/completions") and not client.upstream.can_continue():
                 reason = (
                     f"resume skipped: kind {client.upstream.kind} starts a new answer instead of "
-                    "going on with the one sent (declare continues: true if it does not)"
+                    "going on with the one sent (declare continues: true if it does go on)"
                 )
                 attempts.append({"target": target.label, "error": reason})
                 continue
