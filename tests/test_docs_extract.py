@@ -5,7 +5,14 @@ from __future__ import annotations
 
 import pytest
 
-from cuvee.docs.extract import answer_type, candidates, has_type, language
+from cuvee.docs.extract import (
+    RANK_WEIGHTS,
+    answer_type,
+    candidates,
+    has_type,
+    language,
+    rank_features,
+)
 from cuvee.docs.retrieval import Hit
 
 
@@ -51,6 +58,27 @@ def test_the_window_that_answers_wins_over_one_that_only_shares_words() -> None:
     found = candidates("How many people worked on the Gemini project?", [hit(text)])
     assert "943" in found[0].text and "87" not in found[0].text
     assert found[0].answers
+
+
+def test_the_ranker_reads_every_feature_it_has_a_weight_for() -> None:
+    found = candidates("How many people worked on the Gemini project?", [hit("Gemini had 943.")])
+    assert set(rank_features(found[0])) == set(RANK_WEIGHTS)
+
+
+def test_a_window_the_gate_refuses_never_comes_before_one_it_lets_answer() -> None:
+    # the long two-sentence window scores higher with the ranker (more of the question's
+    # terms, longer), but it names Gemini only after the number, so it does not answer
+    text = (
+        "GPT-4 was credited to 87 researchers on the project who worked on it. The Gemini "
+        "project lists a total of 943 people who worked on it, more than any model before."
+    )
+    found = candidates("How many people worked on the Gemini project?", [hit(text)])
+    refused = [c for c in found if not c.answers]
+    accepted = [c for c in found if c.answers]
+    assert accepted and refused
+    assert max(c.score for c in refused) > min(c.score for c in accepted)
+    assert found[: len(accepted)] == accepted
+    assert "943" in found[0].text and "87" not in found[0].text
 
 
 def test_a_fact_split_from_its_subject_is_found_in_a_two_sentence_window() -> None:
