@@ -387,6 +387,28 @@ def test_sentence_citations_use_the_answers_numbers(collection, backend) -> None
     assert result.answer.count("[1]") == 1
 
 
+def test_a_sentence_restated_with_one_word_changed_is_said_once(collection, backend) -> None:
+    question = "What is the nightly hotel limit in capital cities?"
+    result = checked(
+        collection,
+        backend,
+        question,
+        "The nightly hotel limit is 180 euros in capital cities [1]. "
+        "The nightly hotel limits are 180 euros in the capital cities [1].",
+    )
+    assert [s.verdict for s in result.sentences] == ["supported", "supported"]
+    assert result.answer.count("180 euros") == 1 and result.answer.count("[1]") == 1
+    # from the same span, but with another number: a second claim, not a restatement
+    from cuvee.docs.answer import _restates
+    from cuvee.docs.textnorm import terms
+
+    first = set(terms("The nightly hotel limit is 180 euros in capital cities."))
+    assert _restates(set(terms("The nightly hotel limits are 180 euros in capital cities.")), first)
+    assert not _restates(
+        set(terms("The nightly hotel limit is 220 euros in capital cities.")), first
+    )
+
+
 def test_each_retrievers_best_chunk_is_kept_among_the_k() -> None:
     from cuvee.docs.retrieval import _keep_each_best
 

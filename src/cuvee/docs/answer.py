@@ -399,6 +399,7 @@ def _assemble(result: AskResult, hits: list[Hit], keep_unsupported: bool) -> Non
     numbering: dict[tuple[str, int, int], int] = {}
     parts: list[str] = []
     seen: set[str] = set()
+    said_from: dict[tuple[str, int, int], list[set[str]]] = {}
     for sentence in result.sentences:
         said = " ".join(fold(sentence.text).split())
         if said in seen:  # small models repeat themselves; say it once
@@ -407,6 +408,12 @@ def _assemble(result: AskResult, hits: list[Hit], keep_unsupported: bool) -> Non
         if sentence.verdict == "supported" and sentence.citation:
             cite = sentence.citation
             key = (cite.doc, cite.start, cite.end)
+            # ... or repeat themselves with one word changed ("télétravail", then
+            # "télétravailleurs"), from the same source span
+            words_said = set(terms(sentence.text))
+            if any(_restates(words_said, before) for before in said_from.get(key, [])):
+                continue
+            said_from.setdefault(key, []).append(words_said)
             if key not in numbering:
                 numbering[key] = len(numbering) + 1
                 cite.n = numbering[key]
@@ -422,6 +429,18 @@ def _assemble(result: AskResult, hits: list[Hit], keep_unsupported: bool) -> Non
         if sentence.citation is not None:
             cite = sentence.citation
             sentence.citation.n = numbering.get((cite.doc, cite.start, cite.end), 0)
+
+
+# Share of two sentences' terms (Jaccard) from which the second, citing the same source span
+# with the same numbers, only restates the first.
+RESTATED = 0.75
+
+
+def _restates(said: set[str], before: set[str]) -> bool:
+    numbers = {t for t in said if t.isdigit()}
+    if numbers != {t for t in before if t.isdigit()} or not said | before:
+        return False
+    return len(said & before) / len(said | before) >= RESTATED
 
 
 def is_abstention(text: str) -> bool:
