@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import click
 
 from cuvee.cli.data_pairs import pairs
-from cuvee.cli.output import print_json
+from cuvee.cli.output import print_json, read_valid
 from cuvee.data.formats import FORMATS
 from cuvee.data.preference import PREFERENCE_FORMATS
 from cuvee.data.writers import WRITERS
@@ -284,7 +284,6 @@ def augment(file, output, fmt, per_record, constraints, no_originals, seed, list
 
     from cuvee.data.augment import augment_records
     from cuvee.data.constraints import CONSTRAINTS, check_constraint
-    from cuvee.data.formats import read_file
     from cuvee.data.writers import write_jsonl
     from cuvee.errors import DataError
 
@@ -294,14 +293,7 @@ def augment(file, output, fmt, per_record, constraints, no_originals, seed, list
         return
     if per_record < 1:
         raise click.BadParameter("must be at least 1", param_hint="--per-record")
-    result = read_file(file, fmt)
-    if result.problems:
-        for problem in result.problems[:10]:
-            click.echo(f"error: {problem}", err=True)
-        raise DataError(
-            f"{file}: {len(result.problems)} invalid record(s); nothing written",
-            hint=f"run `cuvee data check {file}` for the full list",
-        )
+    result = read_valid(file, fmt)
     variants = list(
         augment_records(
             result.records, per_record=per_record, ids=list(constraints) or None, seed=seed

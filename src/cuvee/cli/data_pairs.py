@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from cuvee.cli.output import print_json
+from cuvee.cli.output import print_json, read_valid
 from cuvee.data.formats import FORMATS
 from cuvee.eval.preference_pairs import (
     DEFAULT_MARGIN,
@@ -130,7 +130,6 @@ def pairs(
     json_output: bool,
 ) -> None:
     from cuvee.cli.output import reporter_for
-    from cuvee.data.formats import read_file
     from cuvee.data.validate import read_declaration
     from cuvee.data.writers import write_rows, write_sidecar
     from cuvee.errors import DataError
@@ -160,14 +159,7 @@ def pairs(
     if any(p.resolve() == data_file.resolve() for p in outputs) or output == kto_output:
         raise bad("the outputs must differ from each other and from --data", "-o/--kto")
 
-    result = read_file(data_file, fmt)
-    if result.problems:
-        for problem in result.problems[:10]:
-            click.echo(f"error: {problem}", err=True)
-        raise DataError(
-            f"{data_file}: {len(result.problems)} invalid record(s); nothing written",
-            hint=f"run `cuvee data check {data_file}` for the full list",
-        )
+    result = read_valid(data_file, fmt)
     declaration = read_declaration(data_file, licence)
     summary = pp.PairsSummary()
     drops: Counter[str] = Counter()

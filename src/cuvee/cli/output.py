@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import click
@@ -12,6 +13,23 @@ from cuvee.progress import Reporter, RichReporter, SilentReporter
 
 def print_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, ensure_ascii=False, default=str))
+
+
+def read_valid(path: Path, fmt: str | None) -> Any:
+    """The records of data file ``path`` (``cuvee.data.formats.read_file``'s result); when any
+    is invalid, its first ten problems go to stderr and nothing is written: a DataError."""
+    from cuvee.data.formats import read_file
+    from cuvee.errors import DataError
+
+    result = read_file(path, fmt)
+    if result.problems:
+        for problem in result.problems[:10]:
+            click.echo(f"error: {problem}", err=True)
+        raise DataError(
+            f"{path}: {len(result.problems)} invalid record(s); nothing written",
+            hint=f"run `cuvee data check {path}` for the full list",
+        )
+    return result
 
 
 def reporter_for(json_output: bool, quiet: bool = False) -> Reporter:
