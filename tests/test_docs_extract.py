@@ -48,6 +48,11 @@ def test_a_typed_window_holds_an_answer_of_that_type_the_question_lacks() -> Non
     who = "Who approves the Heron budget?"
     assert has_type("name", "The budget is approved by Dana Okafor.", who)
     assert not has_type("name", "Heron budgets are approved by finance.", who)
+    # a capital that starts any sentence is no name; one after a label's colon may be
+    signs = "Qui signe les commandes chez Nexalys ?"
+    assert not has_type("name", "Le président de Nexalys signe. La directrice valide.", signs)
+    assert has_type("name", "Le président de Nexalys, Franck Delmas, signe.", signs)
+    assert has_type("name", "Agent : Lucie", signs)
 
 
 def test_the_window_that_answers_wins_over_one_that_only_shares_words() -> None:
@@ -148,6 +153,80 @@ def test_a_subject_named_at_the_end_of_the_previous_retrieved_chunk_counts() -> 
     # alone, the second chunk does not say which ticket it is about
     alone = next(c for c in candidates(question, [second]) if "38 minutes" in c.text)
     assert "NR-20560" in alone.missing
+
+
+def _document_hit(document: str, part: str, doc_id: int = 9) -> Hit:
+    """The chunk of ``document`` that starts at ``part``, with the document itself readable
+    through ``candidates``' ``document`` argument."""
+    start = document.index(part)
+    return Hit(1, doc_id, "/docs/d.txt", "D", "D", start, start + len(part), part, 1.0)
+
+
+TICKETS = (
+    "SUPPORT TICKETS, MAY 2025\n\nExported for the monthly review.\n\n\n"
+    "TICKET NR-20481\n\nOpened: 5 May 2025\nCustomer: Brightwell Stores\n"
+    "First response time: 2 hours.\n\n\n"
+    "TICKET NR-20560\n\nOpened: 15 May 2025\nCustomer: Harbourside Hotel\n"
+    "Details: "
+    + "The courier collected the unit and a replacement was delivered the same day. " * 8
+    + "\nFirst response time: 38 minutes.\n"
+)
+
+
+def test_the_heading_a_window_is_under_names_its_subject_however_far_above() -> None:
+    question = "What was the first response time on ticket NR-20560?"
+    hit_ = _document_hit(TICKETS, "First response time: 38 minutes.")
+    found = candidates(question, [hit_], document=lambda _: TICKETS)
+    assert found[0].answers and "38 minutes" in found[0].text
+    # the document's heading is more than SUBJECT_REACH characters above: without the
+    # document, the chunk alone does not say which ticket it is about
+    assert "NR-20560" in candidates(question, [hit_])[0].missing
+    # the first ticket of the file is not what the whole file is about
+    other = "What was the first response time on the Brightwell Stores ticket?"
+    assert not candidates(other, [hit_], document=lambda _: TICKETS)[0].answers
+
+
+def test_a_documents_header_names_what_all_of_it_is_about() -> None:
+    guide = (
+        "OFFICE GUIDE\nOpaline building, 112 Lafayette Street\n\n\n"
+        + "1. ACCESS\n\n"
+        + "The building is open on weekdays from 7:30 to 20:00 for staff and visitors. " * 6
+        + "\n\n5. SAFETY\n\nThe next evacuation drill takes place on 13 May 2025."
+    )
+    hit_ = _document_hit(guide, "The next evacuation drill takes place on 13 May 2025.")
+    question = "When is the next evacuation drill in the Opaline building?"
+    found = candidates(question, [hit_], document=lambda _: guide)
+    assert found[0].answers and found[0].missing == []
+    assert not candidates(question, [hit_])[0].answers  # the chunk alone never names it
+
+
+def test_a_code_named_before_is_the_subject_only_if_no_sibling_came_after_it() -> None:
+    manual = (
+        "# Heron X2 manual\n\n"
+        + "This manual covers the X2 only; owners of the Heron X3 have their own manual, "
+        "because the dock differs. "
+        * 2
+        + "\n\n## In the box\n\n- Heron X2 robot\n- Dock\n"
+        + "\n\n## Specifications\n\n| Battery capacity | 5,200 mAh |\n"
+    )
+    hit_ = _document_hit(manual, "| Battery capacity | 5,200 mAh |")
+    about_x3 = candidates(
+        "What is the battery capacity of the Heron X3?", [hit_], document=lambda _: manual
+    )
+    assert not about_x3[0].answers and "X3" in about_x3[0].missing
+    about_x2 = candidates(
+        "What is the battery capacity of the Heron X2?", [hit_], document=lambda _: manual
+    )
+    assert about_x2[0].answers
+    # a header that names two of a series is about neither
+    notes = "# Firmware notes\nFor the Heron X2; builds for the Heron X3 are listed last.\n\n"
+    notes += "## 3.4.1\n\n" + "Fixes and changes to the mapping of rooms and stairs. " * 10
+    notes += "\nReleased on 2 April 2025.\n"
+    hit_ = _document_hit(notes, "Released on 2 April 2025.")
+    found = candidates(
+        "When was firmware for the Heron X3 released?", [hit_], document=lambda _: notes
+    )
+    assert "X3" in found[0].missing
 
 
 def test_the_language_of_a_question() -> None:

@@ -426,3 +426,19 @@ def test_each_retrievers_best_chunk_is_kept_among_the_k() -> None:
     assert _keep_each_best(order, fused, 5) == [1, 2, 3, 4, 9, 5]
     assert _keep_each_best(order, fused, 6) == order  # already in: nothing moves
     assert _keep_each_best([9, 1, 2], fused, 2) == [9, 1, 2]
+
+
+def test_the_models_wording_stands_only_when_it_says_all_the_best_window_says(
+    collection, backend
+) -> None:
+    # on the dev half of the evaluation set, a model that copied one sentence of a
+    # two-sentence window often left out the one that answered; the window is quoted whole
+    question = "How many days of paid annual leave does a full-time employee get?"
+    first = "Every full-time employee receives 27 days of paid annual leave per calendar year."
+    second = "Part-time employees receive leave in proportion to their contracted hours."
+    part = ask(collection, backend, question, Scripted(first), k=3)
+    assert part.wording == "quote" and part.answer.endswith(f"{second} [1]")
+    assert [s.verdict for s in part.sentences] == ["not_used", "supported"]
+    whole = ask(collection, backend, question, Scripted(f"{first} {second}"), k=3)
+    assert whole.wording == "model" and whole.answer.startswith(first)
+    assert [s.verdict for s in whole.sentences] == ["supported", "supported"]

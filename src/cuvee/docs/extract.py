@@ -149,12 +149,18 @@ def has_type(kind: str | None, text: str, question: str) -> bool:
     if kind == "date":
         return bool(MONTHS & set(words(text))) or bool(_DATE_NUMBER.search(text))
     asked = {fold(w) for w in _CAPITALISED.findall(question)}
-    stripped = text.lstrip(" \"'«(*-•")
     for match in _CAPITALISED.finditer(text):
         word = fold(match.group(0))
-        if word not in asked and match.start() != len(text) - len(stripped):
+        # a sentence's first word is capitalised anyway ("Le président signe. La directrice
+        # valide." names nobody)
+        if word not in asked and not _SENTENCE_START.search(text[: match.start()]):
             return True
     return False
+
+
+# What comes before a sentence's first word: nothing, or an end of sentence or line, then
+# quotes, brackets or a list marker.
+_SENTENCE_START = re.compile(r"(?:\A|[.!?…]\s+|\n)[\s\"'«(*•-]*\Z")
 
 
 @dataclass
@@ -206,6 +212,11 @@ def _units(text: str) -> list[tuple[int, int]]:
     return out
 
 
+def units_of(candidate: Candidate) -> list[tuple[int, int]]:
+    """The units (sentences, or labelled lines) of a window, as offsets into its hit's text."""
+    return [(candidate.start + a, candidate.start + b) for a, b in _units(candidate.text)]
+
+
 def _windows(text: str) -> list[tuple[int, int, int]]:
     """(start, end, end of the first unit) for each run of one or two consecutive units
     (sentences, or lines)."""
@@ -216,12 +227,17 @@ def _windows(text: str) -> list[tuple[int, int, int]]:
 
 
 def candidates(
-    question: str, hits: list[Hit], embed: Callable[[list[str]], Any] | None = None
+    question: str,
+    hits: list[Hit],
+    embed: Callable[[list[str]], Any] | None = None,
+    document: Callable[[int], str] | None = None,
 ) -> list[Candidate]:
     """Every window of the hits: those that answer first, each group best first. With
     ``embed`` (texts -> unit vectors, the collection's embedder), a window's meaning counts
     beside its words: a paraphrase ("pick up the phone" for "answer calls") shares few words
-    with its answer."""
+    with its answer. With ``document`` (doc_id -> its text), what a window's document says
+    before it counts as naming its subject: the document's header and the heading the
+    window is under, beside the text just before it."""
     wanted = list(dict.fromkeys(t for t in terms(question) if t not in QUESTION_WORDS))
     kind = answer_type(question)
     facts = key_facts(question)
@@ -240,6 +256,11 @@ def candidates(
     fact_terms = {stem(w) for f in facts for w in words(f)}
     focus = [t for t in wanted if t not in fact_terms] or wanted
     before = [_preceding_text(hit, hits) for hit in hits]
+    full: dict[int, str] = {}
+    if document is not None:
+        for hit in hits:
+            if hit.doc_id not in full:
+                full[hit.doc_id] = document(hit.doc_id)
     asked_ranks = _ORDINALS & set(words(question))
     windows = []
     for n, hit in enumerate(hits):
@@ -275,9 +296,27 @@ def candidates(
             ) or not any(asked & set(terms(unit)) for unit in units)
         # the subject may be named just before the window ("TICKET NR-20560 ... First
         # response: 38 minutes"), never only after it
-        lead = before[n][-max(0, SUBJECT_REACH - a) :] if a < SUBJECT_REACH else ""
-        lead += hit.text[max(0, a - SUBJECT_REACH) : first_end]
-        missing = facts_missing(specific, context + lead)
+        header = ""
+        if hit.doc_id in full:
+            header, lead = _named_before(full[hit.doc_id], hit.start + a, hit.start + first_end)
+        else:
+            lead = before[n][-max(0, SUBJECT_REACH - a) :] if a < SUBJECT_REACH else ""
+            lead += hit.text[max(0, a - SUBJECT_REACH) : first_end]
+        # a code the header names beside its siblings ("the Heron X2 ... builds for the X3")
+        # is not what the document is about; one named before the window is its subject
+        # only when no sibling was named after it ("covers the X2 only; owners of the X3
+        # ... - Heron X2 robot" is about the X2)
+        missing = [
+            f
+            for f in facts_missing(specific, context + lead)
+            if facts_missing([f], header) or _in_series(f, header)
+        ]
+        said_before = lead[: len(lead) - (first_end - a)]
+        missing += [
+            f
+            for f in specific
+            if f not in missing and facts_missing([f], text) and _last_in_series(f, said_before)
+        ]
         # named before, but the window is about a sibling ("the Heron X2" for "the Heron X1")
         missing += [f for f in specific if f not in missing and _sibling_only(f, text)]
         ranks = _ORDINALS & set(words(text))
@@ -359,6 +398,29 @@ def _sibling_only(fact: str, text: str) -> bool:
     return bool(series) and digits not in series
 
 
+def _series(fact: str, text: str) -> tuple[str, list[str]] | None:
+    """``fact``'s number and the numbers of its series that ``text`` names, in order ("X2"
+    in "the X3 and the X2": ("2", ["3", "2"])); None when ``fact`` is not a code."""
+    shape = _CODE.fullmatch(fact)
+    if shape is None:
+        return None
+    prefix, digits = shape.groups()
+    found = re.findall(rf"(?<![\w-]){re.escape(prefix)}(\d+)\b", text, flags=re.IGNORECASE)
+    return digits, found
+
+
+def _in_series(fact: str, text: str) -> bool:
+    """Whether ``text`` names another code of ``fact``'s series ("X3" beside "X2")."""
+    series = _series(fact, text)
+    return series is not None and any(number != series[0] for number in series[1])
+
+
+def _last_in_series(fact: str, text: str) -> bool:
+    """Whether the last code of ``fact``'s series that ``text`` names is another one."""
+    series = _series(fact, text)
+    return series is not None and bool(series[1]) and series[1][-1] != series[0]
+
+
 def _preceding_text(hit: Hit, hits: list[Hit]) -> str:
     """The text just before ``hit`` in its document, when another retrieved chunk holds it: a
     ticket's header ("TICKET NR-20560") may end one chunk and its facts ("First response time:
@@ -368,6 +430,43 @@ def _preceding_text(hit: Hit, hits: list[Hit]) -> str:
         if other.doc_id == hit.doc_id and other.start < hit.start <= other.end + _CHUNK_GAP:
             return other.text[: hit.start - other.start] + "\n"
     return ""
+
+
+# A document's header names what all of it is about ("Date: 12 March 2025" atop the minutes,
+# "Immeuble Opaline" atop the building guide): its title and the short lines after it, up to
+# the first paragraph of prose or the next heading, at most this many characters.
+HEADER_REACH = 300
+_SHORT_LINE = 100  # characters: a longer line is prose, not a header's line
+# A heading opens a block of the document: a markdown heading, or a short line after a blank
+# line or a rule that is not a list item, a table row, a labelled line or a sentence
+# ("TICKET NR-20560", "Ticket BOR-1187", "1. BUILDING ACCESS").
+_HEADING = re.compile(
+    r"^#{1,6} [^\n]+$|(?:\A|\n[ \t]*\n|\n[=_*-]{3,}\n)(?![ \t]*[-*|>•]|[=_*-]{3})"
+    r"([^\n:;]{3,60}[^\n:.;,\s])(?=\n)",
+    re.MULTILINE,
+)
+
+
+def _named_before(text: str, start: int, first_end: int) -> tuple[str, str]:
+    """What may name the subject of a window at ``start`` of its document ``text``: the
+    document's header, then the last heading before the window and the text just before it
+    up to the end of its first unit."""
+    found = list(_HEADING.finditer(text, 0, start))
+    # the header ends at the document's second heading: the first ticket of a file of
+    # tickets is not what the whole file is about
+    end = found[1].start() if len(found) > 1 else start
+    header = _header(text, min(end, HEADER_REACH))
+    heading = (found[-1].group(1) or found[-1].group(0)) if found else ""
+    return header, f"{heading}\n{text[max(0, start - SUBJECT_REACH) : first_end]}"
+
+
+def _header(text: str, reach: int) -> str:
+    lines = []
+    for n, line in enumerate(text[:reach].split("\n")):
+        if len(line) > _SHORT_LINE or (n and line.startswith("#")) or line.startswith("==="):
+            break
+        lines.append(line)
+    return "\n".join(lines)
 
 
 _CHUNK_GAP = 4  # characters (whitespace) that may separate consecutive chunks

@@ -86,7 +86,13 @@ class GroundedSuite:
         items = []
         for number, qa in enumerate(questions, 1):
             hits = retrieve(collection, backend, qa.question, K)
-            draft = prepare(qa.question, hits, COLLECTION, embed=backend.embed)
+            draft = prepare(
+                qa.question,
+                hits,
+                COLLECTION,
+                embed=backend.embed,
+                document=collection.document_text,
+            )
             # a question the passages do not answer is abstained on without the model; it is
             # still generated for (the runner batches every item), and the output unused
             prompt = (draft.messages or [{"content": qa.question}])[0]["content"]
@@ -108,7 +114,13 @@ class GroundedSuite:
         results, qa_items, details = [], [], []
         for item, output in zip(items, outputs, strict=True):
             hits = [Hit(**hit) for hit in item.data["hits"]]
-            draft = prepare(item.data["question"], hits, COLLECTION, embed=backend.embed)
+            draft = prepare(
+                item.data["question"],
+                hits,
+                COLLECTION,
+                embed=backend.embed,
+                document=collection.document_text,
+            )
             result = finish(draft, output)
             results.append(result)
             qa_items.append(
