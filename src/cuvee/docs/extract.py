@@ -13,12 +13,13 @@ reached on extension 4471."). What is read of a window:
   paraphrase shares few words with its answer);
 - the answer type the question asks for: a number for "how many" / "combien", a date for
   "when" / "quand", a name for "who" / "qui" (the window must hold one the question lacks);
-- the question's names and numbers: each must be in the window or named shortly before it in
-  its chunk (``SUBJECT_REACH``: a ticket's number in its header), or at the end of the retrieved
-  chunk just before, and never only after it; a name nearly every retrieved chunk holds (the
-  company) need only be in the chunk. A window that names a sibling of a code asked for ("X2"
-  for "X1", another ticket number) or another rank ("the first run" for "the second") does not
-  answer for it, whatever was named before;
+- the question's names and numbers: each must be in the window or named shortly before it
+  (``SUBJECT_REACH``), in the heading the window sits under (a ticket's number), or in its
+  document's header (the date atop minutes), and never only after it; a code named before
+  counts only if no sibling of its series was named after it. A name nearly every retrieved
+  chunk holds (the company) need only be in the chunk. A window that names a sibling of a
+  code asked for ("X2" for "X1", another ticket number) or another rank ("the first run" for
+  "the second") does not answer for it, whatever was named before;
 - in a window of two sentences, the value of the type asked for must be in one that holds
   some of the question's terms ("a larger water tank. ... a 3-year warranty" gives no tank
   capacity).
