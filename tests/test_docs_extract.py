@@ -9,6 +9,7 @@ from cuvee.docs.extract import (
     RANK_WEIGHTS,
     answer_type,
     candidates,
+    counted_units,
     has_type,
     language,
     rank_features,
@@ -227,6 +228,21 @@ def test_a_code_named_before_is_the_subject_only_if_no_sibling_came_after_it() -
         "When was firmware for the Heron X3 released?", [hit_], document=lambda _: notes
     )
     assert "X3" in found[0].missing
+
+
+def test_a_number_of_what_the_question_counts_ranks_first() -> None:
+    # "deux semaines" is a number too, and the longer window scored higher before
+    text = (
+        "Chaque salarié peut travailler à domicile jusqu'à trois jours par semaine. Le mardi "
+        "est un jour de présence obligatoire au bureau pour toute l'équipe.\n\n"
+        "L'accord du responsable d'équipe est nécessaire pour passer en télétravail complet "
+        "pendant plus de deux semaines, à demander au moins un mois avant le début."
+    )
+    question = "Combien de jours de télétravail par semaine sont autorisés ?"
+    found = candidates(question, [hit(text, title="Télétravail", section="Jours de télétravail")])
+    assert found[0].counted and "trois jours" in found[0].text
+    assert counted_units("How long is the warranty?") >= {"year", "month"}
+    assert counted_units("Who approves it?") == frozenset()
 
 
 def test_the_language_of_a_question() -> None:
