@@ -429,12 +429,8 @@ _CODE = re.compile(r"([A-Za-z]+-?)(\d+)")
 def _sibling_only(fact: str, text: str) -> bool:
     """Whether ``text`` names a code of the same series as ``fact`` but not ``fact`` itself:
     "X2" and "X3" but no "X1", "NR-20517" but no "NR-20560"."""
-    shape = _CODE.fullmatch(fact)
-    if shape is None:
-        return False
-    prefix, digits = shape.groups()
-    series = re.findall(rf"(?<![\w-]){re.escape(prefix)}(\d+)\b", text, flags=re.IGNORECASE)
-    return bool(series) and digits not in series
+    series = _series(fact, text)
+    return series is not None and bool(series[1]) and series[0] not in series[1]
 
 
 def _series(fact: str, text: str) -> tuple[str, list[str]] | None:
