@@ -7,12 +7,14 @@ import pytest
 
 from cuvee.docs.extract import (
     RANK_WEIGHTS,
+    Candidate,
     answer_type,
     candidates,
     counted_units,
     has_type,
     language,
     rank_features,
+    widen,
 )
 from cuvee.docs.retrieval import Hit
 
@@ -33,6 +35,12 @@ def hit(text: str, title: str = "Doc", section: str = "", n: int = 0) -> Hit:
         ("Who approves expenses above 500 euros?", "name"),
         ("Qui assure la permanence du samedi ?", "name"),
         ("Is remote work allowed on Tuesdays?", None),
+        # "when" inside a clause is a conjunction, not the question
+        ("What should I do when the status light flashes amber?", None),
+        ("De combien de temps dispose-t-on pour réclamer quand le service tombe ?", "number"),
+        ("Under the travel policy, when must flights be booked?", "date"),
+        ("Which countries are on the restricted travel list?", "name"),
+        ("Quelle est la surface du site de Villeurbanne ?", "number"),
     ],
 )
 def test_the_answer_type_a_question_asks_for(question, kind) -> None:
@@ -54,6 +62,11 @@ def test_a_typed_window_holds_an_answer_of_that_type_the_question_lacks() -> Non
     assert not has_type("name", "Le président de Nexalys signe. La directrice valide.", signs)
     assert has_type("name", "Le président de Nexalys, Franck Delmas, signe.", signs)
     assert has_type("name", "Agent : Lucie", signs)
+    # a month, an article after a label and a product's code name no one
+    called = "Who called the customer back about her Heron X3?"
+    assert not has_type("name", "Details: The agent confirmed the date of 24 June 2025.", called)
+    assert not has_type("name", "The voucher is only for owners of the X1.", called)
+    assert has_type("name", "Details: Rhys Morgan called her back.", called)
 
 
 def test_the_window_that_answers_wins_over_one_that_only_shares_words() -> None:
@@ -185,6 +198,67 @@ def test_the_heading_a_window_is_under_names_its_subject_however_far_above() -> 
     # the first ticket of the file is not what the whole file is about
     other = "What was the first response time on the Brightwell Stores ticket?"
     assert not candidates(other, [hit_], document=lambda _: TICKETS)[0].answers
+
+
+def test_a_short_sections_text_before_a_window_names_its_subject() -> None:
+    # the customer is named in the ticket's header, further before the window than
+    # SUBJECT_REACH; the ticket is one short section, all of it about her
+    ticket = (
+        "SUPPORT TICKETS, MAY 2025\n\nExported for the monthly review.\n\n\n"
+        "TICKET NR-20588\n\nCustomer: Mrs Olu Adeyemi, Leeds\nAgent: Sunita Kaur\n\n"
+        + "Details: the customer asked about delivery dates and the trade-in voucher. " * 6
+        + "She asked for a manager. Her call was returned by Rhys Morgan on 21 May.\n"
+        + "\n\nTICKET NR-20602\n\nCustomer: Brightwell Stores\n\n"
+        + "Details: the demo units were cleaned. " * 12
+        + "Her call was returned by Nadia Felder.\n"
+    )
+    part = "She asked for a manager. Her call was returned by Rhys Morgan on 21 May."
+    hit_ = _document_hit(ticket, part)
+    assert ticket.index(part) - ticket.index("Olu") > 400
+    question = "Who returned the call of Olu Adeyemi?"
+    found = candidates(question, [hit_], document=lambda _: ticket)
+    assert found[0].answers and "Rhys Morgan" in found[0].text
+    # the next ticket's text is not hers: her name is in another section
+    other = _document_hit(ticket, "Her call was returned by Nadia Felder.")
+    found = candidates(question, [other], document=lambda _: ticket)
+    assert not found[0].answers and "Olu" in found[0].missing
+
+
+def test_a_date_questions_own_word_for_date_is_not_what_a_window_must_hold() -> None:
+    # "date" and "a lieu" are how the question asks; held as words, they made the meeting's
+    # "Date : ... / Lieu : ..." lines cover the question better than the party's own line
+    text = (
+        "- Date : mardi 18 mars 2025, de 9 h 30 à 12 h\n"
+        "- Lieu : salle Mont-Blanc, site de Villeurbanne\n\n"
+        "27 juin 2025 : fête d'été d'Atelier Boréal au parc de la Tête d'Or, à partir de 18 h."
+        "\n\nDu 4 au 22 août 2025 : fermeture annuelle de l'atelier. L'été est calme."
+    )
+    question = "À quelle date a lieu la fête d'été d'Atelier Boréal ?"
+    found = candidates(question, [hit(text, title="Comité produit")])
+    assert found[0].answers and found[0].text.startswith("27 juin 2025 : fête")
+
+
+def test_a_question_asking_for_several_things_gets_the_whole_list() -> None:
+    text = (
+        "5e étage :\n- salle Fourvière : 24 personnes, réservée le lundi matin ;\n"
+        "- salle Croix-Rousse : 6 personnes.\n\nLa cuisine est au 4e étage."
+    )
+    question = "Quelles sont les salles de réunion du 5e étage ?"
+    one = Candidate(0, 0, text.index(";") + 1, text[: text.index(";") + 1], 1.0, 1.0, True)
+    whole = widen(question, one, text)
+    assert whole.text.startswith("5e étage") and whole.text.endswith("Croix-Rousse : 6 personnes.")
+    # a question about one thing keeps its window; so does a window in no list
+    assert widen("Combien de places compte la salle Fourvière ?", one, text) == one
+    prose = Candidate(
+        0, text.index("La cuisine"), len(text), "La cuisine est au 4e étage.", 1, 1, True
+    )
+    assert widen(question, prose, text) == prose
+    # a list longer than LIST_REACH is quoted as found
+    long = "Salles :\n" + "".join(f"- salle {n} : {'x' * 40}\n" for n in range(30))
+    first = Candidate(
+        0, 0, long.index("\n- salle 1 "), long[: long.index("\n- salle 1 ")], 1, 1, True
+    )
+    assert widen(question, first, long) == first
 
 
 def test_a_documents_header_names_what_all_of_it_is_about() -> None:

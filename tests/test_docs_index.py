@@ -442,3 +442,27 @@ def test_the_models_wording_stands_only_when_it_says_all_the_best_window_says(
     whole = ask(collection, backend, question, Scripted(f"{first} {second}"), k=3)
     assert whole.wording == "model" and whole.answer.startswith(first)
     assert [s.verdict for s in whole.sentences] == ["supported", "supported"]
+
+
+def test_a_list_question_is_answered_with_the_whole_list_quoted() -> None:
+    from cuvee.docs.answer import finish, prepare
+    from cuvee.docs.retrieval import Hit
+
+    text = (
+        "Les salles de réunion sont réparties sur deux étages.\n\n5e étage :\n"
+        "- salle Fourvière : 24 personnes, réservée le lundi matin au comité de direction ;\n"
+        "- salle Croix-Rousse : 6 personnes.\n\nLa cuisine est au 4e étage."
+    )
+    hit_ = Hit(1, 1, "/docs/locaux.md", "Locaux", "Salles", 100, 100 + len(text), text, 1.0)
+    question = "Quelles sont les salles de réunion du 5e étage ?"
+    draft = prepare(question, [hit_], "c")
+    result = finish(draft, "Les documents ne le disent pas.")
+    assert result.wording == "quote" and not result.abstained
+    assert "Fourvière" in result.answer and "Croix-Rousse" in result.answer
+    cite = result.citations[0]
+    assert text[cite.start - 100 : cite.end - 100] == cite.quote  # offsets into the document
+    # a question about one room keeps the window about it
+    one = finish(
+        prepare("Combien de personnes la salle Fourvière accueille-t-elle ?", [hit_], "c"), ""
+    )
+    assert "Croix-Rousse" not in one.answer

@@ -35,6 +35,7 @@ from cuvee.docs.extract import (
     has_type,
     language,
     units_of,
+    widen,
 )
 from cuvee.docs.index import Collection
 from cuvee.docs.retrieval import Hit, retrieve
@@ -200,8 +201,11 @@ def prepare(
     for cand in found:
         if len(chosen) == MAX_SOURCES or not cand.answers:
             break
+        # a question asking for several things gets the whole list a window is part of
+        cand = widen(question, cand, hits[cand.hit].text)
         if not any(c.hit == cand.hit and c.start < cand.end and cand.start < c.end for c in chosen):
             chosen.append(cand)
+    best = chosen[0]
     sources = [_window_hit(hits[c.hit], c) for c in chosen]
     sources = _fit(question, sources, generate, model, lang)
     return Draft(result, hits, found, best, sources, build_messages(question, sources, lang))

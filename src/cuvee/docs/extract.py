@@ -14,8 +14,9 @@ reached on extension 4471."). What is read of a window:
 - the answer type the question asks for: a number for "how many" / "combien", a date for
   "when" / "quand", a name for "who" / "qui" (the window must hold one the question lacks);
 - the question's names and numbers: each must be in the window or named shortly before it
-  (``SUBJECT_REACH``), in the heading the window sits under (a ticket's number), or in its
-  document's header (the date atop minutes), and never only after it; a code named before
+  (``SUBJECT_REACH``, or anywhere since the heading of a short section: a ticket's customer),
+  in the heading the window sits under (a ticket's number), or in its document's header (the
+  date atop minutes), and never only after it; a code named before
   counts only if no sibling of its series was named after it. A name nearly every retrieved
   chunk holds (the company) need only be in the chunk. A window that names a sibling of a
   code asked for ("X2" for "X1", another ticket number) or another rank ("the first run" for
@@ -31,7 +32,8 @@ numbers, holds the type asked for, and covers enough of the question's terms
 (``MIN_COVERAGE``) or is close enough in meaning (``MIN_SIMILARITY``), thresholds also chosen
 on the dev half; when none does, the documents do not say. :mod:`cuvee.docs.answer` takes the
 best-ranked window that answers, gives the answering windows to the model to phrase, and
-quotes the best one verbatim when the model's draft does not hold."""
+quotes the best one verbatim when the model's draft does not hold; for a question that asks
+for several things, a window in a list grows to the whole list first (:func:`widen`)."""
 
 from __future__ import annotations
 
@@ -40,7 +42,7 @@ import itertools
 import math
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from cuvee.docs.retrieval import Hit
@@ -60,18 +62,32 @@ MIN_COVERAGE = 0.5
 MIN_SIMILARITY = 0.65
 # How far before a window (characters of its chunk) the question's subject may be named.
 SUBJECT_REACH = 400
+# ... or anywhere in the section the window is in, since its heading, when that heading is at
+# most this far before the window.
+SECTION_REACH = 1200
 
 _MONTHS = """january february march april may june july august september october november december
 janvier fevrier mars avril mai juin juillet aout septembre octobre novembre decembre
 monday tuesday wednesday thursday friday saturday sunday lundi mardi mercredi jeudi vendredi
 samedi dimanche"""
 MONTHS = frozenset(_MONTHS.split())
+_ASKING_DATES = """date dates day days jour jours year years annee"""
+_DATE_WORDS = frozenset(stem(w) for w in _ASKING_DATES.split())
 # Numbers written as words (not "un"/"une", which are French articles too).
 _COUNTS = """one two three four five six seven eight nine ten eleven twelve fifteen twenty thirty
 first second third fourth fifth sixth seventh eighth ninth tenth deux trois quatre cinq six
 sept huit neuf dix onze douze quinze vingt trente premier premiere deuxieme troisieme
 quatrieme cinquieme sixieme septieme huitieme neuvieme dixieme"""
 _NUMBER_WORDS = frozenset(_COUNTS.split())
+# The function words of each language (which one a text is in; no name is one of them).
+_FRENCH = """le la les un une des du de est sont quel quelle quels quelles combien quand qui que
+    comment pourquoi ou dans pour avec sur au aux ce cette ces nous vous il elle ils elles
+    doit peut faut leur mes mon ma notre votre ne pas"""
+_ENGLISH = """the a an is are was were what which who whom when where why how many much does do did
+    can could should must will would of for with on in to from this that these those it my
+    our your their not"""
+_FRENCH_MARKERS = frozenset(_FRENCH.split())
+_ENGLISH_MARKERS = frozenset(_ENGLISH.split())
 _DATE_SPAN = re.compile(
     r"\b(?:\d{1,2}(?:er)? )?(?:" + "|".join(_MONTHS.split()[:24]) + r")(?: \d{4})?\b"
     r"|\b(?:1[89]|20)\d\d\b|\b\d{1,2}[/.-]\d{1,2}[/.-]\d{2,4}\b|\b\d{4}-\d\d-\d\d\b"
@@ -85,7 +101,11 @@ _TYPE_PATTERNS: list[tuple[str, re.Pattern[str]]] = [
     (
         "date",
         re.compile(
-            r"\b(?:when|quand|what date|which date|quelle date|what day|which day|quel jour|"
+            # "when" asks for a date where it opens the question or a clause; inside one it
+            # is a conjunction ("what should I do when the light flashes amber?")
+            r"(?:^|[,:;]\s*|\b(?:and|et|so|alors|tell me|know|dis-moi|savez-vous|sais-tu)\s+)"
+            r"(?:when|quand)\b|"
+            r"\b(?:what date|which date|quelle date|what day|which day|quel jour|"
             r"what year|which year|quelle annee|en quelle annee|by when|deadline|date limite|"
             r"on what date|what date|a quelles dates|quelles dates|avant quelle date|"
             r"a partir de quand|jusqu'a quand|depuis quand)\b"
@@ -106,9 +126,10 @@ _TYPE_PATTERNS: list[tuple[str, re.Pattern[str]]] = [
     (
         "name",
         re.compile(
-            r"\b(?:who|whom|whose|qui|which (?:person|employee|manager|team|company|supplier|"
-            r"vendor)|quelle (?:personne|equipe|societe|entreprise)|quel (?:fournisseur|"
-            r"prestataire|responsable|service))\b"
+            r"\b(?:who|whom|whose|qui|(?:which|what) (?:person|employee|manager|team|company|"
+            r"supplier|vendor|country|countries|city|cities)|quel(?:le)?s? (?:personne|equipe|"
+            r"societe|entreprise|pays|ville|villes)|quel (?:fournisseur|prestataire|responsable|"
+            r"service))\b"
         ),
     ),
 ]
@@ -120,7 +141,7 @@ _QUANTITY = re.compile(
     r"ceiling|maximum|minimum|temperature|extension|speed|capacite|prix|cout|tarif|frais|"
     r"score|target|objectif|"
     r"pourcentage|taux|longueur|duree|delai|poids|taille|plafond|montant|nombre|budget|"
-    r"temperature|poste|vitesse|autonomie|part|time|temps|version)\b"
+    r"temperature|poste|vitesse|autonomie|part|time|temps|version|surface|superficie|area)\b"
 )
 _CAPITALISED = re.compile(r"(?<![\w'’])[A-ZÀ-ÖØ-Þ][\w'’-]+")
 
@@ -154,11 +175,17 @@ def has_type(kind: str | None, text: str, question: str) -> bool:
     for match in _CAPITALISED.finditer(text):
         word = fold(match.group(0))
         # a sentence's first word is capitalised anyway ("Le président signe. La directrice
-        # valide." names nobody)
-        if word not in asked and not _SENTENCE_START.search(text[: match.start()]):
+        # valide." names nobody); so are a month, an article after a label ("Details: The
+        # agent ..."), and a product's code ("X2") names no one either
+        if word in asked or word in _NOT_NAMES or any(c.isdigit() for c in word):
+            continue
+        if not _SENTENCE_START.search(text[: match.start()]):
             return True
     return False
 
+
+# Capitalised words that name no one: months, days, and the function words of either language.
+_NOT_NAMES = MONTHS | _FRENCH_MARKERS | _ENGLISH_MARKERS
 
 # What comes before a sentence's first word: nothing, or an end of sentence or line, then
 # quotes, brackets or a list marker.
@@ -258,6 +285,10 @@ def candidates(
     specific = [f for f in facts if f not in framing]
     fact_terms = {stem(w) for f in facts for w in words(f)}
     focus = [t for t in wanted if t not in fact_terms] or wanted
+    if kind == "date":
+        # "à quelle date", "what year" ask, like "when": a window with "Date: 18 March" is
+        # not about the summer party for holding the word
+        focus = [t for t in focus if t not in _DATE_WORDS] or focus
     before = [_preceding_text(hit, hits) for hit in hits]
     outlines: dict[int, _Outline] = {}
     if document is not None:
@@ -426,6 +457,52 @@ _ORDINALS = frozenset(_RANKS.split())
 _CODE = re.compile(r"([A-Za-z]+-?)(\d+)")
 
 
+# A question that asks for several things: the plural "quels"/"quelles", "which rooms are",
+# "what are the four ...", "what does the kit contain".
+_LIST_QUESTION = re.compile(
+    r"\bquel(?:le)?s\b|\blesquel(?:le)?s\b|\b(?:what|which)\b(?:\s+[\w'-]+){0,3}?\s+(?:are|were)\b"
+    r"|\b(?:contains?|includes?|comprend|contient|comportent?|list|name the)\b"
+)
+# A line of a bulleted or numbered list.
+_ITEM = re.compile(r"[ \t]*(?:[-*•]|\d{1,2}[.)])[ \t]+\S")
+# The longest list (characters) a window grows to; a longer one is quoted as found.
+LIST_REACH = 800
+
+
+def asks_list(question: str) -> bool:
+    return _LIST_QUESTION.search(" ".join(fold(question).split())) is not None
+
+
+def widen(question: str, candidate: Candidate, text: str) -> Candidate:
+    """The window to quote for ``question``: for a question that asks for several things, a
+    window in a bulleted or numbered list grows to the whole list ("the two meeting rooms of
+    the 5th floor" are two items; the window holding the first is half the answer). ``text``
+    is the window's hit's text; the list ends at its chunk's end."""
+    if not asks_list(question):
+        return candidate
+    lines = [(m.start(), m.end()) for m in re.finditer(r"[^\n]+", text)]
+    inside = [n for n, (a, b) in enumerate(lines) if a < candidate.end and candidate.start < b]
+    items = [n for n in inside if _ITEM.match(text, lines[n][0])]
+    if not items:
+        return candidate
+    first, last = items[0], items[-1]
+    while first > 0 and _ITEM.match(text, lines[first - 1][0]) and _next(text, lines, first - 1):
+        first -= 1
+    while (
+        last + 1 < len(lines) and _ITEM.match(text, lines[last + 1][0]) and _next(text, lines, last)
+    ):
+        last += 1
+    start, end = min(candidate.start, lines[first][0]), max(candidate.end, lines[last][1])
+    if end - start > LIST_REACH or (start, end) == (candidate.start, candidate.end):
+        return candidate
+    return replace(candidate, start=start, end=end, text=text[start:end])
+
+
+def _next(text: str, lines: list[tuple[int, int]], n: int) -> bool:
+    """Whether line ``n + 1`` follows line ``n`` directly (no blank line between)."""
+    return text.count("\n", lines[n][1], lines[n + 1][0]) == 1
+
+
 def _sibling_only(fact: str, text: str) -> bool:
     """Whether ``text`` names a code of the same series as ``fact`` but not ``fact`` itself:
     "X2" and "X3" but no "X1", "NR-20517" but no "NR-20560"."""
@@ -503,7 +580,12 @@ class _Outline:
         end = self.starts[1] if before > 1 else start
         header = _header(self.text, min(end, HEADER_REACH))
         heading = self.labels[before - 1] if before else ""
-        return header, f"{heading}\n{self.text[max(0, start - SUBJECT_REACH) : first_end]}"
+        reach = start - SUBJECT_REACH
+        if before and start - self.ends[before - 1] <= SECTION_REACH:
+            # a short section is about one thing (a ticket, a meeting's item): all of it
+            # before the window names its subject
+            reach = min(reach, self.ends[before - 1])
+        return header, f"{heading}\n{self.text[max(0, reach) : first_end]}"
 
 
 def _header(text: str, reach: int) -> str:
@@ -521,16 +603,6 @@ _CHUNK_GAP = 4  # characters (whitespace) that may separate consecutive chunks
 def overlaps(candidate: Candidate, hit: int, start: int, end: int) -> bool:
     """Whether a span of hit ``hit`` (offsets into its text) overlaps the candidate."""
     return candidate.hit == hit and start < candidate.end and candidate.start < end
-
-
-_FRENCH = """le la les un une des du de est sont quel quelle quels quelles combien quand qui que
-    comment pourquoi ou dans pour avec sur au aux ce cette ces nous vous il elle ils elles
-    doit peut faut leur mes mon ma notre votre ne pas"""
-_ENGLISH = """the a an is are was were what which who whom when where why how many much does do did
-    can could should must will would of for with on in to from this that these those it my
-    our your their not"""
-_FRENCH_MARKERS = frozenset(_FRENCH.split())
-_ENGLISH_MARKERS = frozenset(_ENGLISH.split())
 
 
 def language(text: str) -> str:
