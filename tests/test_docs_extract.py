@@ -326,3 +326,7 @@ def test_the_language_of_a_question() -> None:
     assert language("Who approves expenses?") == "en"
     assert language("Les documents ne le disent pas.") == "fr"
     assert language("The documents do not say.") == "en"
+    # "à" folds to the English article "a", and is French
+    quoted = "Les clés restent autorisées, à condition d'être analysées à chaque branchement."
+    assert language(quoted) == "fr"
+    assert language("Invoices are paid within a month, a week after approval.") == "en"

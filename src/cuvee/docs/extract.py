@@ -609,8 +609,10 @@ def language(text: str) -> str:
     """``fr`` or ``en``: which language's function words the text uses more (French accents
     break a tie)."""
     found = [w for w in words(text) if not w.isdigit()]
-    french = sum(w in _FRENCH_MARKERS for w in found)
-    english = sum(w in _ENGLISH_MARKERS for w in found)
+    # the French "à" folds to the English "a"
+    grave = len(re.findall(r"(?<!\w)[àÀ](?!\w)", text))
+    french = sum(w in _FRENCH_MARKERS for w in found) + grave
+    english = sum(w in _ENGLISH_MARKERS for w in found) - grave
     if french != english:
         return "fr" if french > english else "en"
     return "fr" if re.search(r"[éèêàùçôîœ]", text.lower()) else "en"
