@@ -61,7 +61,9 @@ def labelled(home: Path) -> list[dict]:
     out = []
     for item in items:
         hits = retrieve(collection, backend, item.question, 5)
-        found = extract.candidates(item.question, hits, backend.embed, collection.document_text)
+        found = extract.candidates(
+            item.question, hits, backend.embed, collection.document_text, every_window=True
+        )
         windows = []
         for c in found:
             held = [evaluate.contains_answer(c.text, a) for a in item.answers]

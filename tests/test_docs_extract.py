@@ -330,3 +330,28 @@ def test_the_language_of_a_question() -> None:
     quoted = "Les clés restent autorisées, à condition d'être analysées à chaque branchement."
     assert language(quoted) == "fr"
     assert language("Invoices are paid within a month, a week after approval.") == "en"
+
+
+def test_only_windows_that_may_answer_are_embedded() -> None:
+    import numpy as np
+
+    seen: list[str] = []
+
+    def embed(texts):
+        seen.extend(texts)
+        vectors = np.ones((len(texts), 4), dtype=np.float32)
+        return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+    text = "The Heron X2 weighs 3 kg. Its dock is white. The Heron X3 weighs 4 kg."
+    question = "How much does the Heron X3 weigh?"
+    found = candidates(question, [hit(text)], embed)
+    judged = [c for c in found if not c.missing and c.typed]
+    assert judged and len(judged) < len(found)
+    # the question, then each window that misses nothing the question names and holds a number
+    assert len(seen) == 1 + len(judged)
+    assert all(c.similarity > 0.99 for c in judged)
+    assert all(c.similarity == 0.0 for c in found if c not in judged)
+    assert found[0].answers and "4 kg" in found[0].text
+    seen.clear()
+    candidates(question, [hit(text)], embed, every_window=True)
+    assert len(seen) == 1 + len(found)
