@@ -355,3 +355,47 @@ def test_only_windows_that_may_answer_are_embedded() -> None:
     seen.clear()
     candidates(question, [hit(text)], embed, every_window=True)
     assert len(seen) == 1 + len(found)
+
+
+MANUAL = (
+    "## Maintenance\n\n| Part | Clean | Replace |\n|---|---|---|\n"
+    "| Dustbin | after every clean | not needed |\n"
+    "| HEPA filter | every week | every 3 months |\n"
+    "| Side brush | every 2 weeks | every 6 months |\n\n"
+    "Clean the cliff sensors with a dry cloth."
+)
+
+
+def test_a_tables_row_is_a_window_read_with_the_tables_header() -> None:
+    from cuvee.docs.extract import readable, table_header
+
+    question = "How often should the HEPA filter be replaced?"
+    found = candidates(question, [hit(MANUAL, title="Heron X2 manual")])
+    best = found[0]
+    # the row, not the whole table: "Replace" is only in the header, yet the row covers it
+    assert best.answers and best.text.startswith("| HEPA filter |")
+    assert best.coverage == 1.0  # "replaced" is in the header
+    assert "Dustbin" not in best.text and "|---" not in best.text
+    row = MANUAL.index("| HEPA filter")
+    assert table_header(MANUAL, row) == "| Part | Clean | Replace |"
+    assert table_header(MANUAL, MANUAL.index("| Part")) == ""  # the header itself
+    assert table_header(MANUAL, MANUAL.index("Clean the")) == ""  # no table
+    one_row = Candidate(0, row, MANUAL.index("\n", row), "", 0, 0, True)
+    one_row.text = MANUAL[one_row.start : one_row.end]
+    assert readable(MANUAL, one_row) == (
+        "Part: HEPA filter; Clean: every week; Replace: every 3 months."
+    )
+
+
+def test_a_window_reads_as_prose_without_heading_marks_or_bullets() -> None:
+    from cuvee.docs.extract import readable
+
+    text = (
+        "## Release 3.4.1\n\nOpened: 5 May\nCustomer: Harbourside\n- one fix\n"
+        "- another fix, wrapped\n  over two lines\n\nPart-time staff\nget leave pro rata."
+    )
+    whole = Candidate(0, 0, len(text), text, 0, 0, True)
+    assert readable(text, whole) == (
+        "Release 3.4.1. Opened: 5 May. Customer: Harbourside. one fix. another fix, wrapped "
+        "over two lines. Part-time staff get leave pro rata."
+    )

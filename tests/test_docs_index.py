@@ -459,6 +459,8 @@ def test_a_list_question_is_answered_with_the_whole_list_quoted() -> None:
     result = finish(draft, "Les documents ne le disent pas.")
     assert result.wording == "quote" and not result.abstained
     assert "Fourvière" in result.answer and "Croix-Rousse" in result.answer
+    assert "- salle" not in result.answer  # read as prose; the citation keeps the bullets
+    assert result.citations[0].quote.count("- salle") == 2
     cite = result.citations[0]
     assert text[cite.start - 100 : cite.end - 100] == cite.quote  # offsets into the document
     # a question about one room keeps the window about it

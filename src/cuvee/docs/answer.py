@@ -34,6 +34,7 @@ from cuvee.docs.extract import (
     candidates,
     has_type,
     language,
+    readable,
     units_of,
     widen,
 )
@@ -290,7 +291,7 @@ def finish(
     )
     result.sentences.append(quoted)
     result.citations = [cite]
-    result.answer = f"{_ended(' '.join(best.text.split()))} [1]"
+    result.answer = f"{_ended(readable(draft.hits[best.hit].text, best))} [1]"
     result.abstained, result.reason = False, None
     result.wording = "quote"
     return result

@@ -220,9 +220,10 @@ _LABEL = re.compile(r"[A-ZÀ-Þ][\w'’ /().-]{0,40}?\s?:(?:\s|$)")
 
 
 def _units(text: str) -> list[tuple[int, int]]:
-    """Sentences, with a sentence cut again before each line that starts with a label: a
-    ticket's or a meeting's header ("Opened: 15 May 2025" / "Customer: ...") is one fact a
-    line, not one sentence. Prose wrapped over lines stays whole."""
+    """Sentences, with a sentence cut again before each line that starts with a label or is a
+    table's row: a ticket's or a meeting's header ("Opened: 15 May 2025" / "Customer: ...")
+    is one fact a line, not one sentence, and so is a row of a table (a table's rule, "|---|",
+    is no unit). Prose wrapped over lines stays whole."""
     out = []
     for a, b in sentence_spans(text):
         cuts = [a]
@@ -230,16 +231,80 @@ def _units(text: str) -> list[tuple[int, int]]:
         while position != -1:
             line_start = position + 1
             stripped = text[line_start:b].lstrip(" \t")
-            if _LABEL.match(stripped):
+            if _LABEL.match(stripped) or stripped.startswith("|"):
                 cuts.append(line_start + (b - line_start - len(stripped)))
             position = text.find("\n", line_start, b)
         cuts.append(b)
         for start, end in itertools.pairwise(cuts):
             piece = text[start:end]
             lead, trail = len(piece) - len(piece.lstrip()), len(piece.rstrip())
-            if trail > lead:
+            if trail > lead and not _RULE.fullmatch(piece.strip()):
                 out.append((start + lead, start + trail))
     return out
+
+
+# A table's rule under its header row: "|---|:--:|".
+_RULE = re.compile(r"\|?(?:\s*:?-{3,}:?\s*\|)+\s*:?(?:-{3,}:?)?\s*")
+
+
+def _cells(row: str) -> list[str]:
+    return [cell.strip() for cell in row.strip().strip("|").split("|")]
+
+
+def table_header(text: str, at: int) -> str:
+    """The header row of the table whose row starts at offset ``at`` of ``text`` (its first
+    row, when a rule follows it), or "" when ``at`` is in no table or is the header itself."""
+    line_start = text.rfind("\n", 0, at) + 1
+    if not text.startswith("|", line_start):
+        return ""
+    first = line_start
+    while first > 0:
+        previous = text.rfind("\n", 0, first - 1) + 1
+        if not text.startswith("|", previous):
+            break
+        first = previous
+    header_end = text.find("\n", first)
+    rule_end = text.find("\n", header_end + 1) if header_end != -1 else -1
+    rule = text[header_end + 1 : rule_end if rule_end != -1 else len(text)]
+    if first == line_start or header_end == -1 or not _RULE.fullmatch(rule.strip()):
+        return ""
+    return text[first:header_end]
+
+
+def readable(text: str, candidate: Candidate) -> str:
+    """A window as an answer's prose, on one line: a table's row read with its header's names
+    ("Part: HEPA filter; Replace: every 3 months"), heading marks and list bullets left out.
+    ``text`` is the window's hit's text; the citation keeps the window verbatim."""
+    found, at = [], 0
+    for line in candidate.text.split("\n"):
+        found.append((at, line.strip()))
+        at += len(line) + 1
+    lines = [(at, line) for at, line in found if not _RULE.fullmatch(line)]
+    parts = []
+    for n, (at, line) in enumerate(lines):
+        if not line:
+            continue
+        # a heading, a row or an item ends where the next line starts one or a blank line
+        # follows; prose wrapped over lines goes on
+        after = lines[n + 1][1] if n + 1 < len(lines) else "x"
+        ends = not after or bool(_LABELLED.match(after) or _ITEM.match(after))
+        if line.startswith("|"):
+            cells = _cells(line)
+            names = _cells(table_header(text, candidate.start + at) or "|")
+            if len(cells) == len(names):
+                pairs = zip(names, cells, strict=True)
+                line = "; ".join(f"{name}: {cell}" for name, cell in pairs if cell)
+            else:
+                line = ", ".join(cell for cell in cells if cell)
+            ends = True
+        elif line.startswith("#"):
+            line, ends = line.lstrip("#").strip(), True
+        else:
+            line = re.sub(r"^[-*•]\s+", "", line)
+        if ends and line and line[-1] not in ".!?…;:,":
+            line += "."
+        parts.append(line)
+    return " ".join(" ".join(parts).split())
 
 
 def units_of(candidate: Candidate) -> list[tuple[int, int]]:
@@ -267,9 +332,9 @@ def candidates(
     ``embed`` (texts -> unit vectors, the collection's embedder), a window's meaning counts
     beside its words: a paraphrase ("pick up the phone" for "answer calls") shares few words
     with its answer; only windows that may answer are embedded (all of them with
-    ``every_window``; the others keep similarity 0). With ``document`` (doc_id -> its text), what a window's document says
-    before it counts as naming its subject: the document's header and the heading the
-    window is under, beside the text just before it."""
+    ``every_window``; the others keep similarity 0). With ``document`` (doc_id -> its text),
+    what a window's document says before it counts as naming its subject: the document's
+    header and the heading the window is under, beside the text just before it."""
     wanted = list(dict.fromkeys(t for t in terms(question) if t not in QUESTION_WORDS))
     kind = answer_type(question)
     facts = key_facts(question)
@@ -303,7 +368,10 @@ def candidates(
     for n, hit in enumerate(hits):
         context = f"{hit.title}\n{hit.section}\n"
         for a, b, first_end in _windows(hit.text):
-            have = set(terms(context + hit.text[a:b]))
+            # a table's row is read with its header ("| HEPA filter | every 3 months |"
+            # under "| Part | Replace |")
+            header = table_header(hit.text, a)
+            have = set(terms(context + header + "\n" + hit.text[a:b]))
             windows.append((n, a, b, first_end, have))
     # a term found in few windows says more about which one answers
     df = {t: sum(1 for w in windows if t in w[4]) for t in focus}
