@@ -399,3 +399,14 @@ def test_a_window_reads_as_prose_without_heading_marks_or_bullets() -> None:
         "Release 3.4.1. Opened: 5 May. Customer: Harbourside. one fix. another fix, wrapped "
         "over two lines. Part-time staff get leave pro rata."
     )
+
+
+def test_what_happens_asks_rather_than_says() -> None:
+    # "happens" is in one window only (the team chat), so as a term it weighed most of the
+    # question and the first day's paragraph covered too little of it to answer
+    text = (
+        "New employees arrive at 09:30 on their first day and are welcomed by the people "
+        "team.\n\nTeam chat happens in the Larkspur workspace."
+    )
+    found = candidates("What happens on my first day?", [hit(text, title="Onboarding")])
+    assert found[0].answers and found[0].text.startswith("New employees arrive")

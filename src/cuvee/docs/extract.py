@@ -51,7 +51,7 @@ from cuvee.docs.verify import facts_missing, key_facts
 
 # Words that ask rather than say: a passage need not contain them to answer.
 _ASKING = """how many much long often old far what which who whom whose when where why name kind
-type does did do is are was were can could should must will would tell give list
+type does did do is are was were can could should must will would tell give list happen happens
 combien quel quelle quels quelles quand comment pourquoi ou lequel laquelle lesquels lesquelles
 est sont faut peut doit doivent dois quoi nom qui que qu"""
 QUESTION_WORDS = frozenset(stem(w) for w in _ASKING.split())
