@@ -402,11 +402,13 @@ def test_a_window_reads_as_prose_without_heading_marks_or_bullets() -> None:
 
 
 def test_what_happens_asks_rather_than_says() -> None:
-    # "happens" is in one window only (the team chat), so as a term it weighed most of the
-    # question and the first day's paragraph covered too little of it to answer
+    # "happens" is in one window only (the team chat): as a rare term it outweighed "first
+    # day", which the section's heading gives every window, and the chat answered
     text = (
         "New employees arrive at 09:30 on their first day and are welcomed by the people "
-        "team.\n\nTeam chat happens in the Larkspur workspace."
+        "team.\n\nThe laptop is set up on the first day. The first week has no meetings.\n\n"
+        "Team chat happens in the Larkspur workspace."
     )
-    found = candidates("What happens on my first day?", [hit(text, title="Onboarding")])
+    onboarding = hit(text, title="Onboarding", section="Your first day")
+    found = candidates("What happens on my first day?", [onboarding])
     assert found[0].answers and found[0].text.startswith("New employees arrive")
