@@ -367,7 +367,7 @@ MANUAL = (
 
 
 def test_a_tables_row_is_a_window_read_with_the_tables_header() -> None:
-    from cuvee.docs.extract import readable, table_header
+    from cuvee.docs.layout import prose, table_header
 
     question = "How often should the HEPA filter be replaced?"
     found = candidates(question, [hit(MANUAL, title="Heron X2 manual")])
@@ -380,22 +380,19 @@ def test_a_tables_row_is_a_window_read_with_the_tables_header() -> None:
     assert table_header(MANUAL, row) == "| Part | Clean | Replace |"
     assert table_header(MANUAL, MANUAL.index("| Part")) == ""  # the header itself
     assert table_header(MANUAL, MANUAL.index("Clean the")) == ""  # no table
-    one_row = Candidate(0, row, MANUAL.index("\n", row), "", 0, 0, True)
-    one_row.text = MANUAL[one_row.start : one_row.end]
-    assert readable(MANUAL, one_row) == (
+    assert prose(MANUAL, row, MANUAL.index("\n", row)) == (
         "Part: HEPA filter; Clean: every week; Replace: every 3 months."
     )
 
 
 def test_a_window_reads_as_prose_without_heading_marks_or_bullets() -> None:
-    from cuvee.docs.extract import readable
+    from cuvee.docs.layout import prose
 
     text = (
         "## Release 3.4.1\n\nOpened: 5 May\nCustomer: Harbourside\n- one fix\n"
         "- another fix, wrapped\n  over two lines\n\nPart-time staff\nget leave pro rata."
     )
-    whole = Candidate(0, 0, len(text), text, 0, 0, True)
-    assert readable(text, whole) == (
+    assert prose(text, 0, len(text)) == (
         "Release 3.4.1. Opened: 5 May. Customer: Harbourside. one fix. another fix, wrapped "
         "over two lines. Part-time staff get leave pro rata."
     )

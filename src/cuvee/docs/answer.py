@@ -34,11 +34,11 @@ from cuvee.docs.extract import (
     candidates,
     has_type,
     language,
-    readable,
     units_of,
     widen,
 )
 from cuvee.docs.index import Collection
+from cuvee.docs.layout import prose
 from cuvee.docs.retrieval import Hit, retrieve
 from cuvee.docs.textnorm import fold, terms
 from cuvee.errors import DocsError
@@ -291,7 +291,7 @@ def finish(
     )
     result.sentences.append(quoted)
     result.citations = [cite]
-    result.answer = f"{_ended(readable(draft.hits[best.hit].text, best))} [1]"
+    result.answer = f"{_ended(prose(draft.hits[best.hit].text, best.start, best.end))} [1]"
     result.abstained, result.reason = False, None
     result.wording = "quote"
     return result

@@ -33,7 +33,8 @@ numbers, holds the type asked for, and covers enough of the question's terms
 on the dev half; when none does, the documents do not say. :mod:`cuvee.docs.answer` takes the
 best-ranked window that answers, gives the answering windows to the model to phrase, and
 quotes the best one verbatim when the model's draft does not hold; for a question that asks
-for several things, a window in a list grows to the whole list first (:func:`widen`)."""
+for several things, a window in a list grows to the whole list first (:func:`widen`); the
+shape of tables and lists is read by :mod:`cuvee.docs.layout`."""
 
 from __future__ import annotations
 
@@ -45,6 +46,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from cuvee.docs.layout import LABELLED, RULE, list_span, table_header
 from cuvee.docs.retrieval import Hit
 from cuvee.docs.textnorm import fold, sentence_spans, stem, terms, words
 from cuvee.docs.verify import facts_missing, key_facts
@@ -238,73 +240,9 @@ def _units(text: str) -> list[tuple[int, int]]:
         for start, end in itertools.pairwise(cuts):
             piece = text[start:end]
             lead, trail = len(piece) - len(piece.lstrip()), len(piece.rstrip())
-            if trail > lead and not _RULE.fullmatch(piece.strip()):
+            if trail > lead and not RULE.fullmatch(piece.strip()):
                 out.append((start + lead, start + trail))
     return out
-
-
-# A table's rule under its header row: "|---|:--:|".
-_RULE = re.compile(r"\|?(?:\s*:?-{3,}:?\s*\|)+\s*:?(?:-{3,}:?)?\s*")
-
-
-def _cells(row: str) -> list[str]:
-    return [cell.strip() for cell in row.strip().strip("|").split("|")]
-
-
-def table_header(text: str, at: int) -> str:
-    """The header row of the table whose row starts at offset ``at`` of ``text`` (its first
-    row, when a rule follows it), or "" when ``at`` is in no table or is the header itself."""
-    line_start = text.rfind("\n", 0, at) + 1
-    if not text.startswith("|", line_start):
-        return ""
-    first = line_start
-    while first > 0:
-        previous = text.rfind("\n", 0, first - 1) + 1
-        if not text.startswith("|", previous):
-            break
-        first = previous
-    header_end = text.find("\n", first)
-    rule_end = text.find("\n", header_end + 1) if header_end != -1 else -1
-    rule = text[header_end + 1 : rule_end if rule_end != -1 else len(text)]
-    if first == line_start or header_end == -1 or not _RULE.fullmatch(rule.strip()):
-        return ""
-    return text[first:header_end]
-
-
-def readable(text: str, candidate: Candidate) -> str:
-    """A window as an answer's prose, on one line: a table's row read with its header's names
-    ("Part: HEPA filter; Replace: every 3 months"), heading marks and list bullets left out.
-    ``text`` is the window's hit's text; the citation keeps the window verbatim."""
-    found, at = [], 0
-    for line in candidate.text.split("\n"):
-        found.append((at, line.strip()))
-        at += len(line) + 1
-    lines = [(at, line) for at, line in found if not _RULE.fullmatch(line)]
-    parts = []
-    for n, (at, line) in enumerate(lines):
-        if not line:
-            continue
-        # a heading, a row or an item ends where the next line starts one or a blank line
-        # follows; prose wrapped over lines goes on
-        after = lines[n + 1][1] if n + 1 < len(lines) else "x"
-        ends = not after or bool(_LABELLED.match(after) or _ITEM.match(after))
-        if line.startswith("|"):
-            cells = _cells(line)
-            names = _cells(table_header(text, candidate.start + at) or "|")
-            if len(cells) == len(names):
-                pairs = zip(names, cells, strict=True)
-                line = "; ".join(f"{name}: {cell}" for name, cell in pairs if cell)
-            else:
-                line = ", ".join(cell for cell in cells if cell)
-            ends = True
-        elif line.startswith("#"):
-            line, ends = line.lstrip("#").strip(), True
-        else:
-            line = re.sub(r"^[-*•]\s+", "", line)
-        if ends and line and line[-1] not in ".!?…;:,":
-            line += "."
-        parts.append(line)
-    return " ".join(" ".join(parts).split())
 
 
 def units_of(candidate: Candidate) -> list[tuple[int, int]]:
@@ -469,8 +407,6 @@ RANK_WEIGHTS = {
     "length": 1.774,
     "counted": 1.219,
 }
-# A window that starts as a table row, a list item, a heading or a labelled line.
-_LABELLED = re.compile(r"^\s*(?:[|#>*-]|[A-ZÀ-Þ][\w'’ /().-]{0,40}?\s?:)")
 
 
 def rank_features(candidate: Candidate) -> dict[str, float]:
@@ -483,7 +419,7 @@ def rank_features(candidate: Candidate) -> dict[str, float]:
         "in_window": float(candidate.in_window),
         "two": float(candidate.two),
         "rank": candidate.hit / 4,  # the retrieved chunk's rank, 0 for the first of five
-        "label": float(bool(_LABELLED.match(candidate.text))),
+        "label": float(bool(LABELLED.match(candidate.text))),
         "length": min(len(candidate.text), 300) / 300,
         "counted": float(candidate.counted),
     }
@@ -530,50 +466,14 @@ _ORDINALS = frozenset(_RANKS.split())
 _CODE = re.compile(r"([A-Za-z]+-?)(\d+)")
 
 
-# A question that asks for several things: the plural "quels"/"quelles", "which rooms are",
-# "what are the four ...", "what does the kit contain".
-_LIST_QUESTION = re.compile(
-    r"\bquel(?:le)?s\b|\blesquel(?:le)?s\b|\b(?:what|which)\b(?:\s+[\w'-]+){0,3}?\s+(?:are|were)\b"
-    r"|\b(?:contains?|includes?|comprend|contient|comportent?|list|name the)\b"
-)
-# A line of a bulleted or numbered list.
-_ITEM = re.compile(r"[ \t]*(?:[-*•]|\d{1,2}[.)])[ \t]+\S")
-# The longest list (characters) a window grows to; a longer one is quoted as found.
-LIST_REACH = 800
-
-
-def asks_list(question: str) -> bool:
-    return _LIST_QUESTION.search(" ".join(fold(question).split())) is not None
-
-
 def widen(question: str, candidate: Candidate, text: str) -> Candidate:
-    """The window to quote for ``question``: for a question that asks for several things, a
-    window in a bulleted or numbered list grows to the whole list ("the two meeting rooms of
-    the 5th floor" are two items; the window holding the first is half the answer). ``text``
-    is the window's hit's text; the list ends at its chunk's end."""
-    if not asks_list(question):
-        return candidate
-    lines = [(m.start(), m.end()) for m in re.finditer(r"[^\n]+", text)]
-    inside = [n for n, (a, b) in enumerate(lines) if a < candidate.end and candidate.start < b]
-    items = [n for n in inside if _ITEM.match(text, lines[n][0])]
-    if not items:
-        return candidate
-    first, last = items[0], items[-1]
-    while first > 0 and _ITEM.match(text, lines[first - 1][0]) and _next(text, lines, first - 1):
-        first -= 1
-    while (
-        last + 1 < len(lines) and _ITEM.match(text, lines[last + 1][0]) and _next(text, lines, last)
-    ):
-        last += 1
-    start, end = min(candidate.start, lines[first][0]), max(candidate.end, lines[last][1])
-    if end - start > LIST_REACH or (start, end) == (candidate.start, candidate.end):
+    """The window to quote for ``question`` (:func:`cuvee.docs.layout.list_span`): for one
+    that asks for several things, a window in a list grows to the whole list. ``text`` is the
+    window's hit's text."""
+    start, end = list_span(question, candidate.start, candidate.end, text)
+    if (start, end) == (candidate.start, candidate.end):
         return candidate
     return replace(candidate, start=start, end=end, text=text[start:end])
-
-
-def _next(text: str, lines: list[tuple[int, int]], n: int) -> bool:
-    """Whether line ``n + 1`` follows line ``n`` directly (no blank line between)."""
-    return text.count("\n", lines[n][1], lines[n + 1][0]) == 1
 
 
 def _sibling_only(fact: str, text: str) -> bool:
