@@ -376,6 +376,9 @@ def test_a_tables_row_is_a_window_read_with_the_tables_header() -> None:
     assert best.answers and best.text.startswith("| HEPA filter |")
     assert best.coverage == 1.0  # "replaced" is in the header
     assert "Dustbin" not in best.text and "|---" not in best.text
+    # a row is a whole record: no window joins two rows ("... HEPA filter ... Side brush ...")
+    assert "Side brush" not in best.text
+    assert not any(c.text.startswith("|") and "\n|" in c.text for c in found)
     row = MANUAL.index("| HEPA filter")
     assert table_header(MANUAL, row) == "| Part | Clean | Replace |"
     assert table_header(MANUAL, MANUAL.index("| Part")) == ""  # the header itself

@@ -252,10 +252,15 @@ def units_of(candidate: Candidate) -> list[tuple[int, int]]:
 
 def _windows(text: str) -> list[tuple[int, int, int]]:
     """(start, end, end of the first unit) for each run of one or two consecutive units
-    (sentences, or lines)."""
+    (sentences, or lines). Two rows of a table make no window: a row is a whole record, read
+    with its header, and its neighbour is another one ("HEPA filter ... Side brush ...")."""
     spans = _units(text)
     out = [(a, b, b) for a, b in spans]
-    out += [(spans[i][0], spans[i + 1][1], spans[i][1]) for i in range(len(spans) - 1)]
+    out += [
+        (spans[i][0], spans[i + 1][1], spans[i][1])
+        for i in range(len(spans) - 1)
+        if not (text.startswith("|", spans[i][0]) and text.startswith("|", spans[i + 1][0]))
+    ]
     return out
 
 
