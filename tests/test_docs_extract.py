@@ -388,6 +388,14 @@ def test_a_tables_row_is_a_window_read_with_the_tables_header() -> None:
     )
 
 
+def test_a_row_without_a_header_reads_as_its_cells() -> None:
+    from cuvee.docs.layout import prose
+
+    text = "| Dock |\n| Battery | 5,200 mAh |"
+    assert prose(text, 0, 8) == "Dock."
+    assert prose(text, 9, len(text)) == "Battery, 5,200 mAh."
+
+
 def test_a_window_reads_as_prose_without_heading_marks_or_bullets() -> None:
     from cuvee.docs.layout import prose
 

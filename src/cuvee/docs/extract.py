@@ -46,7 +46,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from cuvee.docs.layout import LABELLED, RULE, list_span, table_header
+from cuvee.docs.layout import LABEL, LABELLED, RULE, list_span, table_header
 from cuvee.docs.retrieval import Hit
 from cuvee.docs.textnorm import fold, sentence_spans, stem, terms, words
 from cuvee.docs.verify import facts_missing, key_facts
@@ -218,9 +218,6 @@ class Candidate:
         return not self.missing and self.typed and close
 
 
-_LABEL = re.compile(r"[A-ZÀ-Þ][\w'’ /().-]{0,40}?\s?:(?:\s|$)")
-
-
 def _units(text: str) -> list[tuple[int, int]]:
     """Sentences, with a sentence cut again before each line that starts with a label or is a
     table's row: a ticket's or a meeting's header ("Opened: 15 May 2025" / "Customer: ...")
@@ -233,7 +230,7 @@ def _units(text: str) -> list[tuple[int, int]]:
         while position != -1:
             line_start = position + 1
             stripped = text[line_start:b].lstrip(" \t")
-            if _LABEL.match(stripped) or stripped.startswith("|"):
+            if LABEL.match(stripped) or stripped.startswith("|"):
                 cuts.append(line_start + (b - line_start - len(stripped)))
             position = text.find("\n", line_start, b)
         cuts.append(b)

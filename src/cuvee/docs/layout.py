@@ -20,8 +20,11 @@ from cuvee.docs.textnorm import fold
 RULE = re.compile(r"\|?(?:\s*:?-{3,}:?\s*\|)+\s*:?(?:-{3,}:?)?\s*")
 # A line of a bulleted or numbered list.
 ITEM = re.compile(r"[ \t]*(?:[-*•]|\d{1,2}[.)])[ \t]+\S")
+# A line's label: "Opened:", "Customer :", "Effective from:".
+_LABEL_HEAD = r"[A-ZÀ-Þ][\w'’ /().-]{0,40}?\s?:"
+LABEL = re.compile(_LABEL_HEAD + r"(?:\s|$)")
 # Text that starts as a table row, a list item, a heading or a labelled line.
-LABELLED = re.compile(r"^\s*(?:[|#>*-]|[A-ZÀ-Þ][\w'’ /().-]{0,40}?\s?:)")
+LABELLED = re.compile(r"^\s*(?:[|#>*-]|" + _LABEL_HEAD + ")")
 # A question that asks for several things: the plural "quels"/"quelles", "which rooms are",
 # "what are the four ...", "what does the kit contain".
 _LIST_QUESTION = re.compile(
@@ -106,7 +109,8 @@ def prose(text: str, start: int, end: int) -> str:
         ends = not after or bool(LABELLED.match(after) or ITEM.match(after))
         if line.startswith("|"):
             row = cells(line)
-            names = cells(table_header(text, at) or "|")
+            header = table_header(text, at)
+            names = cells(header) if header else []
             if len(row) == len(names):
                 pairs = zip(names, row, strict=True)
                 line = "; ".join(f"{name}: {cell}" for name, cell in pairs if cell)
