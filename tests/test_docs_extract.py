@@ -396,6 +396,14 @@ def test_a_row_without_a_header_reads_as_its_cells() -> None:
     assert prose(text, 9, len(text)) == "Battery, 5,200 mAh."
 
 
+def test_a_column_headed_by_no_word_gives_its_cell_alone() -> None:
+    from cuvee.docs.layout import prose
+
+    text = "| # | Step | Owner |\n|---|---|---|\n| 3 | Sign the form | HR |"
+    row = text.index("| 3")
+    assert prose(text, row, len(text)) == "3; Step: Sign the form; Owner: HR."
+
+
 def test_a_window_reads_as_prose_without_heading_marks_or_bullets() -> None:
     from cuvee.docs.layout import prose
 

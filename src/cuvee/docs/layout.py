@@ -33,6 +33,8 @@ _LIST_QUESTION = re.compile(
 )
 # The longest list (characters) a window grows to; a longer one is quoted as found.
 LIST_REACH = 800
+# A letter of any alphabet: a header cell without one names no column.
+_WORD = re.compile(r"[^\W\d_]")
 
 
 def cells(row: str) -> list[str]:
@@ -112,8 +114,13 @@ def prose(text: str, start: int, end: int) -> str:
             header = table_header(text, at)
             names = cells(header) if header else []
             if len(row) == len(names):
+                # a column headed by no word ("#", an empty cell) names nothing: "3", not "#: 3"
                 pairs = zip(names, row, strict=True)
-                line = "; ".join(f"{name}: {cell}" for name, cell in pairs if cell)
+                line = "; ".join(
+                    f"{name}: {cell}" if _WORD.search(name) else cell
+                    for name, cell in pairs
+                    if cell
+                )
             else:
                 line = ", ".join(cell for cell in row if cell)
             ends = True
