@@ -11,7 +11,8 @@ probes and Prometheus scrape them.
 
 ``/v1/embeddings`` serves one embedding model (``openai_embeddings``) beside the registry's chat
 models, with the same keys, limits and metrics; its checks come in the same order (key, body,
-model, parameters, rate limits, queue).
+model, parameters, rate limits, queue). With a gateway, an upstream's embedding model (or a
+route to one) is relayed with the same fallback as a chat model.
 
 Document collections (``cuvee.serve.rag``): a chat completion for ``rag:NAME`` (or with
 ``collection``) is answered from the collection and verified; ``/v1/retrieve`` returns its
@@ -247,28 +248,19 @@ def create_app(
         return await _local_completion(state, request, key, body, started)
 
     @app.post("/v1/embeddings", openapi_extra=body_doc(EmbeddingRequest))
-    async def embeddings(request: HTTPRequest, key: Key) -> JSONResponse:
+    async def embeddings(request: HTTPRequest, key: Key) -> Response:
+        started = time.perf_counter()
         _check_open(state)
+        # an upstream's embedding model, or a route to one, is relayed as chat models are
+        routed = await _gateway_targets(state, request, key, completes=False)
+        if routed is not None:
+            if routed[1].get("stream"):
+                raise errors.invalid_param("/v1/embeddings does not stream.", "stream")
+            embedding = ("/embeddings", EmbeddingRequest, _local_embeddings)
+            return await _routed(state, request, key, routed, *embedding, started)
         body = await parse(request, EmbeddingRequest)
         _note_body(request, state, body.model, body.input)
-        await check_model(state, key, body.model, purpose="embedding")
-        texts = inputs_of(body)
-        embedder = await state.embeddings.load()
-        check_dimensions(body, embedder.dim)
-        if key is not None:
-            state.auth.admit(key, request.scope, estimate({"input": texts}, 0, ()))
-        state.capacity.take(1)
-        try:
-            vectors, tokens = await run_embedder(embedder, texts)
-        finally:
-            state.capacity.give(1)
-        state.metrics.prompt_tokens.labels(body.model).inc(tokens)
-        note(request, prompt_tokens=tokens)
-        if key is not None:
-            state.auth.limiter.add_tokens(key, tokens)
-            charged(request, Use(body.model, body.model, tokens, 0, 0.0))
-        # JSONResponse as is: thousands of floats need no jsonable_encoder pass
-        return JSONResponse(embedding_response(body.model, vectors, tokens, body.encoding_format))
+        return await _local_embeddings(state, request, key, body, started)
 
     @app.post("/v1/retrieve", openapi_extra=body_doc(RetrieveRequest))
     async def retrieve(request: HTTPRequest, key: Key) -> JSONResponse:
@@ -332,10 +324,11 @@ def _shared_backend(settings: Settings, embeddings: EmbeddingService):
     return factory
 
 
-async def _gateway_targets(state: ServerState, request: HTTPRequest, key):
+async def _gateway_targets(state: ServerState, request: HTTPRequest, key, completes=True):
     """(targets, the body as sent) when the request's model is one of the gateway's routes or
     upstream models, else None. The key must allow that public id (the targets behind a route
-    need no grant of their own); the request is admitted by the rate limits once, here."""
+    need no grant of their own); the request is admitted by the rate limits once, here, with
+    the completion it may ask for reserved (none for an embedding: ``completes`` False)."""
     gateway: Gateway | None = state.extra.get("gateway")
     if gateway is None:
         return None
@@ -352,7 +345,8 @@ async def _gateway_targets(state: ServerState, request: HTTPRequest, key):
         raise errors.model_not_found(model)
     if key is not None:
         prices = gateway.prices(targets)
-        reserve = _reserved_tokens(raw, gateway.context_length(targets) or _UPSTREAM_MAX_TOKENS)
+        limit = gateway.context_length(targets) or _UPSTREAM_MAX_TOKENS
+        reserve = _reserved_tokens(raw, limit) if completes else 0
         state.auth.admit(key, request.scope, estimate(raw, reserve, prices))
     return targets, raw
 
@@ -438,6 +432,31 @@ async def _local_completion(state, request, key, body, started: float, public: s
         public or body.model, prompts, body.n, body.echo, include_usage, body.logprobs
     )
     return await _generate(state, request, body, plan, key, started, formatter)
+
+
+async def _local_embeddings(
+    state, request, key, body, started: float, public: str | None = None
+) -> JSONResponse:
+    """Vectors from the served embedding model (``public`` as for ``_local_chat``)."""
+    await check_model(state, None if public else key, body.model, purpose="embedding")
+    texts = inputs_of(body)
+    embedder = await state.embeddings.load()
+    check_dimensions(body, embedder.dim)
+    if key is not None and public is None:
+        state.auth.admit(key, request.scope, estimate({"input": texts}, 0, ()))
+    state.capacity.take(1)
+    try:
+        vectors, tokens = await run_embedder(embedder, texts)
+    finally:
+        state.capacity.give(1)
+    state.metrics.prompt_tokens.labels(body.model).inc(tokens)
+    note(request, prompt_tokens=tokens)
+    if key is not None:
+        state.auth.limiter.add_tokens(key, tokens)
+        charged(request, Use(public or body.model, body.model, tokens, 0, 0.0))
+    # JSONResponse as is: thousands of floats need no jsonable_encoder pass
+    model = public or body.model
+    return JSONResponse(embedding_response(model, vectors, tokens, body.encoding_format))
 
 
 async def _generate(state, request, body, plan, key, started: float, formatter) -> Response:

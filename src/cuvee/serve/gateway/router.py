@@ -530,7 +530,8 @@ def _rendezvous(session: str, label: str) -> int:
 
 def _prompt_size(body: dict[str, Any]) -> int:
     """A prompt's tokens, roughly (4 bytes a token), where an upstream does not say."""
-    return len(json.dumps(body.get("messages") or body.get("prompt") or "")) // 4
+    prompt = body.get("messages") or body.get("prompt") or body.get("input") or ""
+    return len(json.dumps(prompt)) // 4
 
 
 def _needs(body: dict[str, Any]) -> list[str]:
