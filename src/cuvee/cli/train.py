@@ -282,7 +282,7 @@ def train(
     if json_output:
         print_json(summary)
         return
-    out = click.get_text_stream("stderr")
+    out = sys.stderr
     from cuvee.licences import commercial_use_label
 
     verdict = commercial_use_label(summary["commercial_use"])

@@ -6,6 +6,7 @@ in the llama.cpp engine)."""
 from __future__ import annotations
 
 import collections
+import inspect
 import queue
 import random
 import threading
@@ -65,6 +66,10 @@ class HFEngine:
         self._tok = AutoTokenizer.from_pretrained(path)
         self._model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
         self._model.to(self.device).eval()
+        # transformers 5.2x renamed forward's ``past_key_values`` to ``cache`` (the old name
+        # warns, and goes in 5.40); older releases know only the old one
+        forward = inspect.signature(self._model.forward).parameters
+        self._cache_arg = "cache" if "cache" in forward else "past_key_values"
         config = self._model.config
         limit = getattr(config, "max_position_embeddings", None) or 2048
         self._context_length = min(context_length or limit, limit)
@@ -193,8 +198,8 @@ class HFEngine:
                 if handle.cancelled or self._closed:
                     handle.emit(Finished("cancelled", len(tokens), len(generated)))
                     return
-                out = self._model(input_ids=feed, past_key_values=past, use_cache=True)
-                past = out.past_key_values
+                out = self._model(input_ids=feed, use_cache=True, **{self._cache_arg: past})
+                past = getattr(out, self._cache_arg)
                 n_past += feed.shape[1]
                 logits = out.logits[0, -1].float()
                 # before _choose, which penalises the logits in place
