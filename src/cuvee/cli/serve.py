@@ -109,8 +109,8 @@ the README) answers from the first of its targets that works; a response says wh
     "--upstream",
     "upstreams",
     multiple=True,
-    help="NAME=URL: an OpenAI-compatible server whose models are served as NAME/MODEL "
-    "(repeatable; key from CUVEE_UPSTREAM_<NAME>_API_KEY).",
+    help="NAME=URL: an OpenAI-compatible server whose models are served (and listed in "
+    "/v1/models) as NAME/MODEL (repeatable; key from CUVEE_UPSTREAM_<NAME>_API_KEY).",
 )
 @click.pass_obj
 def serve(

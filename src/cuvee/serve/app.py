@@ -207,6 +207,8 @@ def create_app(
                 ]
             return described
 
+        if gateway is not None:
+            await gateway.discover()
         return {"object": "list", "data": await anyio.to_thread.run_sync(describe)}
 
     @app.get("/v1/models/{model_id}")

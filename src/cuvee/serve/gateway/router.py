@@ -16,6 +16,7 @@ gets a 503 naming each attempt."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import time
@@ -112,16 +113,31 @@ class Gateway:
         upstream, model = self.config.target(spec)
         return Target(spec, upstream.name if upstream else None, model)
 
+    async def discover(self) -> None:
+        """Ask each ``*`` upstream that is not cooled down which models it serves (its
+        ``/models``, at most once a minute), for ``model_objects``."""
+        wild = [
+            c
+            for name, c in self.clients.items()
+            if c.upstream.models == "*" and not self.health.cooled(name)
+        ]
+        await asyncio.gather(*(c.listed_models() for c in wild))
+
     def model_objects(self) -> list[dict[str, Any]]:
         """The gateway's public ids for /v1/models: routes, and upstream models named in the
-        config (a ``*`` upstream serves ``NAME/MODEL`` for any MODEL; it lists its renames)."""
+        config or, for a ``*`` upstream (which serves ``NAME/MODEL`` for any MODEL), its
+        renames and what its ``/models`` listed when last asked (``discover``)."""
         out = [
             {"id": name, "object": "model", "created": 0, "owned_by": "cuvee", "kind": "route",
              "targets": route.targets, "policy": route.policy}
             for name, route in self.config.routes.items()
         ]  # fmt: skip
         for upstream in self.config.upstreams.values():
-            for model in upstream.public_ids():
+            listed = []
+            client = self.clients.get(upstream.name)
+            if upstream.models == "*" and client is not None:
+                listed = [f"{upstream.name}/{m}" for m in client.known_models]
+            for model in dict.fromkeys([*upstream.public_ids(), *listed]):
                 out.append(
                     {"id": model, "object": "model", "created": 0, "owned_by": upstream.name,
                      "kind": "upstream", "upstream": upstream.name}

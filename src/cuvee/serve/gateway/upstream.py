@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -55,12 +56,18 @@ def _encode(body: dict[str, Any]) -> bytes:
     return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
 
 
+# How long the model list an upstream's /models gave is used before it is asked again.
+MODELS_TTL_S = 60.0
+
+
 class UpstreamClient:
     def __init__(self, upstream: Upstream) -> None:
         self.upstream = upstream
         self._client: Client | None = None
         self._slots: asyncio.Semaphore | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._models: list[str] = []
+        self._models_at: float | None = None
 
     def _bind(self) -> None:
         """The connections and the concurrency cap belong to one event loop: made on first
@@ -176,6 +183,32 @@ class UpstreamClient:
         except (TransportError, TimeoutError):
             return False
         return response.status_code < 500
+
+    @property
+    def known_models(self) -> list[str]:
+        """What ``listed_models`` last found (nothing before it was asked)."""
+        return self._models
+
+    async def listed_models(self) -> list[str]:
+        """The ids the upstream's ``/models`` lists, asked at most once in ``MODELS_TTL_S``;
+        an upstream that does not answer with a list within 5 s keeps the last one (at first,
+        none)."""
+        now = time.monotonic()
+        if self._models_at is not None and now - self._models_at < MODELS_TTL_S:
+            return self._models
+        self._models_at = now
+        try:
+            async with asyncio.timeout(5):
+                response = await self.client.request(
+                    "GET", self.upstream.url("/models"), headers=self._headers()
+                )
+            data = response.json().get("data") if response.status_code < 400 else None
+        except (TransportError, TimeoutError, ValueError, AttributeError):
+            return self._models
+        if isinstance(data, list):
+            ids = [m.get("id") for m in data if isinstance(m, dict)]
+            self._models = [i for i in dict.fromkeys(ids) if isinstance(i, str) and i]
+        return self._models
 
     async def close(self) -> None:
         if self._client is not None and self._loop is asyncio.get_running_loop():
