@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.testclient import TestClient
 
 from cuvee.serve.budget import Ledger
@@ -34,6 +34,7 @@ class EmbeddingUpstream(FakeUpstream):
         super().__init__(name)
         self.app.post("/v1/embeddings")(self.embeddings)
         self.hold_first = False  # the first request waits until ``go`` is set
+        self.plain = False  # an error status comes as plain text, not JSON
         self.arrived, self.go = threading.Event(), threading.Event()
 
     async def embeddings(self, request: Request):
@@ -44,6 +45,8 @@ class EmbeddingUpstream(FakeUpstream):
             while not self.go.is_set() and not self.released.is_set():
                 await asyncio.sleep(0.01)
         if self.status is not None:
+            if self.plain:
+                return PlainTextResponse(f"{self.name}: no such route", status_code=self.status)
             error = {"error": {"message": f"{self.name} says {self.status}", "type": "x"}}
             return JSONResponse(error, status_code=self.status)
         texts = [body["input"]] if isinstance(body["input"], str) else body["input"]
@@ -192,3 +195,63 @@ def test_an_embedding_reserves_no_completion_against_a_budget(upstreams, tmp_pat
             waiting.join(30)
     assert second.status_code == 200, second.text
     assert first and first[0].status_code == 200
+
+
+def test_a_batch_fits_an_upstream_context_text_by_text(upstreams) -> None:
+    # the context bounds each text, not the batch: 64 short texts go to an upstream with a
+    # 512-token context; one text longer than it skips that upstream, with the reason
+    config = config_of(upstreams, {"embed": {"targets": ["a/m", "b/m"]}})
+    config["upstreams"]["a"]["context_length"] = 512
+    app, _ = gateway_app(config)
+    client = TestClient(app)
+    r = embed(
+        client, "embed", texts=[f"text number {i} of the batch, a short one" for i in range(64)]
+    )
+    assert r.status_code == 200 and r.json()["cuvee"]["served_by"] == "a/m"
+    r = embed(client, "embed", texts=["short", "long " * 600])
+    body = r.json()
+    assert r.status_code == 200 and body["cuvee"]["served_by"] == "b/m"
+    (attempt,) = body["cuvee"]["attempts"]
+    assert "skipped" in attempt["error"] and "context is 512" in attempt["error"]
+
+
+def test_an_upstream_that_cannot_embed_is_passed_by_and_stays_in_use(upstreams) -> None:
+    # llama-server without --embeddings answers 501: the next target embeds, and the upstream
+    # is not cooled down for the chat requests it does serve
+    a = upstreams["a"][0]
+    a.status = 501
+    config = config_of(upstreams, {"embed": {"targets": ["a/m", LOCAL]}})
+    config["upstreams"]["a"]["cooldown"] = {"failures": 1, "window": 60}
+    app, _ = gateway_app(config)
+    client = TestClient(app)
+    for _ in range(3):
+        r = embed(client, "embed")
+        assert r.status_code == 200 and r.json()["cuvee"]["served_by"] == LOCAL
+        assert "501" in r.json()["cuvee"]["attempts"][0]["error"]
+    a.status = None
+    chat = {"model": "a/m", "messages": [{"role": "user", "content": "Hi"}]}
+    r = client.post("/v1/chat/completions", json=chat)
+    assert r.status_code == 200 and r.json()["cuvee"]["attempts"] == []
+
+
+def test_a_refusal_is_not_charged_and_a_plain_text_one_is_passed_on(
+    upstreams, tmp_path: Path
+) -> None:
+    keys = KeyStore(tmp_path / "keys.sqlite")
+    _, secret = keys.create("team", rpm=2)
+    auth = {"Authorization": f"Bearer {secret}"}
+    a = upstreams["a"][0]
+    a.status, a.plain = 404, True
+    with TestClient(app_for(upstreams, {"embed": {"targets": ["a/m", "b/m"]}}, keys=keys)) as c:
+        # a stream is refused before the key's requests per minute count it
+        r = c.post("/v1/embeddings", json={"model": "embed", "input": "x", "stream": True},
+                   headers=auth)  # fmt: skip
+        assert_error(r, 400, param="stream")
+        r = c.post("/v1/embeddings", json={"model": "embed", "input": "x"}, headers=auth)
+        assert r.status_code == 404 and "no such route" in r.text  # the upstream's own words
+        assert not upstreams["b"][0].seen
+        a.status, a.plain = None, False
+        r = c.post("/v1/embeddings", json={"model": "embed", "input": "four"}, headers=auth)
+        assert r.status_code == 200  # the 2nd request of the minute: the stream was not one
+    rows = Ledger(tmp_path / "usage.sqlite").report()
+    assert [(r["target"], r["requests"], r["prompt_tokens"]) for r in rows] == [("a/m", 1, 4)]

@@ -4,6 +4,8 @@ serve --upstream NAME=URL` makes) serves NAME/MODEL for any MODEL, and lists wha
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -26,12 +28,15 @@ class ListingUpstream(FakeUpstream):
         self.listed = ["m1", "m2"]
         self.list_status: int | None = None
         self.listings = 0
+        self.hold_list = threading.Event()  # set: /models answers only once ``released``
         self.app.get("/v1/models")(self.models)
 
     async def models(self):
         from fastapi.responses import JSONResponse
 
         self.listings += 1
+        while self.hold_list.is_set() and not self.released.is_set():
+            await asyncio.sleep(0.01)
         if self.list_status is not None:
             return JSONResponse({"error": {"message": "no"}}, status_code=self.list_status)
         return {"object": "list", "data": [{"id": m, "object": "model"} for m in self.listed]}
@@ -102,3 +107,33 @@ def test_a_key_sees_only_the_upstream_models_it_may_use(wild, tmp_path: Path) ->
     _, secret = keys.create("team", models=["a/m2"])
     app, _ = gateway_app(wild["config"], keys=keys)
     assert ids(TestClient(app), {"Authorization": f"Bearer {secret}"}) == ["a/m2"]
+
+
+def test_one_model_is_described_by_its_id_slash_included(wild) -> None:
+    config = {**wild["config"], "routes": {"assistant": {"name": "assistant", "targets": ["a/m1"]}}}
+    app, _ = gateway_app(config)
+    client = TestClient(app)
+    r = client.get("/v1/models/a/m1")
+    assert r.status_code == 200 and r.json()["id"] == "a/m1" and r.json()["owned_by"] == "a"
+    r = client.get("/v1/models/assistant")
+    assert r.status_code == 200 and r.json()["kind"] == "route"
+    assert client.get("/v1/models/a/nothing").status_code == 404
+    assert client.get("/v1/models/fake").json()["id"] == "fake"  # a local model as before
+
+
+def test_a_slow_upstream_list_does_not_hold_up_the_models_list(wild, monkeypatch) -> None:
+    from cuvee.serve.gateway import router
+
+    monkeypatch.setattr(router, "DISCOVER_WAIT_S", 0.05)
+    fake = wild["fake"]
+    fake.hold_list.set()
+    app, _ = gateway_app(wild["config"])
+    with TestClient(app) as client:
+        listed = ids(client)  # answered while the upstream's /models has not
+        assert "fake" in listed and not [m for m in listed if m.startswith("a/")]
+        fake.hold_list.clear()  # it answers now; the fetch in flight finishes in the background
+        for _ in range(500):
+            if "a/m1" in ids(client):
+                break
+            threading.Event().wait(0.01)
+        assert "a/m1" in ids(client) and fake.listings == 1  # the same fetch, not a new one

@@ -211,12 +211,17 @@ def create_app(
             await gateway.discover()
         return {"object": "list", "data": await anyio.to_thread.run_sync(describe)}
 
-    @app.get("/v1/models/{model_id}")
+    @app.get("/v1/models/{model_id:path}")  # gateway ids hold a slash: UPSTREAM/MODEL
     async def get_model(model_id: str, key: Key) -> dict[str, Any]:
         collection = collection_of(model_id)
         if collection is not None:
             await anyio.to_thread.run_sync(state.docs.open, collection, key, "model")
             return await anyio.to_thread.run_sync(state.docs.describe, collection)
+        if gateway is not None and (key is None or key.allows(model_id)):
+            await gateway.discover()
+            for described in gateway.model_objects():
+                if described["id"] == model_id:
+                    return described
         await check_model(state, key, model_id)
         if model_id == state.embeddings.model_id:
             return state.embeddings.describe()
@@ -254,10 +259,8 @@ def create_app(
         started = time.perf_counter()
         _check_open(state)
         # an upstream's embedding model, or a route to one, is relayed as chat models are
-        routed = await _gateway_targets(state, request, key, completes=False)
+        routed = await _gateway_targets(state, request, key, embedding=True)
         if routed is not None:
-            if routed[1].get("stream"):
-                raise errors.invalid_param("/v1/embeddings does not stream.", "stream")
             embedding = ("/embeddings", EmbeddingRequest, _local_embeddings)
             return await _routed(state, request, key, routed, *embedding, started)
         body = await parse(request, EmbeddingRequest)
@@ -326,11 +329,11 @@ def _shared_backend(settings: Settings, embeddings: EmbeddingService):
     return factory
 
 
-async def _gateway_targets(state: ServerState, request: HTTPRequest, key, completes=True):
+async def _gateway_targets(state: ServerState, request: HTTPRequest, key, embedding=False):
     """(targets, the body as sent) when the request's model is one of the gateway's routes or
     upstream models, else None. The key must allow that public id (the targets behind a route
     need no grant of their own); the request is admitted by the rate limits once, here, with
-    the completion it may ask for reserved (none for an embedding: ``completes`` False)."""
+    the completion it may ask for reserved (none for an ``embedding``, which never streams)."""
     gateway: Gateway | None = state.extra.get("gateway")
     if gateway is None:
         return None
@@ -342,13 +345,15 @@ async def _gateway_targets(state: ServerState, request: HTTPRequest, key, comple
     targets = gateway.chain(model, request.headers) if isinstance(model, str) else None
     if targets is None:
         return None
+    if embedding and raw.get("stream"):  # refused before the key is charged for it
+        raise errors.invalid_param("/v1/embeddings does not stream.", "stream")
     note(request, model=model)
     if key is not None and not key.allows(model):
         raise errors.model_not_found(model)
     if key is not None:
         prices = gateway.prices(targets)
         limit = gateway.context_length(targets) or _UPSTREAM_MAX_TOKENS
-        reserve = _reserved_tokens(raw, limit) if completes else 0
+        reserve = 0 if embedding else _reserved_tokens(raw, limit)
         state.auth.admit(key, request.scope, estimate(raw, reserve, prices))
     return targets, raw
 

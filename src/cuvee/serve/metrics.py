@@ -114,6 +114,7 @@ class MetricsMiddleware:
             await self.app(scope, receive, counting_send)
         finally:
             route = scope.get("route")
-            label = getattr(route, "path", None) or "unmatched"
+            # the template without converters: "/v1/models/{model_id}", not "...:path}"
+            label = getattr(route, "path_format", None) or "unmatched"
             self.metrics.requests.labels(label, str(status["code"])).inc()
             self.metrics.latency.labels(label).observe(time.perf_counter() - start)

@@ -99,7 +99,7 @@ class RequestLogMiddleware:
         try:
             await self.app(scope, receive, send_with_id)
         finally:
-            route = getattr(scope.get("route"), "path", None) or scope.get("path")
+            route = getattr(scope.get("route"), "path_format", None) or scope.get("path")
             self.log.write(
                 line(record, request_id, route, status["code"], started, self.log.log_prompts)
             )

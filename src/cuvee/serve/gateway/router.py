@@ -30,10 +30,13 @@ from cuvee.serve import errors
 from cuvee.serve.gateway import relay
 from cuvee.serve.gateway.config import GatewayConfig, Upstream
 from cuvee.serve.gateway.health import Health
+from cuvee.serve.gateway.needs import lacking, prompt_size
 from cuvee.serve.gateway.upstream import TargetFailed, UpstreamClient, UpstreamError
 from cuvee.serve.generation import EventStreamResponse, sse
 from cuvee.serve.metrics import Metrics
 
+# How long /v1/models waits for the upstreams' own model lists (a slow one is shown later).
+DISCOVER_WAIT_S = 1.0
 # The local engine's answer for a local target: (model id, the body to answer instead of the
 # client's, e.g. a continuation) -> Response, raising APIError.
 Local = Callable[[str, dict[str, Any] | None], Awaitable[Response]]
@@ -113,15 +116,22 @@ class Gateway:
         upstream, model = self.config.target(spec)
         return Target(spec, upstream.name if upstream else None, model)
 
-    async def discover(self) -> None:
-        """Ask each ``*`` upstream that is not cooled down which models it serves (its
-        ``/models``, at most once a minute), for ``model_objects``."""
-        wild = [
-            c
+    async def discover(self, wait: float | None = None) -> None:
+        """Ask each ``*`` upstream that is in use which models it serves (its ``/models``, at
+        most once a minute), for ``model_objects``; wait up to ``wait`` seconds (default
+        ``DISCOVER_WAIT_S``) for the answers (one that comes later is used from the next call
+        on). An Azure upstream's ``/models`` lists base models, not the deployments requests
+        name: not asked."""
+        fetches = [
+            c.list_models()
             for name, c in self.clients.items()
-            if c.upstream.models == "*" and not self.health.cooled(name)
+            if c.upstream.models == "*"
+            and c.upstream.kind != "azure-openai"
+            and not self.health.cooled(name)
         ]
-        await asyncio.gather(*(c.listed_models() for c in wild))
+        pending = [f for f in fetches if f is not None]
+        if pending:
+            await asyncio.wait(pending, timeout=DISCOVER_WAIT_S if wait is None else wait)
 
     def model_objects(self) -> list[dict[str, Any]]:
         """The gateway's public ids for /v1/models: routes, and upstream models named in the
@@ -203,9 +213,9 @@ class Gateway:
                 if target.upstream is None:
                     return _tagged(await local(target.model, None), target, attempts, public)
                 client = self.clients[target.upstream]
-                lacking = _lacking(client.upstream, body)
-                if lacking:
-                    attempts.append(_attempt(target, f"skipped: {lacking}", started))
+                why_not = lacking(client.upstream, body)
+                if why_not:
+                    attempts.append(_attempt(target, f"skipped: {why_not}", started))
                     continue
                 sent = {**body, "model": target.model}
                 if body.get("stream"):
@@ -219,12 +229,13 @@ class Gateway:
                     )
                 answer = await client.complete(path, sent)
                 self.health.succeeded(target.upstream)
-                if isinstance(answer.body, dict):
-                    used(target, answer.body.get("usage"), (_prompt_size(body), 0))
+                if answer.status < 400 and isinstance(answer.body, dict):  # a refusal is free
+                    used(target, answer.body.get("usage"), (prompt_size(body), 0))
                 return self._whole(public, target, answer.status, answer.body, attempts)
             except TargetFailed as exc:
                 attempts.append(_attempt(target, exc.reason, started, exc.retry_after))
-                self._failed(target)
+                if exc.unhealthy:
+                    self._failed(target)
             except UpstreamError as exc:
                 return self._whole(public, target, exc.status, exc.body, attempts)
             except errors.APIError as exc:
@@ -289,7 +300,7 @@ class Gateway:
 
             def part_done() -> None:
                 nonlocal part_usage, part_tokens
-                used(current, part_usage, (_prompt_size(request) + len(text) // 4, part_tokens))
+                used(current, part_usage, (prompt_size(request) + len(text) // 4, part_tokens))
                 part_usage, part_tokens = None, 0
 
             try:
@@ -542,39 +553,3 @@ async def _payloads(response: Response) -> AsyncIterator[list[str]]:
 def _rendezvous(session: str, label: str) -> int:
     digest = hashlib.blake2b(f"{session}\0{label}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big")
-
-
-def _prompt_size(body: dict[str, Any]) -> int:
-    """A prompt's tokens, roughly (4 bytes a token), where an upstream does not say."""
-    prompt = body.get("messages") or body.get("prompt") or body.get("input") or ""
-    return len(json.dumps(prompt)) // 4
-
-
-def _needs(body: dict[str, Any]) -> list[str]:
-    """What a request needs of the server that answers it."""
-    out = []
-    if body.get("tools"):
-        out.append("tools")
-    fmt = body.get("response_format")
-    if isinstance(fmt, dict) and fmt.get("type") == "json_schema":
-        out.append("json_schema")
-    if body.get("logprobs"):
-        out.append("logprobs")
-    return out
-
-
-def _lacking(upstream: Upstream, body: dict[str, Any]) -> str | None:
-    """Why ``upstream`` cannot honour ``body`` as its config declares it, or None."""
-    if upstream.supports is not None:
-        missing = [need for need in _needs(body) if need not in upstream.supports]
-        if missing:
-            return f"{upstream.name} does not support {', '.join(missing)}"
-    if upstream.context_length is not None:
-        limit = body.get("max_tokens") or body.get("max_completion_tokens") or 0
-        wanted = _prompt_size(body) + int(limit)
-        if wanted > upstream.context_length:
-            return (
-                f"about {wanted} tokens asked, {upstream.name}'s context is "
-                f"{upstream.context_length}"
-            )
-    return None

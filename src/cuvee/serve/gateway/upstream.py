@@ -19,11 +19,21 @@ from cuvee.serve.gateway.http import Client, Response, TransportError, client_fo
 
 
 class TargetFailed(Exception):
-    def __init__(self, reason: str, status: int | None = None, retry_after: float | None = None):
+    """``unhealthy`` False: the upstream answered, it only cannot do this (a 501): another
+    target may, and the upstream stays in use for the rest."""
+
+    def __init__(
+        self,
+        reason: str,
+        status: int | None = None,
+        retry_after: float | None = None,
+        unhealthy: bool = True,
+    ):
         super().__init__(reason)
         self.reason = reason
         self.status = status
         self.retry_after = retry_after
+        self.unhealthy = unhealthy
 
 
 def _retry_after(response: Response) -> float | None:
@@ -36,6 +46,8 @@ def _retry_after(response: Response) -> float | None:
 def _check(response: Response) -> None:
     if response.status_code == 429:
         raise TargetFailed("429 too many requests", 429, _retry_after(response))
+    if response.status_code == 501:  # e.g. a llama-server started without --embeddings
+        raise TargetFailed("HTTP 501 not implemented", 501, unhealthy=False)
     if response.status_code >= 500:
         raise TargetFailed(f"HTTP {response.status_code}", response.status_code)
 
@@ -68,6 +80,7 @@ class UpstreamClient:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._models: list[str] = []
         self._models_at: float | None = None
+        self._listing: asyncio.Task | None = None
 
     def _bind(self) -> None:
         """The connections and the concurrency cap belong to one event loop: made on first
@@ -112,6 +125,8 @@ class UpstreamClient:
         try:
             return Answer(response.status_code, response.json())
         except json.JSONDecodeError:
+            if response.status_code >= 400:  # a refusal in plain text is still a refusal
+                return Answer(response.status_code, _json_or_text(response))
             raise TargetFailed("the answer is not JSON", response.status_code) from None
 
     async def stream(
@@ -186,17 +201,23 @@ class UpstreamClient:
 
     @property
     def known_models(self) -> list[str]:
-        """What ``listed_models`` last found (nothing before it was asked)."""
+        """What the upstream's ``/models`` listed when last asked (nothing before)."""
         return self._models
 
-    async def listed_models(self) -> list[str]:
-        """The ids the upstream's ``/models`` lists, asked at most once in ``MODELS_TTL_S``;
-        an upstream that does not answer with a list within 5 s keeps the last one (at first,
-        none)."""
+    def list_models(self) -> asyncio.Task | None:
+        """Ask the upstream's ``/models`` again when the last answer is ``MODELS_TTL_S`` old:
+        the fetch in flight (shared by every caller), or None when the list is fresh. An
+        upstream that does not answer with a list within 5 s keeps its last one."""
+        if self._listing is not None and not self._listing.done():
+            return self._listing
         now = time.monotonic()
         if self._models_at is not None and now - self._models_at < MODELS_TTL_S:
-            return self._models
+            return None
         self._models_at = now
+        self._listing = asyncio.get_running_loop().create_task(self._fetch_models())
+        return self._listing
+
+    async def _fetch_models(self) -> None:
         try:
             async with asyncio.timeout(5):
                 response = await self.client.request(
@@ -204,11 +225,10 @@ class UpstreamClient:
                 )
             data = response.json().get("data") if response.status_code < 400 else None
         except (TransportError, TimeoutError, ValueError, AttributeError):
-            return self._models
+            return
         if isinstance(data, list):
             ids = [m.get("id") for m in data if isinstance(m, dict)]
             self._models = [i for i in dict.fromkeys(ids) if isinstance(i, str) and i]
-        return self._models
 
     async def close(self) -> None:
         if self._client is not None and self._loop is asyncio.get_running_loop():
