@@ -167,17 +167,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def upstreams() -> Iterator[dict[str, tuple[FakeUpstream, str]]]:
-    """Two live fake upstreams (``a``, ``b``) and the URL of one that is down."""
+def live_upstreams(kind: type[FakeUpstream] = FakeUpstream) -> Iterator[dict[str, Any]]:
+    """Two live fake upstreams of ``kind`` (``a``, ``b``) and the URL of one that is down."""
     with ExitStack() as stack:
-        out = {}
+        out: dict[str, Any] = {}
         for name in ("a", "b"):
-            fake = FakeUpstream(name)
+            fake = kind(name)
             out[name] = (fake, stack.enter_context(uvicorn_in_thread(fake.app)) + "/v1")
             stack.callback(fake.released.set)  # a hang ends before its server stops
         out["down"] = (None, f"http://127.0.0.1:{free_port()}/v1")
         yield out
+
+
+@pytest.fixture
+def upstreams() -> Iterator[dict[str, tuple[FakeUpstream, str]]]:
+    yield from live_upstreams()
 
 
 def gateway_app(config: dict, keys: KeyStore | None = None, **fakes: Any):

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Iterator
-from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,7 @@ from fastapi.testclient import TestClient
 from cuvee.serve.budget import Ledger
 from cuvee.serve.keys import KeyStore
 from helpers import uvicorn_in_thread
-from test_gateway import FakeUpstream, config_of, free_port, gateway_app
+from test_gateway import FakeUpstream, config_of, gateway_app, live_upstreams
 from test_serve import assert_error
 from test_serve_fuzz import EMBEDDING_DIM, FakeEmbedder
 
@@ -61,14 +60,7 @@ class EmbeddingUpstream(FakeUpstream):
 
 @pytest.fixture
 def upstreams() -> Iterator[dict[str, tuple[Any, str]]]:
-    with ExitStack() as stack:
-        out = {}
-        for name in ("a", "b"):
-            fake = EmbeddingUpstream(name)
-            out[name] = (fake, stack.enter_context(uvicorn_in_thread(fake.app)) + "/v1")
-            stack.callback(fake.released.set)
-        out["down"] = (None, f"http://127.0.0.1:{free_port()}/v1")
-        yield out
+    yield from live_upstreams(EmbeddingUpstream)
 
 
 def app_for(upstreams, routes: dict, keys: KeyStore | None = None):
