@@ -171,43 +171,52 @@ def train_arms(seed: int, args: argparse.Namespace, work: Path, log: Path) -> di
             ]
             starter.write_text("\n".join(lines) + "\n")
             starter.with_name(starter.name + ".cuvee.yaml").write_text("licence: Apache-2.0\n")
-        cuvee(
-            "data",
-            "augment",
-            str(starter),
-            "-o",
-            str(prompts),
-            "--no-originals",
-            "--seed",
-            str(100 + seed),
-            log=log,
-        )
-        summary = last_json(
+        # pairs a killed run already built from the same stored sft1 are kept with --reuse
+        # (sampling is seeded, so building them again gives the same file); the sidecar is
+        # written after the rows, so it marks a finished file
+        built = [pairs, *([augmented] if args.augment_pairs else [])]
+        kept = args.reuse and all(p.with_name(p.name + ".cuvee.yaml").exists() for p in built)
+        if not kept:
             cuvee(
                 "data",
-                "pairs",
-                "--model",
-                names["sft1"],
-                "--data",
-                str(prompts),
-                "-k",
-                str(args.samples),
-                "--limit",
-                str(args.pair_prompts),
-                "--seed",
-                str(seed),
-                "--max-length-ratio",
-                str(args.max_length_ratio),
+                "augment",
+                str(starter),
                 "-o",
-                str(pairs),
-                "--json",
+                str(prompts),
+                "--no-originals",
+                "--seed",
+                str(100 + seed),
                 log=log,
             )
-        )
-        info["dpo"]["model_pairs"] = summary["pairs"]
-        info["dpo"]["pairs_s"] = round(time.perf_counter() - started, 1)
+            summary = last_json(
+                cuvee(
+                    "data",
+                    "pairs",
+                    "--model",
+                    names["sft1"],
+                    "--data",
+                    str(prompts),
+                    "-k",
+                    str(args.samples),
+                    "--limit",
+                    str(args.pair_prompts),
+                    "--seed",
+                    str(seed),
+                    "--max-length-ratio",
+                    str(args.max_length_ratio),
+                    "-o",
+                    str(pairs),
+                    "--json",
+                    log=log,
+                )
+            )
+            info["dpo"]["pairs_s"] = round(time.perf_counter() - started, 1)
+        info["dpo"]["model_pairs"] = len(pairs.read_text().splitlines())
         data = ["--data", str(pairs)]
-        if args.augment_pairs:
+        if kept and args.augment_pairs:
+            info["dpo"]["augment_pairs"] = len(augmented.read_text().splitlines())
+            data += ["--data", str(augmented)]
+        elif args.augment_pairs:
             summary = last_json(
                 cuvee(
                     "data",
@@ -298,7 +307,11 @@ def main() -> None:
     parser.add_argument("--eval-limit", type=int, help="first N prompts of each suite (smoke)")
     parser.add_argument("--work", type=Path, default=Path("/tmp/cuvee-pref-quality"))
     parser.add_argument("--prefix", default="pq")
-    parser.add_argument("--reuse", action="store_true", help="keep arms already in the store")
+    parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help="keep arms already in the store and pairs already built in --work (same settings)",
+    )
     args = parser.parse_args()
     machine = describe()
     args.work.mkdir(parents=True, exist_ok=True)
