@@ -131,12 +131,32 @@ def answers_of(model: dict, suite: dict) -> list[str]:
     raise SystemExit(f"no cached answers for {model.get('file')} on {suite.get('file')}")
 
 
+def kept_or_resumed(name: str, info: dict, log: Path) -> bool:
+    """Whether ``name`` is in the store already, or a killed bench left its newest run
+    unfinished with a checkpoint and it was continued now (its recipe, steps and seed are in
+    the run's directory)."""
+    settings = load_settings()
+    if (settings.models_dir / name).exists():
+        return True
+    runs = settings.runs_dir
+    unfinished = [
+        run
+        for run in sorted(runs.glob(f"{name}-*"))
+        if not (run / "summary.json").exists() and any((run / "checkpoints").glob("step-*"))
+    ]
+    if not unfinished:
+        return False
+    started = time.perf_counter()
+    cuvee("train", "--resume", str(unfinished[-1]), "--force", log=log)
+    info.update(resumed=unfinished[-1].name, wall_s=round(time.perf_counter() - started, 1))
+    return True
+
+
 def train_arms(seed: int, args: argparse.Namespace, work: Path, log: Path) -> dict:
     names = {arm: f"{args.prefix}-s{seed}-{arm}" for arm in ("sft1", "sft2", "dpo")}
     info: dict[str, dict] = {arm: {} for arm in names}
-    store_dir = load_settings().models_dir
     for arm, steps in (("sft1", args.sft_steps), ("sft2", 2 * args.sft_steps)):
-        if not (args.reuse and (store_dir / names[arm]).exists()):
+        if not (args.reuse and kept_or_resumed(names[arm], info[arm], log)):
             started = time.perf_counter()
             cuvee(
                 "train",
@@ -157,7 +177,7 @@ def train_arms(seed: int, args: argparse.Namespace, work: Path, log: Path) -> di
     pairs = work / f"pairs-s{seed}.jsonl"
     prompts = work / f"pair-prompts-s{seed}.jsonl"
     augmented = work / f"augment-pairs-s{seed}.jsonl"
-    if not (args.reuse and (store_dir / names["dpo"]).exists()):
+    if not (args.reuse and kept_or_resumed(names["dpo"], info["dpo"], log)):
         started = time.perf_counter()
         starter = work / "starter-train.jsonl"
         if not starter.exists():
@@ -247,6 +267,8 @@ def train_arms(seed: int, args: argparse.Namespace, work: Path, log: Path) -> di
             str(seed),
             "--max-steps",
             str(args.dpo_steps),
+            "--save-every",
+            "3",
             "--epochs",
             "10",
             *(["--nll-weight", str(args.nll_weight)] if args.nll_weight is not None else []),
