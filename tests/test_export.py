@@ -178,6 +178,41 @@ def test_merged_lora_is_base_plus_adapter_and_exports_exactly(tuned, tiny_spm_ge
     assert np.abs(ours - ref).max() < 5e-3 * max(1.0, np.abs(ref).max())
 
 
+def test_hf_export_is_bf16_by_default_and_loads_in_transformers_and_peft(tuned) -> None:
+    """bf16 (what vLLM and TGI then run: their default dtype is the config's) at half the f32
+    export's size, within bf16 rounding of it; --adapter-only's PEFT weights in bf16 too."""
+    from peft import PeftModel
+    from safetensors import safe_open
+    from transformers import AutoModelForCausalLM
+
+    def dtypes(path: Path) -> set[str]:
+        with safe_open(str(path), framework="pt") as f:
+            return {str(f.get_slice(k).get_dtype()) for k in f.keys()}  # noqa: SIM118
+
+    settings, store, run = tuned
+    run("ft")
+    half = _export(settings, store, "ft", "hf")
+    full = _export(settings, store, "ft", "hf", quant="f32")
+    assert half["quantization"] == "bf16" and half["path"].endswith("ft-bf16-hf")
+    assert dtypes(Path(half["path"]) / "model.safetensors") == {"BF16"}
+    assert dtypes(Path(full["path"]) / "model.safetensors") == {"F32"}
+    assert json.loads((Path(half["path"]) / "config.json").read_text())["dtype"] == "bfloat16"
+    assert half["size"] < 0.6 * full["size"]
+    ids = torch.tensor([IDS])
+    with torch.no_grad():
+        ref = AutoModelForCausalLM.from_pretrained(full["path"]).eval()(ids).logits
+        model = AutoModelForCausalLM.from_pretrained(half["path"], dtype=torch.float32).eval()
+        ours = model(ids).logits
+    assert ours.argmax(-1).eq(ref.argmax(-1)).float().mean() >= 0.9
+    assert (ours - ref).abs().max() < 0.05 * max(1.0, ref.abs().max().item())
+    lora = _export(settings, store, "ft", "hf", adapter_only=True)
+    assert dtypes(Path(lora["path"]) / "adapter_model.safetensors") == {"BF16"}
+    base = AutoModelForCausalLM.from_pretrained(store.get("tg").path, dtype=torch.float32)
+    with torch.no_grad():
+        tuned_logits = PeftModel.from_pretrained(base, lora["path"]).eval()(ids).logits
+    assert (tuned_logits - ref).abs().max() < 0.05 * max(1.0, ref.abs().max().item())
+
+
 def test_adapter_only_gguf_applies_over_the_base_gguf(tuned) -> None:
     from cuvee.model_loading import load_causal_lm
 
