@@ -116,6 +116,32 @@ def test_embeddings_fall_back_past_dead_and_failing_upstreams_to_the_local_model
     assert "down/m" in error["message"] and "a/m" in error["message"]
 
 
+def test_a_local_model_of_the_wrong_kind_is_passed_over_like_an_upstream_lacking_it(
+    upstreams,
+) -> None:
+    # a route over a local chat model and the local embedding model, in both orders: each
+    # path skips the target that cannot serve it, with the reason
+    routes = {"both": {"targets": ["fake", LOCAL]}, "rev": {"targets": [LOCAL, "fake"]}}
+    client = TestClient(app_for(upstreams, routes))
+    r = embed(client, "both")
+    assert r.status_code == 200, r.text
+    (attempt,) = r.json()["cuvee"]["attempts"]
+    assert attempt["target"] == "fake" and "not an embedding model" in attempt["error"]
+    assert r.headers["x-cuvee-served-by"] == LOCAL
+    r = client.post(
+        "/v1/chat/completions",
+        json={"model": "rev", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4},
+    )
+    assert r.status_code == 200 and r.headers["x-cuvee-served-by"] == "fake", r.text
+    (attempt,) = r.json()["cuvee"]["attempts"]
+    assert attempt["target"] == LOCAL and "is an embedding model" in attempt["error"]
+    # a route with no target of the right kind: the request cannot be served there (a 400
+    # naming each target's reason), not a failure to retry (503)
+    client = TestClient(app_for(upstreams, {"chat": {"targets": ["fake", "other"]}}))
+    error = assert_error(embed(client, "chat"), 400, code="model_not_supported_here")
+    assert "'fake' is a chat model" in error["message"] and "other" in error["message"]
+
+
 def test_an_upstream_s_refusal_is_passed_on_and_a_stream_is_refused(upstreams) -> None:
     upstreams["a"][0].status = 400
     client = TestClient(app_for(upstreams, {"embed": {"targets": ["a/m", "b/m"]}}))

@@ -37,6 +37,10 @@ from cuvee.serve.metrics import Metrics
 
 # How long /v1/models waits for the upstreams' own model lists (a slow one is shown later).
 DISCOVER_WAIT_S = 1.0
+# A local target's refusal of a model of the wrong kind for the path (a chat model asked for
+# embeddings, the embedding model asked for a chat): the route's next target is asked
+WRONG_KIND = frozenset({"model_not_embedding", "model_not_chat"})
+
 # The local engine's answer for a local target: (model id, the body to answer instead of the
 # client's, e.g. a continuation) -> Response, raising APIError.
 Local = Callable[[str, dict[str, Any] | None], Awaitable[Response]]
@@ -239,6 +243,9 @@ class Gateway:
             except UpstreamError as exc:
                 return self._whole(public, target, exc.status, exc.body, attempts)
             except errors.APIError as exc:
+                if exc.code in WRONG_KIND:  # passed over, as an upstream lacking what is asked
+                    attempts.append(_attempt(target, f"skipped: {exc.message}", started))
+                    continue
                 if exc.status < 500 and exc.status != 429:
                     raise  # the request itself is wrong; another target would say the same
                 attempts.append(_attempt(target, exc.message, started))
@@ -246,6 +253,12 @@ class Gateway:
                 if not handed_over:
                     self.in_flight[target.label] -= 1
         tried = "; ".join(f"{a['target']}: {a['error']}" for a in attempts)
+        if attempts and all(a["error"].startswith("skipped: ") for a in attempts):
+            raise errors.invalid_param(  # not a failure: no target of the route can do this
+                f"No target of '{public}' serves this request ({tried}).",
+                "model",
+                code="model_not_supported_here",
+            )
         raise errors.APIError(
             503,
             f"No target could serve '{public}' ({tried}).",
