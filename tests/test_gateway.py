@@ -515,6 +515,11 @@ def test_a_target_that_cannot_honour_the_request_is_skipped_with_the_reason(upst
     # what it declares it can do goes to it
     r = ask(client, "assistant", logprobs=True, max_tokens=8)
     assert r.json()["cuvee"] == {"served_by": "a/m", "attempts": []}
+    # a route none of whose targets can: a 400 with the reason (nothing failed), not a 503
+    routes = {"only-a": {"targets": ["a/m"]}}
+    client = TestClient(gateway_app(config_of(upstreams, routes, **declared))[0])
+    error = assert_error(ask(client, "only-a", tools=[tool]), 400, code="model_not_supported_here")
+    assert "a does not support tools" in error["message"]
 
 
 def test_a_config_reload_changes_routes_and_keeps_what_did_not_change(upstreams) -> None:
