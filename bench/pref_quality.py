@@ -30,12 +30,15 @@ limit. Answer length is the mean number of words of the answers on each half.
 
 The last line printed is one JSON object: per seed and arm the four IFEval metrics on each
 half, the answer lengths, steps, pairs and wall times; ``dpo_beats_sft2`` per seed (prompt
-strict on the held-out half) and ``length_ratio`` (dpo answers over sft2's, held-out half)."""
+strict on the held-out half), ``dpo_vs_sft2_heldout`` (the prompts only one of the two passed,
+and the exact McNemar p-value: at 176 prompts a few points either way is within chance) and
+``length_ratio`` (dpo answers over sft2's, held-out half)."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import subprocess
 import sys
 import time
@@ -284,6 +287,9 @@ def train_arms(seed: int, args: argparse.Namespace, work: Path, log: Path) -> di
 
 
 def evaluate(names: dict[str, str], halves: dict[str, Path], limit: int | None, log: Path) -> dict:
+    """Per arm and half: the IFEval metrics, answer lengths and which prompts passed strictly."""
+    from cuvee.eval.instructions import SUITE
+
     suites = [f"instructions={p}" for p in halves.values()] + ["instructions"]
     flags = [x for s in suites for x in ("--suite", s)]
     flags += ["--limit", str(limit)] if limit else []
@@ -295,13 +301,27 @@ def evaluate(names: dict[str, str], halves: dict[str, Path], limit: int | None, 
             half = next((h for h, p in halves.items() if label.endswith(p.name)), "bundled")
             metrics = report["results"][name][label]["metrics"]
             outputs = answers_of(report["models"][name], suite)
+            items = SUITE.load(halves.get(half))[: len(outputs)]
             words = sum(len(o.split()) for o in outputs) / max(len(outputs), 1)
             figures[arm][half] = {
                 **{k: round(v, 4) for k, v in metrics.items()},
                 "items": len(outputs),
                 "mean_words": round(words, 1),
+                "over_200_words": sum(len(o.split()) > 200 for o in outputs),
+                "passed": [all(d["strict"]) for d in SUITE.score(items, outputs).items],
             }
     return figures
+
+
+def paired(a: list[bool], b: list[bool]) -> dict:
+    """Prompts only ``a`` passed, only ``b`` passed, and the exact two-sided McNemar p-value of
+    the difference (a binomial test on those prompts): how far apart two arms really are on
+    the same prompts, which the two accuracies alone do not say."""
+    only_a = sum(x and not y for x, y in zip(a, b, strict=True))
+    only_b = sum(y and not x for x, y in zip(a, b, strict=True))
+    n = only_a + only_b
+    tail = sum(math.comb(n, k) for k in range(min(only_a, only_b) + 1)) / 2**n if n else 0.5
+    return {"only_a": only_a, "only_b": only_b, "p": round(min(1.0, 2 * tail), 4)}
 
 
 def main() -> None:
@@ -347,6 +367,7 @@ def main() -> None:
         run["eval"] = evaluate(run["names"], halves, args.eval_limit, log)
         held = {arm: run["eval"][arm]["heldout"] for arm in run["names"]}
         run["dpo_beats_sft2"] = held["dpo"]["prompt_strict"] > held["sft2"]["prompt_strict"]
+        run["dpo_vs_sft2_heldout"] = paired(held["dpo"]["passed"], held["sft2"]["passed"])
         run["length_ratio"] = round(held["dpo"]["mean_words"] / held["sft2"]["mean_words"], 3)
         for arm in run["names"]:
             row = run["eval"][arm]
@@ -360,6 +381,12 @@ def main() -> None:
                 + f"  {run['arms'][arm]}",
                 flush=True,
             )
+        pair = run["dpo_vs_sft2_heldout"]
+        print(
+            f"  heldout, same prompts: dpo alone passed {pair['only_a']}, sft2 alone "
+            f"{pair['only_b']} (exact McNemar p {pair['p']:.3f})",
+            flush=True,
+        )
         seeds[seed] = run
     print(
         json.dumps(
