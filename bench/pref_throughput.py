@@ -1,8 +1,9 @@
 """Preference-tuning throughput: cuvee's DPO step against an SFT step on the same pairs, and
 against the plain way of computing DPO (each answer in its own row after its prompt, full-vocab
 logits at every position, the reference model run again every step, as TRL's DPOTrainer does by
-default), written here with the same model, LoRA and bf16 autocast; and with --trl-python, TRL's
-DPOTrainer itself, run by the interpreter of a throw-away venv (TRL is not a dependency of cuvee).
+default), written here with the same model, LoRA and bf16 autocast (--precision fp32: fp32 on
+every side, for a CPU without native bf16); and with --trl-python, TRL's DPOTrainer itself, run
+by the interpreter of a throw-away venv (TRL is not a dependency of cuvee).
 TRL's DPOConfig turns gradient checkpointing on by default; --gradient-checkpointing does the same
 for cuvee's sides (the recipe knob), so that memory compares like with like.
 
@@ -21,6 +22,7 @@ The last line printed is one JSON object: ``dpo_step_s``, ``sft_step_s``, ``naiv
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -35,8 +37,8 @@ SIDES = ("dpo", "sft", "naive")
 # TRL's DPOTrainer + peft, run with --trl-python (a throw-away virtual environment holding trl,
 # peft and the same torch and transformers): the same model directory, pairs (as the texts cuvee
 # tokenized, prompt rendered by the chat template), LoRA, sequence length and pairs per step, in
-# bf16 with the reference log-probs precomputed (its fastest plain configuration on a CPU), and
-# the pairs in order. Prints one JSON object as a side does.
+# bf16 (fp32 with --precision fp32) with the reference log-probs precomputed (its fastest plain
+# configuration on a CPU), and the pairs in order. Prints one JSON object as a side does.
 TRL_SIDE = r"""
 import json, resource, statistics, sys, time
 import torch
@@ -49,7 +51,8 @@ from trl import DPOConfig, DPOTrainer
 spec = json.loads(sys.argv[1])
 pairs = [json.loads(line) for line in open(spec["pairs"])]
 tokenizer = AutoTokenizer.from_pretrained(spec["model"])
-model = AutoModelForCausalLM.from_pretrained(spec["model"], dtype=torch.bfloat16)
+model = AutoModelForCausalLM.from_pretrained(
+    spec["model"], dtype=torch.bfloat16 if spec["bf16"] else torch.float32)
 steps = spec["warmup"] + spec["steps"]
 
 class InOrder(DPOTrainer):
@@ -66,7 +69,7 @@ class Clock(TrainerCallback):
 config = DPOConfig(
     output_dir=spec["out"], per_device_train_batch_size=spec["pairs_per_step"],
     gradient_accumulation_steps=1, max_steps=steps, learning_rate=1e-5, beta=0.1,
-    loss_type="sigmoid", max_length=spec["seq_len"], bf16=True, use_cpu=True,
+    loss_type="sigmoid", max_length=spec["seq_len"], bf16=spec["bf16"], use_cpu=True,
     precompute_ref_log_probs=True, gradient_checkpointing=spec["checkpointing"],
     logging_steps=1, report_to=[], save_strategy="no",
     dataloader_num_workers=0, seed=0, lr_scheduler_type="constant", warmup_steps=0,
@@ -154,13 +157,16 @@ def _side(args: argparse.Namespace) -> dict:
     prepared = prepare_preferences(store, recipe)
     steps = args.warmup + args.steps
     rows = prepared.train_rows[: steps * args.pairs]
-    model = build_model(store, prepared, "bf16", torch.device("cpu"))
-    module = PreferenceLoss(model, torch.bfloat16, recipe)
+    dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
+    model = build_model(store, prepared, args.precision, torch.device("cpu"))
+    module = PreferenceLoss(model, dtype, recipe)
     module.train()
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=1e-5)
 
     def autocast():
+        if args.precision == "fp32":
+            return contextlib.nullcontext()
         return torch.autocast("cpu", dtype=torch.bfloat16)
 
     reference_s = None
@@ -198,7 +204,7 @@ def _side(args: argparse.Namespace) -> dict:
             weight,
             torch.tensor(targets),
             softcap=module.softcap,
-            compute_dtype=torch.bfloat16,
+            compute_dtype=dtype,
             row_index=index,
             row_values=values,
             workspace=workspace,
@@ -284,6 +290,13 @@ def main() -> None:
         action="store_true",
         help="TRL without gradient checkpointing (its DPOConfig turns it on by default)",
     )
+    parser.add_argument(
+        "--precision",
+        choices=("bf16", "fp32"),
+        default="bf16",
+        help="every side's (TRL's too); fp32 where the CPU has no native bf16 (cuvee doctor "
+        "says), as cuvee trains there",
+    )
     parser.add_argument("--side", choices=SIDES, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.side:
@@ -304,7 +317,8 @@ def main() -> None:
         trl_spec = json.dumps(
             {"pairs": str(work / "pairs.jsonl"), "model": model_dir, "out": str(work / "trl"),
              "warmup": args.warmup, "steps": args.steps, "pairs_per_step": args.pairs,
-             "seq_len": args.seq_len, "checkpointing": not args.trl_no_checkpointing}
+             "seq_len": args.seq_len, "checkpointing": not args.trl_no_checkpointing,
+             "bf16": args.precision == "bf16"}
         )  # fmt: skip
         (work / "trl_side.py").write_text(TRL_SIDE)
     for _ in range(args.repeat):
@@ -312,6 +326,7 @@ def main() -> None:
             cmd = [sys.executable, __file__, "--side", side, "--data", args.data]
             cmd += ["--base", args.base, "--seq-len", str(args.seq_len), "--pairs", str(args.pairs)]
             cmd += ["--steps", str(args.steps), "--warmup", str(args.warmup)]
+            cmd += ["--precision", args.precision]
             cmd += ["--gradient-checkpointing"] if args.gradient_checkpointing else []
             if side == "trl":
                 cmd = [args.trl_python, str(work / "trl_side.py"), trl_spec]
@@ -334,6 +349,7 @@ def main() -> None:
         "base": args.base,
         "seq_len": args.seq_len,
         "pairs_per_step": args.pairs,
+        "precision": args.precision,
         "dpo_step_s": median("dpo", "step_s"),
         "sft_step_s": median("sft", "step_s"),
         "naive_step_s": median("naive", "step_s"),
