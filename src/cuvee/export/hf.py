@@ -3,8 +3,8 @@ that transformers, vLLM or TGI load; with `--adapter-only`, the PEFT adapter dir
 
 Weights are written in bf16 unless `--quant f32` asks otherwise: the dtype Gemma and Llama
 checkpoints are published in, half the size of the fp32 the model is merged in, and what vLLM
-and TGI then run (their default dtype is the config's). f16 is not offered: Gemma's activations
-overflow it."""
+and TGI then run (their default dtype is the config's). f16 is not offered: Gemma models are
+known to overflow its range."""
 
 from __future__ import annotations
 
