@@ -254,10 +254,55 @@ def test_heldout_records_are_not_prompts(engine, capsys, tmp_path: Path) -> None
     assert len(engine.requests) == 4
 
 
+def test_with_reference_the_datas_own_answer_is_a_candidate(engine, capsys, tmp_path: Path) -> None:
+    engine.script.update(SCRIPT)
+    bye = "Say bye. Your entire response should be in lowercase letters."
+    # the data's own answer breaks the constraint that the model's answer keeps
+    engine.script[(bye, 1)] = ("bye now.", "stop")
+    rows = [*PROMPTS, chat(bye, "BYE NOW.", metadata={"constraint": LOWER})]
+    data = write_jsonl(tmp_path / "prompts.jsonl", rows, licence="MIT")
+    out, kto = tmp_path / "pairs.jsonl", tmp_path / "kto.jsonl"
+    code, stdout, err = run_cli(
+        capsys,
+        "data", "pairs", "--model", "sft", "--data", str(data), "-k", "1", "--seed", "1",
+        "--with-reference", "-o", str(out), "--kto", str(kto), "--json",
+    )  # fmt: skip
+    assert code == 0, err
+    summary = json.loads(stdout)
+    # one sample a prompt (seed 1), the reference beside it, never sent to the engine
+    assert sorted(r.params.seed for r in engine.requests) == [1, 1, 1, 1]
+    assert summary["samples"] == 4
+    assert summary["reference_answers"] == {"candidates": 4, "chosen": 2, "rejected": 1}
+    assert summary["dropped"]["too_few_answers"] == 1  # "one two three" twice is one answer
+    by_source = {json.loads(x)["metadata"]["source"]: json.loads(x) for x in out.open()}
+    lower, colour, bye_pair = by_source[f"{data}:1"], by_source[f"{data}:2"], by_source[f"{data}:4"]
+    assert (lower["chosen"], lower["rejected"]) == ("hello there.", "Hello There.")
+    assert lower["metadata"]["seeds"] == {"chosen": "reference", "rejected": 1}
+    assert lower["metadata"]["checker"][0] == "constraints"
+    assert (colour["chosen"], colour["rejected"]) == ("zebra", "blue")
+    assert colour["metadata"]["checker"] == ["rouge_l"]  # the reference matches itself
+    # the checks decide, not where an answer came from
+    assert (bye_pair["chosen"], bye_pair["rejected"]) == ("bye now.", "BYE NOW.")
+    assert bye_pair["metadata"]["seeds"] == {"chosen": 1, "rejected": "reference"}
+    assert f"{data}:3" not in by_source
+    assert read_preferences(out).formats == ["openai-pairs"]
+    # the data's answers are KTO examples too, not credited to the model
+    own = [json.loads(x)["metadata"] for x in kto.open() if '"seed": "reference"' in x]
+    assert len(own) == 4 and all(m["model"] is None for m in own)
+    code, stdout, err = run_cli(
+        capsys, "data", "pairs", "--model", "sft", "--data", str(data), "-k", "1",
+        "--seed", "1", "--with-reference", "-o", str(out),
+    )  # fmt: skip
+    assert code == 0, err
+    assert "4 of the data's answers scored, 2 chosen and 1 rejected in a pair" in stdout
+
+
 @pytest.mark.parametrize(
     ("args", "says"),
     [
         (["--model", "nosuch"], "nosuch"),
+        (["--model", "sft", "-k", "0", "--with-reference"], "-k"),
+        (["--from-augment", "--with-reference"], "--with-reference needs --model"),
         (["--model", "sft", "-k", "1"], "-k"),
         (["--model", "sft", "--temperature", "0"], "--temperature"),
         (["--model", "sft", "--margin", "0"], "--margin"),

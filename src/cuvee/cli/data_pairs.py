@@ -54,8 +54,11 @@ the checks that decided, the scores, the model and the source file:line) when th
 differ by --margin or more. --kto also writes every answer as a KTO record, desirable when it
 passed all its checks. With --from-augment, no model runs: each `cuvee data augment` variant
 becomes a pair (rewritten answer chosen, original rejected) where the check confirms that the
-original fails the added constraint. The output's sidecar FILE.cuvee.yaml carries the input's
-licence and the model's name, licence and lineage. Held-out records are never used.
+original fails the added constraint. With --with-reference, a record's own answer joins the
+model's as one more candidate: where it wins, the pair teaches the data's answer over the
+model's (self-play fine-tuning); -k 1 then suffices. The output's sidecar FILE.cuvee.yaml
+carries the input's licence and the model's name, licence and lineage. Held-out records are
+never used.
 
 Example: cuvee data pairs --model quickstart --data aug.jsonl -k 4 -o pairs.jsonl""",
 )
@@ -102,6 +105,11 @@ Example: cuvee data pairs --model quickstart --data aug.jsonl -k 4 -o pairs.json
     help="Pairs from `data augment` variants and their originals; no model.",
 )
 @click.option(
+    "--with-reference",
+    is_flag=True,
+    help="The record's own answer is a candidate too, chosen among equals.",
+)
+@click.option(
     "-o", "--output", type=click.Path(path_type=Path), required=True, help="Pairs JSONL to write."
 )
 @click.option("--kto", "kto_output", type=click.Path(path_type=Path), help="KTO JSONL to write.")
@@ -124,6 +132,7 @@ def pairs(
     max_length_ratio: float,
     checks: tuple[str, ...],
     from_augment: bool,
+    with_reference: bool,
     output: Path,
     kto_output: Path | None,
     licence: str | None,
@@ -144,9 +153,13 @@ def pairs(
             "give --model (sample a model's answers) or --from-augment (pairs from augmented "
             "records), one of the two"
         )
+    if from_augment and with_reference:
+        raise click.UsageError("--with-reference needs --model: augmented pairs have no samples")
     if not from_augment:
-        if k < 2:
-            raise bad(f"{k}: a pair needs at least 2 answers per prompt", "-k/--samples")
+        least = 1 if with_reference else 2
+        if k < least:
+            why = "the model's answer and the reference" if with_reference else "2 answers"
+            raise bad(f"{k}: a pair needs {why}, at least {least} a prompt", "-k/--samples")
         if temperature <= 0:
             raise bad("answers drawn at temperature 0 are all the same", "--temperature")
         if max_tokens < 1:
@@ -193,6 +206,7 @@ def pairs(
                 margin=margin,
                 summary=summary,
                 reporter=reporter,
+                with_reference=with_reference,
             )
         finally:
             backend.close()
@@ -251,6 +265,12 @@ def _print_pairs_summary(report: dict, k: int | None) -> None:
             else ""
         )
     )
+    own = report.get("reference_answers")
+    if own:
+        echo(
+            f"reference:  {own['candidates']} of the data's answers scored, "
+            f"{own.get('chosen', 0)} chosen and {own.get('rejected', 0)} rejected in a pair"
+        )
     if report["empty_answers"]:
         echo(f"empty:      {report['empty_answers']} answers (in no pair)")
     for reason, n in (augmented or {}).items():

@@ -52,6 +52,7 @@ class PairsSummary:
     too_few: int = 0  # fewer than two non-empty answers
     longer: int = 0  # pairs whose chosen answer was too much longer than the rejected one
     empty: int = 0  # empty answers, in no pair and no KTO record
+    references: Counter[str] = field(default_factory=Counter)  # candidates / chosen / rejected
     skipped: Counter[str] = field(default_factory=Counter)  # records not used as prompts
     applied: Counter[str] = field(default_factory=Counter)  # prompts each check scored
     decided: Counter[str] = field(default_factory=Counter)  # kept pairs each check favoured
@@ -70,6 +71,7 @@ class PairsSummary:
                 "longer_chosen": self.longer,
             },
             "empty_answers": self.empty,
+            **({"reference_answers": dict(self.references)} if self.references else {}),
             "skipped_records": dict(self.skipped),
             "checkers": {
                 name: {"prompts": self.applied[name], "decided": self.decided[name]}
@@ -151,10 +153,14 @@ def prompt_cases(records: list[Conversation], summary: PairsSummary) -> list[Pro
 # ------------------------------------------------------------------------------ the answers
 
 
+# The seed a record's own answer is listed under when it joins the sampled ones as a candidate.
+REFERENCE = "reference"
+
+
 @dataclass(frozen=True)
 class ScoredAnswer:
     answer: Answer
-    seed: int
+    seed: int | str  # the sample's seed, or REFERENCE for the record's own answer
     scores: dict[str, float]
 
     @property
@@ -316,8 +322,12 @@ def build_pairs(
     margin: float,
     model: str | None,
     summary: PairsSummary,
+    with_reference: bool = False,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """The pairs kept and the KTO records, from each prompt's sampled answers."""
+    """The pairs kept and the KTO records, from each prompt's sampled answers. With
+    ``with_reference``, a record's own answer is one more candidate, scored by the same checks
+    and listed first (so it is chosen among equals): where it beats the model's worst answer,
+    the pair teaches the data's answer over the model's own (self-play fine-tuning, SPIN)."""
     pairs: list[dict[str, Any]] = []
     kto: list[dict[str, Any]] = []
     for case, answers in zip(cases, sampled, strict=True):
@@ -326,6 +336,10 @@ def build_pairs(
         summary.samples += len(scored)
         summary.tokens += sum(a.answer.tokens for a in scored)
         summary.empty += sum(a.empty for a in scored)
+        if with_reference and case.reference and case.reference.strip():
+            own = Answer(case.reference)
+            scored.insert(0, ScoredAnswer(own, REFERENCE, check_answer(case, own, verifiers)))
+            summary.references["candidates"] += 1
         if scored:
             summary.applied.update(scored[0].scores.keys())
         # An answer repeated with the same label is one example (as `data check` counts
@@ -334,7 +348,8 @@ def build_pairs(
         for answer in scored:
             if answer.empty:
                 continue
-            record = kto_record(case, answer, verifiers, model)
+            writer = None if answer.seed == REFERENCE else model
+            record = kto_record(case, answer, verifiers, writer)
             key = (fingerprint(answer.answer.text), record["label"])
             if key in seen:
                 continue
@@ -348,6 +363,9 @@ def build_pairs(
             summary.ties += 1
         else:
             chosen, rejected = choice
+            for role, answer in (("chosen", chosen), ("rejected", rejected)):
+                if answer.seed == REFERENCE:
+                    summary.references[role] += 1
             record = pair_record(case, chosen, rejected, model)
             summary.decided.update(record["metadata"]["checker"])
             summary.pairs += 1
@@ -536,6 +554,7 @@ def pairs_from_model(
     margin: float,
     summary: PairsSummary,
     reporter: Reporter,
+    with_reference: bool = False,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Sample, score and pair: the pairs kept and the KTO records."""
     title = f"{backend.label} · {k} answers to {len(cases)} prompts"
@@ -552,5 +571,11 @@ def pairs_from_model(
         )
     summary.seconds = time.monotonic() - started
     return build_pairs(
-        cases, sampled, verifiers, margin=margin, model=backend.label, summary=summary
+        cases,
+        sampled,
+        verifiers,
+        margin=margin,
+        model=backend.label,
+        summary=summary,
+        with_reference=with_reference,
     )
