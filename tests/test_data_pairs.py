@@ -259,7 +259,10 @@ def test_with_reference_the_datas_own_answer_is_a_candidate(engine, capsys, tmp_
     bye = "Say bye. Your entire response should be in lowercase letters."
     # the data's own answer breaks the constraint that the model's answer keeps
     engine.script[(bye, 1)] = ("bye now.", "stop")
-    rows = [*PROMPTS, chat(bye, "BYE NOW.", metadata={"constraint": LOWER})]
+    # the data's answer is much longer than the model's
+    engine.script[("Describe the sky.", 1)] = ("grey", "stop")
+    sky = chat("Describe the sky.", "a wide bright blue dome with a few white clouds in it")
+    rows = [*PROMPTS, chat(bye, "BYE NOW.", metadata={"constraint": LOWER}), sky]
     data = write_jsonl(tmp_path / "prompts.jsonl", rows, licence="MIT")
     out, kto = tmp_path / "pairs.jsonl", tmp_path / "kto.jsonl"
     code, stdout, err = run_cli(
@@ -270,9 +273,9 @@ def test_with_reference_the_datas_own_answer_is_a_candidate(engine, capsys, tmp_
     assert code == 0, err
     summary = json.loads(stdout)
     # one sample a prompt (seed 1), the reference beside it, never sent to the engine
-    assert sorted(r.params.seed for r in engine.requests) == [1, 1, 1, 1]
-    assert summary["samples"] == 4
-    assert summary["reference_answers"] == {"candidates": 4, "chosen": 2, "rejected": 1}
+    assert sorted(r.params.seed for r in engine.requests) == [1] * 5
+    assert summary["samples"] == 5
+    assert summary["reference_answers"] == {"candidates": 5, "chosen": 3, "rejected": 1}
     assert summary["dropped"]["too_few_answers"] == 1  # "one two three" twice is one answer
     by_source = {json.loads(x)["metadata"]["source"]: json.loads(x) for x in out.open()}
     lower, colour, bye_pair = by_source[f"{data}:1"], by_source[f"{data}:2"], by_source[f"{data}:4"]
@@ -288,13 +291,24 @@ def test_with_reference_the_datas_own_answer_is_a_candidate(engine, capsys, tmp_
     assert read_preferences(out).formats == ["openai-pairs"]
     # the data's answers are KTO examples too, not credited to the model
     own = [json.loads(x)["metadata"] for x in kto.open() if '"seed": "reference"' in x]
-    assert len(own) == 4 and all(m["model"] is None for m in own)
+    assert len(own) == 5 and all(m["model"] is None for m in own)
     code, stdout, err = run_cli(
         capsys, "data", "pairs", "--model", "sft", "--data", str(data), "-k", "1",
         "--seed", "1", "--with-reference", "-o", str(out),
     )  # fmt: skip
     assert code == 0, err
-    assert "4 of the data's answers scored, 2 chosen and 1 rejected in a pair" in stdout
+    assert "5 of the data's answers scored, 3 chosen and 1 rejected in a pair" in stdout
+    # a pair the length check drops is not counted as the reference's
+    code, stdout, err = run_cli(
+        capsys, "data", "pairs", "--model", "sft", "--data", str(data), "-k", "1",
+        "--seed", "1", "--with-reference", "--max-length-ratio", "0.01", "-o", str(out), "--json",
+    )  # fmt: skip
+    assert code == 0, err
+    summary = json.loads(stdout)
+    assert (summary["pairs"], summary["dropped"]["longer_chosen"]) == (3, 1)
+    assert summary["reference_answers"] == {"candidates": 5, "chosen": 2, "rejected": 1}
+    kept = [json.loads(x)["metadata"]["seeds"]["chosen"] for x in out.open()]
+    assert kept.count("reference") == 2
 
 
 @pytest.mark.parametrize(
