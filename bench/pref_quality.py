@@ -22,11 +22,13 @@ half; the bundled ``instructions`` suite is reported too. Greedy decoding, the s
 limit. Answer length is the mean number of words of the answers on each half.
 
     python bench/pref_quality.py --seeds 1 2 [--sft-steps 60] [--dpo-steps 12] [--reuse]
-        [--max-length-ratio 1.1] [--nll-weight 1.0]
+        [--max-length-ratio 1.1] [--nll-weight 1.0] [--with-reference -k 2 --no-augment-pairs]
 
 ``--max-length-ratio`` drops pairs whose chosen answer is much longer than the rejected one and
 ``--nll-weight`` adds the chosen answers' NLL to the DPO loss (RPO); both were chosen on the
 ``dev`` half (session 14: 1.1 and 1.0), so only the ``heldout`` half judges them.
+``--with-reference`` lets each prompt record's own answer compete with the model's samples (it
+wins most pairs: self-play fine-tuning, SPIN; session 21, dev half).
 
 The last line printed is one JSON object: per seed and arm the four IFEval metrics on each
 half, the answer lengths, steps, pairs and wall times; ``dpo_beats_sft2`` per seed (prompt
@@ -227,6 +229,7 @@ def train_arms(seed: int, args: argparse.Namespace, work: Path, log: Path) -> di
                     str(seed),
                     "--max-length-ratio",
                     str(args.max_length_ratio),
+                    *(["--with-reference"] if args.with_reference else []),
                     "-o",
                     str(pairs),
                     "--json",
@@ -332,6 +335,11 @@ def main() -> None:
     parser.add_argument("-k", "--samples", type=int, default=4)
     parser.add_argument("--dpo-steps", type=int, default=12)
     parser.add_argument("--no-augment-pairs", dest="augment_pairs", action="store_false")
+    parser.add_argument(
+        "--with-reference",
+        action="store_true",
+        help="`cuvee data pairs --with-reference`: the data's answer is a candidate (SPIN)",
+    )
     parser.add_argument(
         "--max-length-ratio",
         type=float,
