@@ -201,6 +201,23 @@ def test_human_output_is_a_table_per_suite(base_and_tuned, capsys) -> None:
     assert "tg · tasks" in err  # the progress bar
 
 
+def test_cached_answers_name_the_suite_file_they_answer(
+    base_and_tuned, capsys, tmp_path, isolated_home
+) -> None:
+    from cuvee.eval.suites import fixture_path
+
+    mine = tmp_path / "my-tasks.jsonl"
+    # the fixture's first records: other bytes, so another cache entry than the fixture's
+    mine.write_text("".join(fixture_path("tasks").read_text().splitlines(True)[:3]))
+    code, _, err = run_cli(
+        capsys, "eval", "tg", "--suite", f"tasks={mine}", "--suite", "tasks", "--limit", "2"
+    )
+    assert code == 0, err
+    entries = [json.loads(p.read_text()) for p in (isolated_home / "eval" / "cache").glob("*.json")]
+    assert sorted(map(str, (e["suite_file"] for e in entries))) == sorted([str(mine), "None"])
+    assert all(len(e["outputs"]) == 2 and e["ids"] for e in entries)
+
+
 def test_unknown_models_suites_and_bad_files_fail_before_generating(capsys, tmp_path) -> None:
     code, _, err = run_cli(capsys, "eval", "nope", "--suite", "tasks")
     assert code == 1 and "no model named 'nope'" in err

@@ -75,6 +75,7 @@ class Generator:
         suite: dict[str, Any],
         generation: GenerationSettings,
         title: str,
+        suite_file: str | None = None,
     ) -> tuple[list[str], bool]:
         key = cache_key(identity, suite, generation.as_dict())
         if self.cache is not None:
@@ -87,7 +88,9 @@ class Generator:
         self.generated += len(items)
         if self.cache is not None:
             record = {"model": identity, "suite": suite, "settings": generation.as_dict()}
-            record["ids"] = [i.id for i in items]
+            # where the suite came from, for whoever reads answers back (not in the key: the
+            # file's sha256 is, so a moved file still hits)
+            record["ids"], record["suite_file"] = [i.id for i in items], suite_file
             self.cache.put(key, outputs, record)
         return outputs, False
 
@@ -169,6 +172,7 @@ def run_evaluation(
                         suite_key,
                         run.generation,
                         f"{backend.label} · {run.label}",
+                        None if run.resolved.packaged else str(run.resolved.path),
                     )
                     result.outputs.setdefault(backend.label, {})[run.label] = outputs
                     score = run.resolved.suite.score(run.items, outputs)
