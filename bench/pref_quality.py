@@ -77,18 +77,32 @@ def last_json(text: str) -> dict:
         return json.loads(text.strip().splitlines()[-1])
 
 
-def write_eval_halves(source: Path, work: Path, log: Path) -> dict[str, Path]:
-    """The seed tasks as chat records, two constrained variants each, as IFEval suite files
-    split by source record: even records in ``dev``, odd in ``heldout``."""
-    chats = work / "eval-source.jsonl"
-    with chats.open("w") as out:
+def source_tasks(source: Path) -> list[tuple[str, str]]:
+    """(instruction, answer) of each record of ``source``: Alpaca's seed tasks (JSONL, the
+    first instance of each) or an Alpaca-format JSON array (instruction, input, output)."""
+    if source.suffix == ".json":
+        rows = [
+            (r["instruction"], r.get("input") or "", r["output"])
+            for r in json.loads(source.read_text())
+        ]
+    else:
+        rows = []
         for line in source.read_text().splitlines():
             task = json.loads(line)
             first = task["instances"][0]
-            user = task["instruction"] + (f"\n\n{first['input']}" if first["input"] else "")
+            rows.append((task["instruction"], first["input"], first["output"]))
+    return [(text + (f"\n\n{given}" if given else ""), answer) for text, given, answer in rows]
+
+
+def write_eval_halves(source: Path, per_record: int, work: Path, log: Path) -> dict[str, Path]:
+    """The source tasks as chat records, ``per_record`` constrained variants each, as IFEval
+    suite files split by source record: even records in ``dev``, odd in ``heldout``."""
+    chats = work / "eval-source.jsonl"
+    with chats.open("w") as out:
+        for user, answer in source_tasks(source):
             messages = [
                 {"role": "user", "content": user},
-                {"role": "assistant", "content": first["output"]},
+                {"role": "assistant", "content": answer},
             ]
             out.write(json.dumps({"messages": messages}) + "\n")
     sidecar = source.with_name(source.name + ".cuvee.yaml")
@@ -102,7 +116,7 @@ def write_eval_halves(source: Path, work: Path, log: Path) -> dict[str, Path]:
         "-o",
         str(variants),
         "--per-record",
-        "2",
+        str(per_record),
         "--no-originals",
         "--seed",
         "7",
@@ -353,6 +367,11 @@ def main() -> None:
         "--eval-source",
         type=Path,
         default=HERE.parent.parent / "shared/data/alpaca_seed_tasks.jsonl",
+        help="Alpaca's seed tasks (JSONL) or an Alpaca-format JSON array, e.g. "
+        "../shared/data/alpaca_en_demo.json (999 records: more power; use another --work)",
+    )
+    parser.add_argument(
+        "--eval-per-record", type=int, default=2, help="constrained variants per source record"
     )
     parser.add_argument("--eval-limit", type=int, help="first N prompts of each suite (smoke)")
     parser.add_argument("--work", type=Path, default=Path("/tmp/cuvee-pref-quality"))
@@ -367,7 +386,7 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     log = args.work / "log.txt"
     print(f"machine: {json.dumps(machine)}\nlog: {log}", flush=True)
-    halves = write_eval_halves(args.eval_source, args.work, log)
+    halves = write_eval_halves(args.eval_source, args.eval_per_record, args.work, log)
     seeds = {}
     for seed in args.seeds:
         print(f"seed {seed}", flush=True)
