@@ -156,10 +156,12 @@ def pairs(
     if from_augment and with_reference:
         raise click.UsageError("--with-reference needs --model: augmented pairs have no samples")
     if not from_augment:
-        least = 1 if with_reference else 2
-        if k < least:
-            why = "the model's answer and the reference" if with_reference else "2 answers"
-            raise bad(f"{k}: a pair needs {why}, at least {least} a prompt", "-k/--samples")
+        if k < (1 if with_reference else 2):
+            raise bad(
+                f"{k}: a pair needs two answers to a prompt (-k 2 or more; -k 1 with "
+                "--with-reference, the record's answer being the second)",
+                "-k/--samples",
+            )
         if temperature <= 0:
             raise bad("answers drawn at temperature 0 are all the same", "--temperature")
         if max_tokens < 1:
