@@ -262,7 +262,7 @@ def length_balanced(
         else:
             summary.longer += 1
             summary.pairs -= 1
-            for role, seed in row["metadata"].get("seeds", {}).items():
+            for role, seed in row.get("metadata", {}).get("seeds", {}).items():
                 if seed == REFERENCE:
                     summary.references[role] -= 1
     return kept
